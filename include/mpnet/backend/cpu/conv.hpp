@@ -1,0 +1,150 @@
+// Convolution (odd k x k, stride 1, zero "same" padding, no bias) and the linear layer on
+// the CPU, forward and backward, as matrix products through Eigen.
+//
+// A k x k convolution of one image is W[Cout, Cin k k] * cols[Cin k k, H W], where cols
+// is the im2col unfolding. Images are split across the threads; each thread keeps its
+// own unfolding buffer and, in backward, its own partial weight gradient.
+#pragma once
+#include <omp.h>
+
+#include <vector>
+
+#include "mpnet/backend/cpu/backend.hpp"
+#include "mpnet/backend/cpu/eigen.hpp"
+
+namespace mpnet::cpu {
+
+namespace detail {
+
+struct ConvGeometry {
+    int64_t n, cin, cout, h, w, k;
+    [[nodiscard]] int64_t hw() const { return h * w; }
+    [[nodiscard]] int64_t patch() const { return cin * k * k; }
+};
+
+template <class T>
+ConvGeometry conv_geometry(const CpuTensor<T>& x, const CpuTensor<T>& weight, const CpuTensor<T>& y,
+                           const char* what) {
+    check(x.rank() == 4 && weight.rank() == 4 && y.rank() == 4, what, ": expects NCHW tensors and a 4-D weight");
+    const ConvGeometry g{x.size(0), x.size(1), weight.size(0), x.size(2), x.size(3), weight.size(2)};
+    check(weight.size(1) == g.cin && weight.size(3) == g.k && g.k % 2 == 1, what, ": weight ", weight.shape().str(),
+          " for input ", x.shape().str());
+    check(y.shape() == Shape{g.n, g.cout, g.h, g.w}, what, ": output ", y.shape().str(), " for input ",
+          x.shape().str(), " and weight ", weight.shape().str());
+    return g;
+}
+
+// cols[(c k + ky) k + kx, y W + x] = img[c, y + ky - k/2, x + kx - k/2], zero outside.
+template <class T>
+void im2col(const T* img, const ConvGeometry& g, T* cols) {
+    const int64_t p = g.k / 2;
+    for (int64_t c = 0; c < g.cin; ++c)
+        for (int64_t ky = 0; ky < g.k; ++ky)
+            for (int64_t kx = 0; kx < g.k; ++kx) {
+                T* row = cols + ((c * g.k + ky) * g.k + kx) * g.hw();
+                const T* src = img + c * g.hw();
+                for (int64_t y = 0; y < g.h; ++y) {
+                    const int64_t sy = y + ky - p;
+                    T* dst = row + y * g.w;
+                    if (sy < 0 || sy >= g.h) {
+                        std::fill(dst, dst + g.w, T(0));
+                        continue;
+                    }
+                    const int64_t x0 = std::max<int64_t>(0, p - kx), x1 = std::min<int64_t>(g.w, g.w + p - kx);
+                    std::fill(dst, dst + x0, T(0));
+                    std::copy(src + sy * g.w + x0 + kx - p, src + sy * g.w + x1 + kx - p, dst + x0);
+                    std::fill(dst + x1, dst + g.w, T(0));
+                }
+            }
+}
+
+// The adjoint of im2col: img[c, y + ky - p, x + kx - p] += cols[...].
+template <class T>
+void col2im(const T* cols, const ConvGeometry& g, T* img) {
+    const int64_t p = g.k / 2;
+    std::fill(img, img + g.cin * g.hw(), T(0));
+    for (int64_t c = 0; c < g.cin; ++c)
+        for (int64_t ky = 0; ky < g.k; ++ky)
+            for (int64_t kx = 0; kx < g.k; ++kx) {
+                const T* row = cols + ((c * g.k + ky) * g.k + kx) * g.hw();
+                T* dst = img + c * g.hw();
+                for (int64_t y = 0; y < g.h; ++y) {
+                    const int64_t sy = y + ky - p;
+                    if (sy < 0 || sy >= g.h) continue;
+                    const int64_t x0 = std::max<int64_t>(0, p - kx), x1 = std::min<int64_t>(g.w, g.w + p - kx);
+                    for (int64_t x = x0; x < x1; ++x) dst[sy * g.w + x + kx - p] += row[y * g.w + x];
+                }
+            }
+}
+
+}  // namespace detail
+
+template <Scalar T>
+void conv2d_forward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T>& weight, CpuTensor<T>& y) {
+    const auto g = detail::conv_geometry(x, weight, y, "conv2d_forward");
+    const ConstMatMap<T> W(weight.data(), g.cout, g.patch());
+#pragma omp parallel for schedule(static) if (g.n > 1)
+    for (int64_t i = 0; i < g.n; ++i) {
+        const T* img = x.data() + i * g.cin * g.hw();
+        MatMap<T> Y(y.data() + i * g.cout * g.hw(), g.cout, g.hw());
+        if (g.k == 1) {
+            Y.noalias() = W * ConstMatMap<T>(img, g.cin, g.hw());
+        } else {
+            T* cols = detail::thread_scratch<T>(size_t(g.patch() * g.hw()));
+            detail::im2col(img, g, cols);
+            Y.noalias() = W * ConstMatMap<T>(cols, g.patch(), g.hw());
+        }
+    }
+}
+
+// dx (may be empty) and dweight (overwritten) from dy.
+template <Scalar T>
+void conv2d_backward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T>& weight, const CpuTensor<T>& dy,
+                     CpuTensor<T>& dx, CpuTensor<T>& dweight) {
+    const auto g = detail::conv_geometry(x, weight, dy, "conv2d_backward");
+    const ConstMatMap<T> W(weight.data(), g.cout, g.patch());
+    const int threads = g.n > 1 ? omp_get_max_threads() : 1;
+    std::vector<RowMatrix<T>> partial(size_t(threads), RowMatrix<T>::Zero(g.cout, g.patch()));
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t i = 0; i < g.n; ++i) {
+        const T* img = x.data() + i * g.cin * g.hw();
+        const ConstMatMap<T> dY(dy.data() + i * g.cout * g.hw(), g.cout, g.hw());
+        auto& dW = partial[size_t(omp_get_thread_num())];
+        if (g.k == 1) {
+            dW.noalias() += dY * ConstMatMap<T>(img, g.cin, g.hw()).transpose();
+            if (!dx.empty()) MatMap<T>(dx.data() + i * g.cin * g.hw(), g.cin, g.hw()).noalias() = W.transpose() * dY;
+            continue;
+        }
+        T* cols = detail::thread_scratch<T>(size_t(g.patch() * g.hw()));
+        detail::im2col(img, g, cols);
+        dW.noalias() += dY * ConstMatMap<T>(cols, g.patch(), g.hw()).transpose();
+        if (!dx.empty()) {
+            MatMap<T>(cols, g.patch(), g.hw()).noalias() = W.transpose() * dY;
+            detail::col2im(cols, g, dx.data() + i * g.cin * g.hw());
+        }
+    }
+    MatMap<T> out(dweight.data(), g.cout, g.patch());
+    out = partial[0];
+    for (size_t t = 1; t < partial.size(); ++t) out += partial[t];
+}
+
+// y[N, out] = x[N, in] * weight[out, in]^T
+template <Scalar T>
+void linear_forward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T>& weight, CpuTensor<T>& y) {
+    const int64_t n = x.size(0), in = weight.size(1), out = weight.size(0);
+    check(x.numel() == n * in && y.numel() == n * out, "linear_forward: input ", x.shape().str(), ", weight ",
+          weight.shape().str(), ", output ", y.shape().str());
+    MatMap<T>(y.data(), n, out).noalias() =
+        ConstMatMap<T>(x.data(), n, in) * ConstMatMap<T>(weight.data(), out, in).transpose();
+}
+
+template <Scalar T>
+void linear_backward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T>& weight, const CpuTensor<T>& dy,
+                     CpuTensor<T>& dx, CpuTensor<T>& dweight) {
+    const int64_t n = x.size(0), in = weight.size(1), out = weight.size(0);
+    const ConstMatMap<T> dY(dy.data(), n, out);
+    MatMap<T>(dweight.data(), out, in).noalias() = dY.transpose() * ConstMatMap<T>(x.data(), n, in);
+    if (!dx.empty()) MatMap<T>(dx.data(), n, in).noalias() = dY * ConstMatMap<T>(weight.data(), out, in);
+}
+
+}  // namespace mpnet::cpu

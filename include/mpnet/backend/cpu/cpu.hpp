@@ -1,0 +1,9 @@
+// Everything of the CPU backend: memory and every primitive kernel.
+#pragma once
+#include "mpnet/backend/cpu/attention.hpp"
+#include "mpnet/backend/cpu/backend.hpp"
+#include "mpnet/backend/cpu/conv.hpp"
+#include "mpnet/backend/cpu/elementwise.hpp"
+#include "mpnet/backend/cpu/fourier.hpp"
+#include "mpnet/backend/cpu/normalize.hpp"
+#include "mpnet/backend/cpu/resample.hpp"

@@ -1,0 +1,119 @@
+// Depthwise 2x resampling on the CPU with a separable filter f (normalised, even length,
+// padding p = (len-1)/2):
+//   down: y[o] = sum_k f[k] x[2o - p + k]            (per axis, 2-D kernel f x f)
+//   up:   y[2i - p + k] += 4 f[k] f[k'] x[i]          (transposed, kernel 4 f x f)
+// "up" is 4x the adjoint of "down", so two loops serve all four directions. The default
+// filter [1, 1] takes the fast paths: a 2x2 average and a nearest-neighbour copy.
+#pragma once
+#include <vector>
+
+#include "mpnet/backend/cpu/backend.hpp"
+#include "mpnet/ops/resample_mode.hpp"
+
+namespace mpnet::cpu {
+
+namespace detail {
+
+// y (h/2 x w/2) = scale * down(x), one channel.
+template <class T>
+void down_gather(const T* x, int64_t h, int64_t w, const std::vector<double>& f, double scale, T* y) {
+    const int64_t K = int64_t(f.size()), p = (K - 1) / 2, oh = h / 2, ow = w / 2;
+    if (K == 2) {
+        const T s = T(scale * f[0] * f[0]);  // f = [1/2, 1/2]
+        for (int64_t oy = 0; oy < oh; ++oy)
+            for (int64_t ox = 0; ox < ow; ++ox) {
+                const T* q = x + 2 * oy * w + 2 * ox;
+                y[oy * ow + ox] = s * (q[0] + q[1] + q[w] + q[w + 1]);
+            }
+        return;
+    }
+    for (int64_t oy = 0; oy < oh; ++oy)
+        for (int64_t ox = 0; ox < ow; ++ox) {
+            double acc = 0;
+            for (int64_t ky = 0; ky < K; ++ky) {
+                const int64_t sy = 2 * oy - p + ky;
+                if (sy < 0 || sy >= h) continue;
+                for (int64_t kx = 0; kx < K; ++kx) {
+                    const int64_t sx = 2 * ox - p + kx;
+                    if (sx >= 0 && sx < w) acc += f[size_t(ky)] * f[size_t(kx)] * x[sy * w + sx];
+                }
+            }
+            y[oy * ow + ox] = T(scale * acc);
+        }
+}
+
+// x (h x w) = scale * down^T(y), one channel; y is h/2 x w/2.
+template <class T>
+void down_scatter(const T* y, int64_t h, int64_t w, const std::vector<double>& f, double scale, T* x) {
+    const int64_t K = int64_t(f.size()), p = (K - 1) / 2, oh = h / 2, ow = w / 2;
+    if (K == 2) {
+        const T s = T(scale * f[0] * f[0]);
+        for (int64_t oy = 0; oy < oh; ++oy)
+            for (int64_t ox = 0; ox < ow; ++ox) {
+                const T v = s * y[oy * ow + ox];
+                T* q = x + 2 * oy * w + 2 * ox;
+                q[0] = q[1] = q[w] = q[w + 1] = v;
+            }
+        return;
+    }
+    std::fill(x, x + h * w, T(0));
+    for (int64_t oy = 0; oy < oh; ++oy)
+        for (int64_t ox = 0; ox < ow; ++ox) {
+            const double v = scale * y[oy * ow + ox];
+            for (int64_t ky = 0; ky < K; ++ky) {
+                const int64_t sy = 2 * oy - p + ky;
+                if (sy < 0 || sy >= h) continue;
+                for (int64_t kx = 0; kx < K; ++kx) {
+                    const int64_t sx = 2 * ox - p + kx;
+                    if (sx >= 0 && sx < w) x[sy * w + sx] += T(f[size_t(ky)] * f[size_t(kx)] * v);
+                }
+            }
+        }
+}
+
+template <class T, class F>
+void per_channel(const CpuTensor<T>& a, F&& f) {
+    const int64_t planes = a.size(0) * a.size(1);
+#pragma omp parallel for schedule(static) if (a.numel() > parallel_grain)
+    for (int64_t c = 0; c < planes; ++c) f(c);
+}
+
+}  // namespace detail
+
+// Output shape of resample(x) for x of shape s.
+inline Shape resampled_shape(const Shape& s, ops::Resample mode) {
+    if (mode == ops::Resample::keep) return s;
+    const int64_t f = mode == ops::Resample::up ? 2 : 1, d = mode == ops::Resample::down ? 2 : 1;
+    return Shape{s[0], s[1], s[2] * f / d, s[3] * f / d};
+}
+
+template <Scalar T>
+void resample_forward(CpuBackend, const CpuTensor<T>& x, const std::vector<double>& filter, ops::Resample mode,
+                      CpuTensor<T>& y) {
+    check(y.shape() == resampled_shape(x.shape(), mode), "resample_forward: output ", y.shape().str(), " for ",
+          x.shape().str());
+    if (mode == ops::Resample::keep) return y.copy_from(x);
+    const auto f = ops::normalized_filter(filter);
+    const int64_t H = y.size(2), W = y.size(3), h = x.size(2), w = x.size(3);
+    detail::per_channel(x, [&](int64_t c) {
+        if (mode == ops::Resample::down) detail::down_gather(x.data() + c * h * w, h, w, f, 1.0, y.data() + c * H * W);
+        else detail::down_scatter(x.data() + c * h * w, H, W, f, 4.0, y.data() + c * H * W);
+    });
+}
+
+template <Scalar T>
+void resample_backward(CpuBackend, const CpuTensor<T>& dy, const std::vector<double>& filter, ops::Resample mode,
+                       CpuTensor<T>& dx) {
+    check(dy.shape() == resampled_shape(dx.shape(), mode), "resample_backward: gradient ", dy.shape().str(),
+          " for input ", dx.shape().str());
+    if (mode == ops::Resample::keep) return dx.copy_from(dy);
+    const auto f = ops::normalized_filter(filter);
+    const int64_t H = dy.size(2), W = dy.size(3), h = dx.size(2), w = dx.size(3);
+    detail::per_channel(dx, [&](int64_t c) {
+        if (mode == ops::Resample::down)
+            detail::down_scatter(dy.data() + c * H * W, h, w, f, 1.0, dx.data() + c * h * w);
+        else detail::down_gather(dy.data() + c * H * W, H, W, f, 4.0, dx.data() + c * h * w);
+    });
+}
+
+}  // namespace mpnet::cpu

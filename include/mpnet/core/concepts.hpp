@@ -1,0 +1,30 @@
+// The two concepts every template in mpnet is written against.
+#pragma once
+#include <concepts>
+#include <cstddef>
+#include <string_view>
+
+namespace mpnet {
+
+// Element types of the float reference path (double for gradient checks).
+template <class T>
+concept Scalar = std::same_as<T, float> || std::same_as<T, double>;
+
+// A backend owns memory and the primitive kernels. Memory is reached through the static
+// functions below; kernels are free functions found by argument-dependent lookup on the
+// backend's tag type (`mp_silu_forward(B{}, x, y)`), so each backend keeps its kernels in
+// its own namespace and headers, and the layers never name a backend.
+template <class B>
+concept Backend = std::default_initializable<B> &&
+    requires(std::size_t bytes, void* dst, const void* src) {
+        { B::name } -> std::convertible_to<std::string_view>;
+        { B::allocate(bytes) } -> std::same_as<void*>;
+        B::deallocate(dst, bytes);
+        B::copy(dst, src, bytes);            // within the backend
+        B::copy_to_host(dst, src, bytes);    // backend -> host
+        B::copy_from_host(dst, src, bytes);  // host -> backend
+        B::zero(dst, bytes);
+        B::synchronize();
+    };
+
+}  // namespace mpnet
