@@ -5,5 +5,6 @@
 #include "mpnet/backend/cpu/conv.hpp"
 #include "mpnet/backend/cpu/elementwise.hpp"
 #include "mpnet/backend/cpu/fourier.hpp"
+#include "mpnet/backend/cpu/loss.hpp"
 #include "mpnet/backend/cpu/normalize.hpp"
 #include "mpnet/backend/cpu/resample.hpp"

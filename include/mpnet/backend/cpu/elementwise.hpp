@@ -163,6 +163,18 @@ void scale_channels_backward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<
     }
 }
 
+// ---- y = [x, 1]: appends a constant-one channel (the U-Net's input) ---------------------
+template <Scalar T>
+void append_ones_channel(CpuBackend, const CpuTensor<T>& x, CpuTensor<T>& y) {
+    const int64_t n = x.size(0), sx = x.shape().numel_from(1), plane = x.shape().numel_from(2);
+    check(y.size(1) == x.size(1) + 1 && y.numel() == n * (sx + plane), "append_ones_channel: ", x.shape().str(),
+          " -> ", y.shape().str());
+    for (int64_t i = 0; i < n; ++i) {
+        std::copy(x.data() + i * sx, x.data() + (i + 1) * sx, y.data() + i * (sx + plane));
+        std::fill(y.data() + i * (sx + plane) + sx, y.data() + (i + 1) * (sx + plane), T(1));
+    }
+}
+
 // ---- arithmetic ----------------------------------------------------------------------
 // y = alpha * x + beta * y
 template <Scalar T>

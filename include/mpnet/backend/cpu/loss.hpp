@@ -1,0 +1,41 @@
+// The EDM2 training loss with learned uncertainty on the CPU, fused with its gradient.
+//
+//   loss_elem = w / exp(logvar) (D - y)^2 + logvar,   w = (sigma^2 + sd^2) / (sigma sd)^2
+// Returns sum(loss_elem) and writes the gradients of L = scale * sum(loss_elem):
+//   dD = scale 2 w / exp(logvar) (D - y),   dlogvar[n] = scale sum_chw (1 - w / exp(logvar) (D - y)^2).
+#pragma once
+#include <cmath>
+
+#include "mpnet/backend/cpu/backend.hpp"
+
+namespace mpnet::cpu {
+
+template <Scalar T>
+double edm2_loss(CpuBackend, const CpuTensor<T>& D, const CpuTensor<T>& y, const CpuTensor<T>& sigma,
+                 const CpuTensor<T>& logvar, double sigma_data, double scale, CpuTensor<T>& dD,
+                 CpuTensor<T>& dlogvar) {
+    check_same_shape(D, y, "edm2_loss");
+    const int64_t n = D.size(0), inner = D.shape().numel_from(1);
+    check(sigma.numel() == n && logvar.numel() == n, "edm2_loss: sigma ", sigma.shape().str(), " and logvar ",
+          logvar.shape().str(), " for ", D.shape().str());
+    double total = 0;
+#pragma omp parallel for reduction(+ : total) schedule(static) if (D.numel() > parallel_grain)
+    for (int64_t i = 0; i < n; ++i) {
+        const double s = sigma.data()[i], sd = sigma_data, lv = logvar.data()[i];
+        const double k = (s * s + sd * sd) / ((s * sd) * (s * sd)) / std::exp(lv);
+        const T* pd = D.data() + i * inner;
+        const T* py = y.data() + i * inner;
+        T* g = dD.data() + i * inner;
+        double sq = 0;
+        for (int64_t j = 0; j < inner; ++j) {
+            const double e = double(pd[j]) - double(py[j]);
+            sq += e * e;
+            g[j] = T(scale * 2 * k * e);
+        }
+        dlogvar.data()[i] = T(scale * (double(inner) - k * sq));
+        total += k * sq + double(inner) * lv;
+    }
+    return total;
+}
+
+}  // namespace mpnet::cpu

@@ -1,0 +1,194 @@
+// Block: the residual unit of the EDM2 U-Net (encoder or decoder flavour, optional
+// resampling and self-attention), forward and backward.
+//
+//   x = resample(x);  enc: x = pixel_norm(conv_skip?(x))
+//   y = conv_res1(dropout(mp_silu(conv_res0(mp_silu(x)) * (emb_linear(emb, emb_gain) + 1))))
+//   dec: x = conv_skip?(x);   x = mp_sum(x, y, res_balance)
+//   attention: x = mp_sum(x, attn_proj(attention(attn_qkv(x))), attn_balance)
+//   x = clip(x, clip_act)
+#pragma once
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "mpnet/nn/config.hpp"
+#include "mpnet/nn/layout.hpp"
+#include "mpnet/nn/mpconv.hpp"
+#include "mpnet/ops/attention_context.hpp"
+
+namespace mpnet::nn {
+
+// Training mode turns on forced weight normalisation and dropout; the seed makes dropout
+// masks reproducible.
+struct ForwardMode {
+    bool training = false;
+    uint64_t dropout_seed = 0;
+};
+
+template <Scalar T, Backend B>
+class Block {
+public:
+    using TensorT = Tensor<T, B>;
+    using Conv = MPConv<T, B>;
+
+    Block(const BlockSpec& spec, const NetworkConfig& cfg)
+        : spec_(spec), cfg_(cfg), emb_gain(Shape{}),
+          conv_res0(spec.encoder ? spec.out : spec.in, spec.out, 3),
+          emb_linear(cfg.cemb(), spec.out, 0),
+          conv_res1(spec.out, spec.out, 3) {
+        if (spec.in != spec.out) conv_skip.emplace(spec.in, spec.out, 1);
+        if (spec.attention) {
+            attn_qkv.emplace(spec.out, 3 * spec.out, 1);
+            attn_proj.emplace(spec.out, spec.out, 1);
+        }
+    }
+
+    [[nodiscard]] const BlockSpec& spec() const { return spec_; }
+    [[nodiscard]] int64_t heads() const { return spec_.attention ? spec_.out / cfg_.channels_per_head : 0; }
+
+    struct Context {
+        Shape x_shape;
+        typename Conv::Context skip, res0, emb, res1, qkv, proj;
+        TensorT skipped, pn_scale;  // enc: pixel-norm input and its scales
+        TensorT a0_in;              // input of the first mp_silu
+        TensorT y0, c;              // conv_res0 output, modulation (emb_linear + 1)
+        TensorT ym;                 // input of the second mp_silu
+        std::optional<uint64_t> dropout_seed;  // set when dropout ran
+        ops::AttentionContext<T, B> attn;
+        TensorT pre_clip;
+        double emb_gain = 0;
+    };
+
+    void force_normalize() {
+        for_each_conv([](Conv& c) { c.force_normalize(); });
+    }
+
+    TensorT forward(const TensorT& x_in, const TensorT& emb, const ForwardMode& mode, Context* ctx = nullptr) const {
+        Context local;
+        Context& s = ctx ? *ctx : local;
+        s.dropout_seed.reset();
+        s.x_shape = x_in.shape();
+        TensorT x(resampled(x_in.shape()));
+        resample_forward(B{}, x_in, cfg_.resample_filter, spec_.resample, x);
+        if (spec_.encoder) {
+            if (conv_skip) x = conv_skip->forward(x, 1, ctx ? &s.skip : nullptr);
+            TensorT normed(x.shape());
+            normalize_forward(B{}, x, ops::Dims{1}, normed, ctx ? &s.pn_scale : nullptr);
+            if (ctx) s.skipped = x;
+            x = normed;
+        }
+        TensorT a(x.shape());
+        mp_silu_forward(B{}, x, a);
+        if (ctx) s.a0_in = x;
+        TensorT y = conv_res0.forward(a, 1, ctx ? &s.res0 : nullptr);
+        s.emb_gain = emb_gain.value.to_host()[0];
+        TensorT c = emb_linear.forward(emb, s.emb_gain, ctx ? &s.emb : nullptr);
+        affine(B{}, c, T(1), T(1), c);
+        TensorT ym(y.shape());
+        scale_channels_forward(B{}, y, c, ym);
+        if (ctx) s.y0 = y, s.c = c, s.ym = ym;
+        TensorT a1 = ctx ? TensorT(ym.shape()) : ym;  // inference may overwrite ym in place
+        mp_silu_forward(B{}, ym, a1);
+        if (mode.training && cfg_.dropout > 0) {
+            s.dropout_seed = mode.dropout_seed;
+            dropout_apply(B{}, a1, cfg_.dropout, *s.dropout_seed, a1);
+        }
+        y = conv_res1.forward(a1, 1, ctx ? &s.res1 : nullptr);
+        if (!spec_.encoder && conv_skip) x = conv_skip->forward(x, 1, ctx ? &s.skip : nullptr);
+        TensorT out(x.shape());
+        mp_sum_forward(B{}, x, y, cfg_.res_balance, out);
+        if (spec_.attention) {
+            TensorT qkv = attn_qkv->forward(out, 1, ctx ? &s.qkv : nullptr), att(out.shape());
+            attention_forward(B{}, qkv, heads(), att, ctx ? &s.attn : nullptr);
+            TensorT proj = attn_proj->forward(att, 1, ctx ? &s.proj : nullptr);
+            TensorT sum = ctx ? TensorT(out.shape()) : out;  // attn_qkv's context keeps `out`
+            mp_sum_forward(B{}, out, proj, cfg_.attn_balance, sum);
+            out = sum;
+        }
+        if (ctx) s.pre_clip = out.clone();
+        clip_forward(B{}, out, cfg_.clip_act, out);
+        return out;
+    }
+
+    // Returns dx; accumulates parameter gradients and adds this block's d(emb) into demb.
+    TensorT backward(const TensorT& dy_out, const Context& s, TensorT& demb) {
+        TensorT dz(dy_out.shape());
+        clip_backward(B{}, s.pre_clip, dy_out, cfg_.clip_act, dz);
+        TensorT dx_main(dz.shape()), dy(dz.shape());
+        if (spec_.attention) {
+            TensorT dproj(dz.shape());
+            mp_sum_backward(B{}, dz, cfg_.attn_balance, dx_main, dproj);
+            TensorT datt = attn_proj->backward(dproj, s.proj);
+            TensorT dqkv(Shape{dz.size(0), 3 * spec_.out, dz.size(2), dz.size(3)});
+            attention_backward(B{}, s.attn, heads(), datt, dqkv);
+            TensorT dres = attn_qkv->backward(dqkv, s.qkv);
+            axpby(B{}, T(1), dres, T(1), dx_main);
+            dz = dx_main;
+            dx_main = TensorT(dz.shape());
+        }
+        mp_sum_backward(B{}, dz, cfg_.res_balance, dx_main, dy);
+        // x branch of the decoder: through conv_skip.
+        TensorT dx = (!spec_.encoder && conv_skip) ? conv_skip->backward(dx_main, s.skip) : dx_main;
+        // residual branch
+        TensorT dym = conv_res1.backward(dy, s.res1);
+        if (s.dropout_seed) dropout_apply(B{}, dym, cfg_.dropout, *s.dropout_seed, dym);
+        mp_silu_backward(B{}, s.ym, dym, dym);
+        TensorT dy0(s.y0.shape()), dc(s.c.shape());
+        scale_channels_backward(B{}, s.y0, s.c, dym, dy0, dc);
+        double dgain = 0;
+        TensorT de = emb_linear.backward(dc, s.emb, &dgain);
+        axpby(B{}, T(1), de, T(1), demb);
+        add_scalar_grad(emb_gain, dgain);
+        TensorT da = conv_res0.backward(dy0, s.res0);
+        TensorT dxa(da.shape());
+        mp_silu_backward(B{}, s.a0_in, da, dxa);
+        axpby(B{}, T(1), dxa, T(1), dx);  // x feeds both the residual branch and the skip path
+        if (spec_.encoder) {
+            TensorT dn(dx.shape());
+            normalize_backward(B{}, s.skipped, dx, ops::Dims{1}, s.pn_scale, dn);
+            dx = conv_skip ? conv_skip->backward(dn, s.skip) : dn;
+        }
+        TensorT dx_in(s.x_shape);
+        resample_backward(B{}, dx, cfg_.resample_filter, spec_.resample, dx_in);
+        return dx_in;
+    }
+
+    template <class F>
+    void visit(const std::string& prefix, F&& f) {
+        f(join_name(prefix, "emb_gain"), emb_gain);
+        conv_res0.visit(join_name(prefix, "conv_res0"), f);
+        emb_linear.visit(join_name(prefix, "emb_linear"), f);
+        conv_res1.visit(join_name(prefix, "conv_res1"), f);
+        if (conv_skip) conv_skip->visit(join_name(prefix, "conv_skip"), f);
+        if (attn_qkv) attn_qkv->visit(join_name(prefix, "attn_qkv"), f);
+        if (attn_proj) attn_proj->visit(join_name(prefix, "attn_proj"), f);
+    }
+
+private:
+    [[nodiscard]] Shape resampled(const Shape& s) const {
+        if (spec_.resample == ops::Resample::keep) return s;
+        return spec_.resample == ops::Resample::up ? Shape{s[0], s[1], 2 * s[2], 2 * s[3]}
+                                                   : Shape{s[0], s[1], s[2] / 2, s[3] / 2};
+    }
+    template <class F>
+    void for_each_conv(F&& f) {
+        for (Conv* c : {&conv_res0, &emb_linear, &conv_res1}) f(*c);
+        for (auto* c : {&conv_skip, &attn_qkv, &attn_proj})
+            if (*c) f(**c);
+    }
+    static void add_scalar_grad(Param<T, B>& p, double g) {
+        auto v = p.grad.to_host();
+        v[0] += T(g);
+        B::copy_from_host(p.grad.data(), v.data(), sizeof(T));
+    }
+
+    BlockSpec spec_;
+    NetworkConfig cfg_;
+
+public:
+    Param<T, B> emb_gain;
+    Conv conv_res0, emb_linear, conv_res1;
+    std::optional<Conv> conv_skip, attn_qkv, attn_proj;
+};
+
+}  // namespace mpnet::nn

@@ -1,0 +1,127 @@
+// Precond: the EDM preconditioning around the U-Net, and the learned uncertainty head.
+//
+//   D(x; sigma) = c_skip x + c_out F(c_in x, ln(sigma)/4, labels)
+//   logvar(sigma) = logvar_linear(logvar_fourier(ln(sigma)/4))
+#pragma once
+#include <cmath>
+
+#include "mpnet/nn/unet.hpp"
+
+namespace mpnet::nn {
+
+template <Scalar T, Backend B>
+class Precond {
+public:
+    using TensorT = Tensor<T, B>;
+
+    explicit Precond(const NetworkConfig& cfg, uint64_t seed = 0)
+        : cfg_((cfg.validate(), cfg)), unet(cfg, rng::substream(seed, 100)),
+          logvar_fourier(cfg.logvar_channels, rng::substream(seed, 2)), logvar_linear(cfg.logvar_channels, 1, 0) {
+        initialize(seed);
+    }
+
+    [[nodiscard]] const NetworkConfig& config() const { return cfg_; }
+
+    struct Context {
+        typename UNet<T, B>::Context unet;
+        typename MPConv<T, B>::Context logvar;
+        TensorT c_out;  // [N]
+    };
+    struct Output {
+        TensorT D, logvar;  // [N, C, H, W] and [N] (logvar only when asked for)
+    };
+
+    // x [N, C, H, W]; sigma [N]; labels [N, label_dim] or empty (zero labels, as the reference).
+    // Training mode first applies forced weight normalisation; ctx keeps what backward needs.
+    Output forward(const TensorT& x, const TensorT& sigma, const TensorT& labels, const ForwardMode& mode,
+                   bool want_logvar, Context* ctx = nullptr) {
+        check(x.rank() == 4 && x.size(1) == cfg_.img_channels && x.size(2) == cfg_.img_resolution &&
+                  x.size(3) == cfg_.img_resolution,
+              "Precond: input ", x.shape().str(), " does not fit a network of ", cfg_.img_channels, "x",
+              cfg_.img_resolution, "x", cfg_.img_resolution, " images");
+        check(sigma.numel() == x.size(0), "Precond: ", sigma.numel(), " sigmas for ", x.size(0), " images");
+        if (mode.training) force_normalize();
+        const int64_t n = x.size(0);
+        std::vector<T> s = sigma.to_host(), skip(s.size()), out(s.size()), in(s.size()), noise(s.size());
+        const double sd = cfg_.sigma_data;
+        for (size_t i = 0; i < s.size(); ++i) {
+            const double si = s[i];
+            skip[i] = T(sd * sd / (si * si + sd * sd));
+            out[i] = T(si * sd / std::sqrt(si * si + sd * sd));
+            in[i] = T(1 / std::sqrt(sd * sd + si * si));
+            noise[i] = T(std::log(si) / 4);
+        }
+        const auto per_image = [&](const std::vector<T>& v) { return TensorT::from_host(Shape{n}, v); };
+        const TensorT c_noise = per_image(noise), c_out = per_image(out);
+        const TensorT lab = labels.empty() && cfg_.label_dim ? TensorT::zeros(Shape{n, cfg_.label_dim}) : labels;
+        TensorT x_in(x.shape());
+        scale_images(x, per_image(in), x_in);
+        TensorT F = unet.forward(x_in, c_noise, lab, mode, ctx ? &ctx->unet : nullptr);
+        Output o{TensorT(x.shape()), TensorT()};
+        scale_images(x, per_image(skip), o.D);
+        scale_images(F, c_out, F);
+        axpby(B{}, T(1), F, T(1), o.D);
+        if (want_logvar)
+            o.logvar = logvar_linear.forward(logvar_fourier.forward(c_noise), 1, ctx ? &ctx->logvar : nullptr).view(Shape{n});
+        if (ctx) ctx->c_out = c_out;
+        return o;
+    }
+
+    // dD [N, C, H, W] and dlogvar [N] (may be empty) -> accumulated parameter gradients.
+    void backward(const TensorT& dD, const TensorT& dlogvar, const Context& ctx) {
+        TensorT dF(dD.shape());
+        scale_images(dD, ctx.c_out, dF);
+        unet.backward(dF, ctx.unet);
+        if (!dlogvar.empty()) logvar_linear.backward(dlogvar.view(Shape{dlogvar.numel(), 1}), ctx.logvar, nullptr, false);
+    }
+
+    void force_normalize() {
+        unet.force_normalize();
+        logvar_linear.force_normalize();
+    }
+
+    // f(name, Param&) for every trainable parameter, under the reference state_dict names.
+    template <class F>
+    void visit(F&& f) {
+        unet.visit(f);
+        logvar_linear.visit("logvar_linear", f);
+    }
+    // f(name, Tensor&) for the fixed Fourier buffers.
+    template <class F>
+    void visit_buffers(F&& f) {
+        unet.visit_buffers(f);
+        logvar_fourier.visit_buffers("logvar_fourier", f);
+    }
+
+    void zero_grad() {
+        visit([](const std::string&, Param<T, B>& p) { p.grad.set_zero(); });
+    }
+
+private:
+    // y[n] = x[n] * s[n]: a channel scaling of the [N, 1, CHW] view.
+    static void scale_images(const TensorT& x, const TensorT& s, TensorT& y) {
+        const Shape v{x.size(0), 1, x.shape().numel_from(1)};
+        TensorT yv = y.view(v);
+        scale_channels_forward(B{}, x.view(v), s, yv);
+    }
+
+    // Weights ~ N(0, 1) and gains 0, as the reference initialises them; parameter i in visit
+    // order draws from its own substream.
+    void initialize(uint64_t seed) {
+        uint64_t index = 0;
+        visit([&](const std::string& name, Param<T, B>& p) {
+            const uint64_t stream = rng::substream(seed, 1000 + index++);
+            if (name.ends_with("gain")) p.value.set_zero();
+            else fill_normal(B{}, p.value, stream, 0);
+        });
+    }
+
+    NetworkConfig cfg_;
+
+public:
+    UNet<T, B> unet;
+    MPFourier<T, B> logvar_fourier;
+    MPConv<T, B> logvar_linear;
+};
+
+}  // namespace mpnet::nn

@@ -1,0 +1,184 @@
+// UNet: the EDM2 denoiser network F(x, c_noise, labels), forward and backward.
+#pragma once
+#include <cmath>
+#include <optional>
+#include <vector>
+
+#include "mpnet/nn/block.hpp"
+#include "mpnet/nn/mp_fourier.hpp"
+
+namespace mpnet::nn {
+
+template <Scalar T, Backend B>
+class UNet {
+public:
+    using TensorT = Tensor<T, B>;
+    using Conv = MPConv<T, B>;
+
+    // Parameters ~ N(0, 1) and gains 0, drawn from `seed` (see initialize()).
+    UNet(const NetworkConfig& cfg, uint64_t seed)
+        : cfg_(cfg), layout_(unet_layout(cfg)), out_gain(Shape{}),
+          emb_fourier(cfg.cnoise(), rng::substream(seed, 1)), emb_noise(cfg.cnoise(), cfg.cemb(), 0),
+          enc_conv(layout_.enc.front().in, layout_.enc.front().out, 3),
+          out_conv(cfg.cblock()[0], cfg.img_channels, 3) {
+        if (cfg.label_dim) emb_label.emplace(cfg.label_dim, cfg.cemb(), 0);
+        for (size_t i = 1; i < layout_.enc.size(); ++i) enc.emplace_back(layout_.enc[i], cfg);
+        for (const auto& spec : layout_.dec) dec.emplace_back(spec, cfg);
+    }
+
+    struct Context {
+        TensorT c_noise, fourier, emb_pre_silu;
+        typename Conv::Context emb_noise, emb_label, enc_conv, out_conv;
+        std::vector<typename Block<T, B>::Context> enc, dec;
+        std::vector<Shape> skip_shapes;  // of each decoder block's skip input
+        std::vector<Shape> main_shapes;  // of each decoder block's main input before mp_cat
+        double out_gain = 0;
+        bool has_labels = false;
+    };
+
+    [[nodiscard]] const NetworkConfig& config() const { return cfg_; }
+
+    void force_normalize() {
+        for_each_conv([](Conv& c) { c.force_normalize(); });
+        for (auto& b : enc) b.force_normalize();
+        for (auto& b : dec) b.force_normalize();
+    }
+
+    // x [N, img_channels, R, R], c_noise [N], labels [N, label_dim] (ignored when unconditional).
+    TensorT forward(const TensorT& x, const TensorT& c_noise, const TensorT& labels, const ForwardMode& mode,
+                    Context* ctx = nullptr) const {
+        Context local;
+        Context& s = ctx ? *ctx : local;
+        const TensorT emb = embedding(c_noise, labels, ctx);
+        TensorT h(Shape{x.size(0), x.size(1) + 1, x.size(2), x.size(3)});
+        append_ones_channel(B{}, x, h);
+        std::vector<TensorT> skips;
+        h = enc_conv.forward(h, 1, ctx ? &s.enc_conv : nullptr);
+        skips.push_back(h);
+        s.enc.resize(enc.size());
+        s.dec.resize(dec.size());
+        s.skip_shapes.assign(dec.size(), Shape{});
+        s.main_shapes.assign(dec.size(), Shape{});
+        for (size_t i = 0; i < enc.size(); ++i) {
+            h = enc[i].forward(h, emb, block_mode(mode, i), ctx ? &s.enc[i] : nullptr);
+            skips.push_back(h);
+        }
+        for (size_t i = 0; i < dec.size(); ++i) {
+            if (dec[i].spec().takes_skip) {
+                const TensorT& skip = skips.back();
+                TensorT cat(Shape{h.size(0), h.size(1) + skip.size(1), h.size(2), h.size(3)});
+                mp_cat_forward(B{}, h, skip, cfg_.concat_balance, cat);
+                s.main_shapes[i] = h.shape(), s.skip_shapes[i] = skip.shape();
+                skips.pop_back();
+                h = cat;
+            }
+            h = dec[i].forward(h, emb, block_mode(mode, enc.size() + i), ctx ? &s.dec[i] : nullptr);
+        }
+        s.out_gain = out_gain.value.to_host()[0];
+        return out_conv.forward(h, s.out_gain, ctx ? &s.out_conv : nullptr);
+    }
+
+    // Accumulates every parameter gradient from dF (the input gradient is not formed).
+    void backward(const TensorT& dF, const Context& s) {
+        double dgain = 0;
+        TensorT dh = out_conv.backward(dF, s.out_conv, &dgain);
+        add_to_scalar(out_gain.grad, dgain);
+        TensorT demb = TensorT::zeros(s.emb_pre_silu.shape());
+        std::vector<TensorT> dskips;  // gradients of the skip stack, in pop order
+        for (size_t i = dec.size(); i-- > 0;) {
+            dh = dec[i].backward(dh, s.dec[i], demb);
+            if (dec[i].spec().takes_skip) {
+                TensorT dmain(s.main_shapes[i]), dskip(s.skip_shapes[i]);
+                mp_cat_backward(B{}, dh, cfg_.concat_balance, dmain, dskip);
+                dskips.push_back(dskip);
+                dh = dmain;
+            }
+        }
+        // The decoder popped the skip stack from the top, so walking it backwards met the
+        // bottom first: dskips[0] is the enc_conv output's, dskips[i + 1] encoder block i's.
+        for (size_t i = enc.size(); i-- > 0;) {
+            axpby(B{}, T(1), dskips[i + 1], T(1), dh);
+            dh = enc[i].backward(dh, s.enc[i], demb);
+        }
+        axpby(B{}, T(1), dskips[0], T(1), dh);
+        enc_conv.backward(dh, s.enc_conv, nullptr, false);
+        embedding_backward(demb, s);
+    }
+
+    template <class F>
+    void visit(F&& f) {
+        f("unet.out_gain", out_gain);
+        emb_noise.visit("unet.emb_noise", f);
+        if (emb_label) emb_label->visit("unet.emb_label", f);
+        enc_conv.visit("unet.enc." + layout_.enc.front().name, f);
+        for (auto& b : enc) b.visit("unet.enc." + b.spec().name, f);
+        for (auto& b : dec) b.visit("unet.dec." + b.spec().name, f);
+        out_conv.visit("unet.out_conv", f);
+    }
+    template <class F>
+    void visit_buffers(F&& f) {
+        emb_fourier.visit_buffers("unet.emb_fourier", f);
+    }
+
+private:
+    // emb = mp_silu(mp_sum(emb_noise(fourier(c_noise)), emb_label(labels sqrt(label_dim)), label_balance))
+    TensorT embedding(const TensorT& c_noise, const TensorT& labels, Context* ctx) const {
+        TensorT f = emb_fourier.forward(c_noise);
+        TensorT e = emb_noise.forward(f, 1, ctx ? &ctx->emb_noise : nullptr);
+        const bool has_labels = emb_label.has_value();
+        if (has_labels) {
+            check(labels.size(0) == c_noise.numel() && labels.shape().numel_from(1) == cfg_.label_dim,
+                  "UNet: labels ", labels.shape().str(), " for ", c_noise.numel(), " images of ", cfg_.label_dim,
+                  " classes");
+            TensorT scaled(labels.shape());
+            affine(B{}, labels, T(std::sqrt(double(cfg_.label_dim))), T(0), scaled);
+            TensorT l = emb_label->forward(scaled, 1, ctx ? &ctx->emb_label : nullptr);
+            mp_sum_forward(B{}, e, l, cfg_.label_balance, e);
+        }
+        if (ctx) ctx->c_noise = c_noise, ctx->fourier = f, ctx->emb_pre_silu = e, ctx->has_labels = has_labels;
+        TensorT emb(e.shape());
+        mp_silu_forward(B{}, e, emb);
+        return emb;
+    }
+
+    void embedding_backward(const TensorT& demb, const Context& s) {
+        TensorT de(demb.shape());
+        mp_silu_backward(B{}, s.emb_pre_silu, demb, de);
+        if (s.has_labels) {
+            TensorT dnoise(de.shape()), dlabel(de.shape());
+            mp_sum_backward(B{}, de, cfg_.label_balance, dnoise, dlabel);
+            emb_label->backward(dlabel, s.emb_label, nullptr, false);
+            de = dnoise;
+        }
+        emb_noise.backward(de, s.emb_noise, nullptr, false);
+    }
+
+    // Each block draws its dropout mask from its own substream.
+    static ForwardMode block_mode(const ForwardMode& m, size_t index) {
+        return {m.training, rng::substream(m.dropout_seed, index)};
+    }
+    template <class F>
+    void for_each_conv(F&& f) {
+        for (Conv* c : {&emb_noise, &enc_conv, &out_conv}) f(*c);
+        if (emb_label) f(*emb_label);
+    }
+    static void add_to_scalar(TensorT& t, double g) {
+        auto v = t.to_host();
+        v[0] += T(g);
+        B::copy_from_host(t.data(), v.data(), sizeof(T));
+    }
+
+    NetworkConfig cfg_;
+    UNetLayout layout_;
+
+public:
+    Param<T, B> out_gain;
+    MPFourier<T, B> emb_fourier;
+    Conv emb_noise;
+    std::optional<Conv> emb_label;
+    Conv enc_conv;
+    std::vector<Block<T, B>> enc, dec;
+    Conv out_conv;
+};
+
+}  // namespace mpnet::nn
