@@ -1,5 +1,6 @@
 // Everything of the CPU backend: memory and every primitive kernel.
 #pragma once
+#include "mpnet/backend/cpu/adam.hpp"
 #include "mpnet/backend/cpu/attention.hpp"
 #include "mpnet/backend/cpu/backend.hpp"
 #include "mpnet/backend/cpu/conv.hpp"

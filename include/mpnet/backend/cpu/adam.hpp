@@ -1,0 +1,27 @@
+// One Adam step on the CPU (no weight decay), fused over the parameter, its gradient and
+// both moments, with the bias corrections of step t.
+#pragma once
+#include <cmath>
+
+#include "mpnet/backend/cpu/backend.hpp"
+
+namespace mpnet::cpu {
+
+template <Scalar T>
+void adam_step(CpuBackend, CpuTensor<T>& param, const CpuTensor<T>& grad, CpuTensor<T>& m, CpuTensor<T>& v, double lr,
+               double beta1, double beta2, double eps, int64_t step) {
+    const double c1 = 1 - std::pow(beta1, double(step)), c2 = 1 - std::pow(beta2, double(step));
+    T *p = param.data(), *pm = m.data(), *pv = v.data();
+    const T* g = grad.data();
+    const int64_t n = param.numel();
+#pragma omp parallel for schedule(static) if (n > parallel_grain)
+    for (int64_t i = 0; i < n; ++i) {
+        const double gi = g[i];
+        const double mi = beta1 * pm[i] + (1 - beta1) * gi, vi = beta2 * pv[i] + (1 - beta2) * gi * gi;
+        pm[i] = T(mi);
+        pv[i] = T(vi);
+        p[i] = T(p[i] - lr * (mi / c1) / (std::sqrt(vi / c2) + eps));
+    }
+}
+
+}  // namespace mpnet::cpu
