@@ -1,0 +1,11 @@
+// Everything of the CUDA backend: memory, streams and every primitive kernel. Include it
+// from .cu translation units only.
+#pragma once
+#include "mpnet/backend/cuda/attention.cuh"
+#include "mpnet/backend/cuda/backend.cuh"
+#include "mpnet/backend/cuda/conv.cuh"
+#include "mpnet/backend/cuda/elementwise.cuh"
+#include "mpnet/backend/cuda/fourier.cuh"
+#include "mpnet/backend/cuda/loss.cuh"
+#include "mpnet/backend/cuda/normalize.cuh"
+#include "mpnet/backend/cuda/resample.cuh"

@@ -1,0 +1,370 @@
+// Elementwise MP primitives on the GPU: mp_silu, mp_sum, mp_cat, clip, dropout, channel
+// modulation, the arithmetic of the layers and optimizer, reductions and random fills.
+// Each is one pass over memory; results match the CPU kernels' formulas term by term.
+#pragma once
+#include <cmath>
+#include <cstdint>
+
+#include "mpnet/backend/cuda/launch.cuh"
+#include "mpnet/core/rng.hpp"
+#include "mpnet/ops/constants.hpp"
+
+namespace mpnet::cuda {
+
+namespace detail {
+
+template <class T>
+__device__ inline T sigmoid(T x) {
+    return T(1) / (T(1) + exp(-x));
+}
+
+template <class T>
+struct SiluForward {
+    const T* x;
+    T* y;
+    T inv;
+    __device__ void operator()(int64_t i) const { y[i] = x[i] * sigmoid(x[i]) * inv; }
+};
+template <class T>
+struct SiluBackward {
+    const T *x, *dy;
+    T* dx;
+    T inv;
+    __device__ void operator()(int64_t i) const {
+        const T s = sigmoid(x[i]);
+        dx[i] = dy[i] * s * (T(1) + x[i] * (T(1) - s)) * inv;
+    }
+};
+// y = wa a + wb b
+template <class T>
+struct WeightedSum {
+    const T *a, *b;
+    T wa, wb;
+    T* y;
+    __device__ void operator()(int64_t i) const { y[i] = wa * a[i] + wb * b[i]; }
+};
+// da = wa dy, db = wb dy, each skipped when null.
+template <class T>
+struct SplitScale {
+    const T* dy;
+    T wa, wb;
+    T *da, *db;
+    __device__ void operator()(int64_t i) const {
+        if (da) da[i] = wa * dy[i];
+        if (db) db[i] = wb * dy[i];
+    }
+};
+// Channel concatenation: per sample, the first sa elements of y come from a, the next sb from b.
+template <class T>
+struct CatForward {
+    const T *a, *b;
+    T wa, wb;
+    int64_t sa, sb;
+    T* y;
+    __device__ void operator()(int64_t i) const {
+        const int64_t n = i / (sa + sb), j = i % (sa + sb);
+        y[i] = j < sa ? wa * a[n * sa + j] : wb * b[n * sb + j - sa];
+    }
+};
+template <class T>
+struct CatBackward {
+    const T* dy;
+    T wa, wb;
+    int64_t sa, sb;
+    T *da, *db;
+    __device__ void operator()(int64_t i) const {
+        const int64_t n = i / (sa + sb), j = i % (sa + sb);
+        if (j < sa) da[n * sa + j] = wa * dy[i];
+        else db[n * sb + j - sa] = wb * dy[i];
+    }
+};
+template <class T>
+struct ClipForward {
+    const T* x;
+    T lo, hi;
+    T* y;
+    __device__ void operator()(int64_t i) const { y[i] = x[i] < lo ? lo : x[i] > hi ? hi : x[i]; }
+};
+template <class T>
+struct ClipBackward {
+    const T *x, *dy;
+    T lo, hi;
+    T* dx;
+    __device__ void operator()(int64_t i) const { dx[i] = (x[i] >= lo && x[i] <= hi) ? dy[i] : T(0); }
+};
+template <class T>
+struct Dropout {
+    const T* x;
+    double p;
+    uint64_t seed;
+    T keep_scale;
+    T* y;
+    __device__ void operator()(int64_t i) const {
+        y[i] = rng::uniform(seed, static_cast<uint64_t>(i)) >= p ? x[i] * keep_scale : T(0);
+    }
+};
+template <class T>
+struct ScaleChannels {
+    const T *x, *s;
+    int64_t inner;
+    T* y;
+    __device__ void operator()(int64_t i) const { y[i] = x[i] * s[i / inner]; }
+};
+// ds[nc] = sum over the plane of dy x (one block per plane), dx = dy s.
+template <class T>
+__global__ void __launch_bounds__(block_size)
+    scale_channels_backward_kernel(const T* x, const T* s, const T* dy, int64_t inner, T* dx, T* ds) {
+    using Reduce = cub::BlockReduce<double, block_size>;
+    __shared__ typename Reduce::TempStorage tmp;
+    const int64_t plane = blockIdx.x;
+    const T k = s[plane];
+    double acc = 0;
+    for (int64_t j = threadIdx.x; j < inner; j += blockDim.x) {
+        const int64_t e = plane * inner + j;
+        acc += double(dy[e]) * x[e];
+        dx[e] = dy[e] * k;
+    }
+    const double total = Reduce(tmp).Sum(acc);
+    if (threadIdx.x == 0) ds[plane] = T(total);
+}
+// y = [x, 1] per sample: sx elements of x, then `plane` ones.
+template <class T>
+struct AppendOnes {
+    const T* x;
+    int64_t sx, plane;
+    T* y;
+    __device__ void operator()(int64_t i) const {
+        const int64_t n = i / (sx + plane), j = i % (sx + plane);
+        y[i] = j < sx ? x[n * sx + j] : T(1);
+    }
+};
+template <class T>
+struct Axpby {
+    T alpha;
+    const T* x;
+    T beta;
+    T* y;
+    __device__ void operator()(int64_t i) const { y[i] = alpha * x[i] + beta * y[i]; }
+};
+template <class T>
+struct Affine {
+    const T* x;
+    T alpha, beta;
+    T* y;
+    __device__ void operator()(int64_t i) const { y[i] = alpha * x[i] + beta; }
+};
+template <class T>
+struct Value {
+    const T* x;
+    __device__ double operator()(int64_t i) const { return double(x[i]); }
+};
+template <class T>
+struct Product {
+    const T *a, *b;
+    __device__ double operator()(int64_t i) const { return double(a[i]) * double(b[i]); }
+};
+// Zeroes a non-finite element and counts it.
+template <class T>
+struct ZeroNonfinite {
+    T* x;
+    __device__ double operator()(int64_t i) const {
+        if (isfinite(x[i])) return 0.0;
+        x[i] = T(0);
+        return 1.0;
+    }
+};
+// mean + std * sample in double, without contraction into an FMA, then rounded to T: the
+// same arithmetic as the CPU's fill_normal.
+template <class T>
+struct FillNormal {
+    T* x;
+    uint64_t seed, offset;
+    double mean, std;
+    __device__ void operator()(int64_t i) const {
+        x[i] = T(__dadd_rn(mean, __dmul_rn(std, rng::normal(seed, offset + static_cast<uint64_t>(i)))));
+    }
+};
+template <class T>
+struct FillUniform {
+    T* x;
+    uint64_t seed, offset;
+    __device__ void operator()(int64_t i) const { x[i] = T(rng::uniform(seed, offset + static_cast<uint64_t>(i))); }
+};
+template <class T>
+struct Fill {
+    T* x;
+    T value;
+    __device__ void operator()(int64_t i) const { x[i] = value; }
+};
+
+}  // namespace detail
+
+// ---- mp_silu -------------------------------------------------------------------------
+template <Scalar T>
+void mp_silu_forward(CudaBackend, const CudaTensor<T>& x, CudaTensor<T>& y) {
+    check_same_shape(x, y, "mp_silu_forward");
+    detail::for_each(x.numel(), detail::SiluForward<T>{x.data(), y.data(), T(1 / ops::silu_scale)},
+                     "mp_silu_forward on ", x.shape().str());
+}
+
+template <Scalar T>
+void mp_silu_backward(CudaBackend, const CudaTensor<T>& x, const CudaTensor<T>& dy, CudaTensor<T>& dx) {
+    check_same_shape(x, dy, "mp_silu_backward");
+    check_same_shape(x, dx, "mp_silu_backward");
+    detail::for_each(x.numel(), detail::SiluBackward<T>{x.data(), dy.data(), dx.data(), T(1 / ops::silu_scale)},
+                     "mp_silu_backward on ", x.shape().str());
+}
+
+// ---- mp_sum --------------------------------------------------------------------------
+template <Scalar T>
+void mp_sum_forward(CudaBackend, const CudaTensor<T>& a, const CudaTensor<T>& b, double t, CudaTensor<T>& y) {
+    check_same_shape(a, b, "mp_sum_forward");
+    check_same_shape(a, y, "mp_sum_forward");
+    const auto w = ops::mp_sum_weights(t);
+    detail::for_each(a.numel(), detail::WeightedSum<T>{a.data(), b.data(), T(w.wa), T(w.wb), y.data()},
+                     "mp_sum_forward on ", a.shape().str());
+}
+
+// da and db may be empty when that gradient is not wanted.
+template <Scalar T>
+void mp_sum_backward(CudaBackend, const CudaTensor<T>& dy, double t, CudaTensor<T>& da, CudaTensor<T>& db) {
+    check((da.empty() || da.numel() == dy.numel()) && (db.empty() || db.numel() == dy.numel()),
+          "mp_sum_backward: gradient ", dy.shape().str(), " into ", da.shape().str(), " and ", db.shape().str());
+    const auto w = ops::mp_sum_weights(t);
+    detail::for_each(dy.numel(), detail::SplitScale<T>{dy.data(), T(w.wa), T(w.wb), da.data(), db.data()},
+                     "mp_sum_backward on ", dy.shape().str());
+}
+
+// ---- mp_cat along channels (dim 1) ---------------------------------------------------
+template <Scalar T>
+void mp_cat_forward(CudaBackend, const CudaTensor<T>& a, const CudaTensor<T>& b, double t, CudaTensor<T>& y) {
+    const int64_t n = a.size(0), ca = a.size(1), cb = b.size(1), inner = a.shape().numel_from(2);
+    check(b.size(0) == n && b.shape().numel_from(2) == inner && y.size(1) == ca + cb &&
+              y.numel() == n * (ca + cb) * inner,
+          "mp_cat_forward: shapes ", a.shape().str(), " + ", b.shape().str(), " -> ", y.shape().str());
+    const auto w = ops::mp_cat_weights(t, double(ca), double(cb));
+    detail::for_each(y.numel(),
+                     detail::CatForward<T>{a.data(), b.data(), T(w.wa), T(w.wb), ca * inner, cb * inner, y.data()},
+                     "mp_cat_forward on ", a.shape().str(), " + ", b.shape().str());
+}
+
+template <Scalar T>
+void mp_cat_backward(CudaBackend, const CudaTensor<T>& dy, double t, CudaTensor<T>& da, CudaTensor<T>& db) {
+    const int64_t n = da.size(0), ca = da.size(1), cb = db.size(1), inner = da.shape().numel_from(2);
+    check(dy.numel() == n * (ca + cb) * inner && db.numel() == n * cb * inner, "mp_cat_backward: gradient ",
+          dy.shape().str(), " into ", da.shape().str(), " + ", db.shape().str());
+    const auto w = ops::mp_cat_weights(t, double(ca), double(cb));
+    detail::for_each(dy.numel(),
+                     detail::CatBackward<T>{dy.data(), T(w.wa), T(w.wb), ca * inner, cb * inner, da.data(), db.data()},
+                     "mp_cat_backward on ", dy.shape().str());
+}
+
+// ---- clip ----------------------------------------------------------------------------
+template <Scalar T>
+void clip_forward(CudaBackend, const CudaTensor<T>& x, double limit, CudaTensor<T>& y) {
+    check_same_shape(x, y, "clip_forward");
+    detail::for_each(x.numel(), detail::ClipForward<T>{x.data(), T(-limit), T(limit), y.data()}, "clip_forward on ",
+                     x.shape().str());
+}
+
+// The gradient passes where the input lies inside [-limit, limit] (ends included).
+template <Scalar T>
+void clip_backward(CudaBackend, const CudaTensor<T>& x, const CudaTensor<T>& dy, double limit, CudaTensor<T>& dx) {
+    check_same_shape(x, dy, "clip_backward");
+    check_same_shape(x, dx, "clip_backward");
+    detail::for_each(x.numel(), detail::ClipBackward<T>{x.data(), dy.data(), T(-limit), T(limit), dx.data()},
+                     "clip_backward on ", x.shape().str());
+}
+
+// ---- dropout: element i is kept iff uniform(seed, i) >= p; kept values scale by 1/(1-p).
+template <Scalar T>
+void dropout_apply(CudaBackend, const CudaTensor<T>& x, double p, uint64_t seed, CudaTensor<T>& y) {
+    check_same_shape(x, y, "dropout_apply");
+    detail::for_each(x.numel(), detail::Dropout<T>{x.data(), p, seed, T(1 / (1 - p)), y.data()}, "dropout_apply on ",
+                     x.shape().str());
+}
+
+// ---- modulation: y[n, c, ...] = x[n, c, ...] * s[n, c] --------------------------------
+template <Scalar T>
+void scale_channels_forward(CudaBackend, const CudaTensor<T>& x, const CudaTensor<T>& s, CudaTensor<T>& y) {
+    const int64_t nc = x.size(0) * x.size(1), inner = x.shape().numel_from(2);
+    check(s.numel() == nc && y.numel() == x.numel(), "scale_channels_forward: scale ", s.shape().str(), " for ",
+          x.shape().str());
+    detail::for_each(x.numel(), detail::ScaleChannels<T>{x.data(), s.data(), inner, y.data()},
+                     "scale_channels_forward on ", x.shape().str());
+}
+
+template <Scalar T>
+void scale_channels_backward(CudaBackend, const CudaTensor<T>& x, const CudaTensor<T>& s, const CudaTensor<T>& dy,
+                             CudaTensor<T>& dx, CudaTensor<T>& ds) {
+    const int64_t nc = x.size(0) * x.size(1), inner = x.shape().numel_from(2);
+    check(s.numel() == nc && ds.numel() == nc && dy.numel() == x.numel() && dx.numel() == x.numel(),
+          "scale_channels_backward: scale ", s.shape().str(), " for ", x.shape().str());
+    if (nc == 0) return;
+    detail::scale_channels_backward_kernel<<<unsigned(nc), detail::block_size, 0, current_stream()>>>(
+        x.data(), s.data(), dy.data(), inner, dx.data(), ds.data());
+    launch_check("scale_channels_backward on ", x.shape().str());
+}
+
+// ---- y = [x, 1]: appends a constant-one channel (the U-Net's input) ---------------------
+template <Scalar T>
+void append_ones_channel(CudaBackend, const CudaTensor<T>& x, CudaTensor<T>& y) {
+    const int64_t n = x.size(0), sx = x.shape().numel_from(1), plane = x.shape().numel_from(2);
+    check(y.size(1) == x.size(1) + 1 && y.numel() == n * (sx + plane), "append_ones_channel: ", x.shape().str(),
+          " -> ", y.shape().str());
+    detail::for_each(y.numel(), detail::AppendOnes<T>{x.data(), sx, plane, y.data()}, "append_ones_channel on ",
+                     x.shape().str());
+}
+
+// ---- arithmetic ----------------------------------------------------------------------
+// y = alpha * x + beta * y
+template <Scalar T>
+void axpby(CudaBackend, T alpha, const CudaTensor<T>& x, T beta, CudaTensor<T>& y) {
+    check_same_shape(x, y, "axpby");
+    detail::for_each(x.numel(), detail::Axpby<T>{alpha, x.data(), beta, y.data()}, "axpby on ", x.shape().str());
+}
+
+// y = alpha * x + beta (elementwise affine)
+template <Scalar T>
+void affine(CudaBackend, const CudaTensor<T>& x, T alpha, T beta, CudaTensor<T>& y) {
+    check(x.numel() == y.numel(), "affine: ", x.shape().str(), " into ", y.shape().str());
+    detail::for_each(x.numel(), detail::Affine<T>{x.data(), alpha, beta, y.data()}, "affine on ", x.shape().str());
+}
+
+// Sum over all elements, accumulated in double (synchronises the stream).
+template <Scalar T>
+double sum(CudaBackend, const CudaTensor<T>& x) {
+    return detail::reduce_sum(x.numel(), detail::Value<T>{x.data()}, "sum on ", x.shape().str());
+}
+
+template <Scalar T>
+double dot(CudaBackend, const CudaTensor<T>& a, const CudaTensor<T>& b) {
+    check_same_shape(a, b, "dot");
+    return detail::reduce_sum(a.numel(), detail::Product<T>{a.data(), b.data()}, "dot on ", a.shape().str());
+}
+
+// Replaces NaN and +-inf by zero; returns how many were replaced (synchronises the stream).
+template <Scalar T>
+int64_t zero_nonfinite(CudaBackend, CudaTensor<T>& x) {
+    return static_cast<int64_t>(
+        detail::reduce_sum(x.numel(), detail::ZeroNonfinite<T>{x.data()}, "zero_nonfinite on ", x.shape().str()));
+}
+
+// Fills x with N(mean, std^2) samples: element i is normal(seed, offset + i), the CPU's stream.
+template <Scalar T>
+void fill_normal(CudaBackend, CudaTensor<T>& x, uint64_t seed, uint64_t offset, double mean = 0, double std = 1) {
+    detail::for_each(x.numel(), detail::FillNormal<T>{x.data(), seed, offset, mean, std}, "fill_normal on ",
+                     x.shape().str());
+}
+
+template <Scalar T>
+void fill_uniform(CudaBackend, CudaTensor<T>& x, uint64_t seed, uint64_t offset) {
+    detail::for_each(x.numel(), detail::FillUniform<T>{x.data(), seed, offset}, "fill_uniform on ", x.shape().str());
+}
+
+template <Scalar T>
+void fill(CudaBackend, CudaTensor<T>& x, T value) {
+    detail::for_each(x.numel(), detail::Fill<T>{x.data(), value}, "fill on ", x.shape().str());
+}
+
+}  // namespace mpnet::cuda

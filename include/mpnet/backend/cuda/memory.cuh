@@ -1,0 +1,180 @@
+// Device memory and streams for the CUDA backend.
+//
+// Every thread has a current stream (cudaStreamPerThread unless the user sets another);
+// all kernels, copies, allocations and frees of that thread are ordered on it. Memory comes
+// from the device's stream-ordered pool (cudaMallocAsync) whose release threshold is raised
+// to "never", so blocks freed during a training step stay reserved and the next step's
+// allocations are served from the pool without reaching the driver.
+//
+// A block is freed on the stream that allocated it, so the free is ordered after every
+// kernel that stream ran on it. Work on other streams that touches a block must be
+// synchronised by the caller before the block's last owner goes away.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <limits>
+#include <mutex>
+#include <span>
+#include <unordered_map>
+#include <utility>
+
+#include "mpnet/backend/cuda/check.cuh"
+
+namespace mpnet::cuda {
+
+namespace detail {
+inline cudaStream_t& current_stream_slot() {
+    thread_local cudaStream_t stream = cudaStreamPerThread;
+    return stream;
+}
+}  // namespace detail
+
+// The stream this thread's work goes to.
+inline cudaStream_t current_stream() { return detail::current_stream_slot(); }
+inline void set_current_stream(cudaStream_t stream) { detail::current_stream_slot() = stream; }
+
+// Makes `stream` current for a scope and restores the previous one at its end.
+class StreamScope {
+public:
+    explicit StreamScope(cudaStream_t stream) : saved_(current_stream()) { set_current_stream(stream); }
+    ~StreamScope() { set_current_stream(saved_); }
+    StreamScope(const StreamScope&) = delete;
+    StreamScope& operator=(const StreamScope&) = delete;
+
+private:
+    cudaStream_t saved_;
+};
+
+class DevicePool {
+public:
+    static DevicePool& instance() {
+        static DevicePool pool;
+        return pool;
+    }
+
+    void* allocate(std::size_t bytes) {
+        keep_reserved();
+        const cudaStream_t stream = current_stream();
+        void* p = nullptr;
+        const cudaError_t status = cudaMallocAsync(&p, bytes, stream);
+        if (status != cudaSuccess)
+            cuda_check(status, "allocate of ", bytes, " bytes from the stream-ordered pool (", bytes_in_use(),
+                       " bytes in use)");
+        std::lock_guard lock(mutex_);
+        blocks_[p] = Block{bytes, stream};
+        in_use_ += bytes;
+        if (in_use_ > peak_) peak_ = in_use_;
+        return p;
+    }
+
+    // Called from tensor destructors, so it must not throw. A failure here means the
+    // context is already broken (or torn down at exit); it is reported, not hidden.
+    void deallocate(void* p, std::size_t bytes) noexcept {
+        cudaStream_t stream = current_stream();
+        {
+            std::lock_guard lock(mutex_);
+            if (auto it = blocks_.find(p); it != blocks_.end()) {
+                stream = it->second.stream;
+                blocks_.erase(it);
+            }
+            in_use_ -= bytes;
+        }
+        const cudaError_t status = cudaFreeAsync(p, stream);
+        if (status == cudaSuccess) return;
+        (void)cudaGetLastError();
+        if (status != cudaErrorCudartUnloading)
+            std::fprintf(stderr, "mpnet: CUDA error in deallocate of %zu bytes: %s\n", bytes, cudaGetErrorName(status));
+    }
+
+    // Returns the pool's unused reserve to the driver (after the current stream's frees).
+    void release_cached() {
+        cuda_check(cudaStreamSynchronize(current_stream()), "release_cached: stream synchronize");
+        cuda_check(cudaMemPoolTrimTo(pool(), 0), "release_cached: cudaMemPoolTrimTo");
+    }
+
+    [[nodiscard]] std::size_t bytes_in_use() {
+        std::lock_guard lock(mutex_);
+        return in_use_;
+    }
+    [[nodiscard]] std::size_t peak_bytes() {
+        std::lock_guard lock(mutex_);
+        return peak_;
+    }
+    void reset_peak() {
+        std::lock_guard lock(mutex_);
+        peak_ = in_use_;
+    }
+
+private:
+    struct Block {
+        std::size_t bytes;
+        cudaStream_t stream;
+    };
+
+    static cudaMemPool_t pool() {
+        int device = 0;
+        cuda_check(cudaGetDevice(&device), "cudaGetDevice");
+        cudaMemPool_t pool = nullptr;
+        cuda_check(cudaDeviceGetDefaultMemPool(&pool, device), "cudaDeviceGetDefaultMemPool of device ", device);
+        return pool;
+    }
+
+    // Once per process: keep freed memory in the pool instead of giving it back at every
+    // synchronisation, which is what makes steady-state training allocation-free.
+    void keep_reserved() {
+        std::call_once(configured_, [] {
+            uint64_t threshold = std::numeric_limits<uint64_t>::max();
+            cuda_check(cudaMemPoolSetAttribute(pool(), cudaMemPoolAttrReleaseThreshold, &threshold),
+                       "cudaMemPoolSetAttribute(release threshold)");
+        });
+    }
+
+    std::once_flag configured_;
+    std::mutex mutex_;
+    std::unordered_map<void*, Block> blocks_;
+    std::size_t in_use_ = 0, peak_ = 0;
+};
+
+// Pool-backed scratch of any trivially copyable type (indices, double accumulators) for
+// kernels that need more than a Tensor of float or double.
+template <class U>
+class DeviceBuffer {
+public:
+    DeviceBuffer() = default;
+    explicit DeviceBuffer(std::size_t n)
+        : n_(n), p_(n ? static_cast<U*>(DevicePool::instance().allocate(n * sizeof(U))) : nullptr) {}
+    static DeviceBuffer from_host(std::span<const U> values) {
+        DeviceBuffer b(values.size());
+        if (!values.empty()) {
+            cuda_check(cudaMemcpyAsync(b.p_, values.data(), values.size_bytes(), cudaMemcpyHostToDevice,
+                                       current_stream()),
+                       "DeviceBuffer upload of ", values.size_bytes(), " bytes");
+            // The source may be released as soon as we return.
+            cuda_check(cudaStreamSynchronize(current_stream()), "DeviceBuffer upload: stream synchronize");
+        }
+        return b;
+    }
+    DeviceBuffer(DeviceBuffer&& o) noexcept : n_(std::exchange(o.n_, 0)), p_(std::exchange(o.p_, nullptr)) {}
+    DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+        std::swap(n_, o.n_);
+        std::swap(p_, o.p_);
+        return *this;
+    }
+    DeviceBuffer(const DeviceBuffer&) = delete;
+    DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+    ~DeviceBuffer() {
+        if (p_) DevicePool::instance().deallocate(p_, n_ * sizeof(U));
+    }
+
+    [[nodiscard]] U* data() { return p_; }
+    [[nodiscard]] const U* data() const { return p_; }
+    [[nodiscard]] std::size_t size() const { return n_; }
+
+private:
+    std::size_t n_ = 0;
+    U* p_ = nullptr;
+};
+
+}  // namespace mpnet::cuda

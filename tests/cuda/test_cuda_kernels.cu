@@ -1,0 +1,388 @@
+// Every CUDA kernel against the CPU kernel on the same random inputs, in float and double;
+// the RNG streams; the math modes; memory, streams and error reporting.
+#include "cuda_test.cuh"
+
+using namespace mpnet;
+using test::compare_backends;
+using test::gpu_fwd_tol;
+using test::gpu_grad_tol;
+using test::random_cpu;
+using test::to_cpu;
+using test::to_gpu;
+
+namespace {
+
+// Shorthands inside the generic lambdas: the tensor type of the tag's backend.
+template <class T, class Tag>
+using TensorOf = Tensor<T, Tag>;
+template <class T, class Tag>
+using Outputs = std::vector<Tensor<T, Tag>>;
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("cuda kernels: mp_silu, mp_sum, mp_cat, clip, dropout", T, float, double) {
+    const Shape s{3, 5, 7, 9};
+    const auto x = random_cpu<T>(s, 1, 2.0), b = random_cpu<T>(s, 2), dy = random_cpu<T>(s, 3);
+    compare_backends<T>(
+        [](auto tag, const auto& in) {
+            using TT = TensorOf<T, decltype(tag)>;
+            TT y(in[0].shape()), dx(in[0].shape()), inplace = in[0].clone();
+            mp_silu_forward(tag, in[0], y);
+            mp_silu_forward(tag, inplace, inplace);
+            mp_silu_backward(tag, in[0], in[2], dx);
+            return Outputs<T, decltype(tag)>{y, inplace, dx};
+        },
+        gpu_grad_tol<T>, {x, b, dy});
+    compare_backends<T>(
+        [](auto tag, const auto& in) {
+            using TT = TensorOf<T, decltype(tag)>;
+            TT y(in[0].shape()), da(in[0].shape()), db(in[0].shape()), da_only(in[0].shape()), none;
+            mp_sum_forward(tag, in[0], in[1], 0.3, y);
+            mp_sum_backward(tag, in[2], 0.3, da, db);
+            mp_sum_backward(tag, in[2], 0.7, da_only, none);
+            return Outputs<T, decltype(tag)>{y, da, db, da_only};
+        },
+        gpu_fwd_tol<T>, {x, b, dy});
+    compare_backends<T>(
+        [](auto tag, const auto& in) {
+            using TT = TensorOf<T, decltype(tag)>;
+            TT y(in[0].shape()), dx(in[0].shape()), drop(in[0].shape());
+            clip_forward(tag, in[0], 1.5, y);
+            clip_backward(tag, in[0], in[2], 1.5, dx);
+            dropout_apply(tag, in[0], 0.25, 77, drop);
+            return Outputs<T, decltype(tag)>{y, dx, drop};
+        },
+        0.0, {x, b, dy});  // exact: selections and one multiplication
+    const auto a = random_cpu<T>({2, 3, 4, 5}, 4), c = random_cpu<T>({2, 6, 4, 5}, 5), dcat = random_cpu<T>({2, 9, 4, 5}, 6);
+    compare_backends<T>(
+        [](auto tag, const auto& in) {
+            using TT = TensorOf<T, decltype(tag)>;
+            TT y(in[2].shape()), da(in[0].shape()), dc(in[1].shape());
+            mp_cat_forward(tag, in[0], in[1], 0.4, y);
+            mp_cat_backward(tag, in[2], 0.4, da, dc);
+            return Outputs<T, decltype(tag)>{y, da, dc};
+        },
+        gpu_fwd_tol<T>, {a, c, dcat});
+}
+
+TEST_CASE_TEMPLATE("cuda kernels: channel scaling, ones channel, arithmetic, fill", T, float, double) {
+    const Shape s{3, 4, 6, 5};
+    const auto x = random_cpu<T>(s, 7), k = random_cpu<T>({3, 4}, 8), dy = random_cpu<T>(s, 9);
+    compare_backends<T>(
+        [](auto tag, const auto& in) {
+            using TT = TensorOf<T, decltype(tag)>;
+            TT y(in[0].shape()), dx(in[0].shape()), ds(in[1].shape()), ones(Shape{3, 5, 6, 5});
+            scale_channels_forward(tag, in[0], in[1], y);
+            scale_channels_backward(tag, in[0], in[1], in[2], dx, ds);
+            append_ones_channel(tag, in[0], ones);
+            TT acc = in[2].clone(), aff(in[0].shape()), filled(in[0].shape());
+            axpby(tag, T(0.7), in[0], T(-1.3), acc);
+            affine(tag, in[0], T(2.5), T(-0.5), aff);
+            affine(tag, aff, T(1), T(1), aff);  // in place, as Block adds 1 to its modulation
+            fill(tag, filled, T(3.25));
+            return Outputs<T, decltype(tag)>{y, dx, ds, ones, acc, aff, filled};
+        },
+        gpu_grad_tol<T>, {x, k, dy});
+}
+
+TEST_CASE_TEMPLATE("cuda kernels: sum, dot, zero_nonfinite", T, float, double) {
+    auto x = random_cpu<T>({1000, 37}, 10), y = random_cpu<T>({1000, 37}, 11);
+    const auto gx = to_gpu(x), gy = to_gpu(y);
+    const double tol = std::is_same_v<T, float> ? 1e-6 : 1e-12;
+    CHECK(sum(CudaBackend{}, gx) == doctest::Approx(sum(CpuBackend{}, x)).epsilon(tol));
+    CHECK(dot(CudaBackend{}, gx, gy) == doctest::Approx(dot(CpuBackend{}, x, y)).epsilon(tol));
+    CHECK(sum(CudaBackend{}, CudaTensor<T>(Shape{0})) == 0.0);
+    // Run twice: the fixed reduction grid gives the same bits.
+    CHECK(dot(CudaBackend{}, gx, gy) == dot(CudaBackend{}, gx, gy));
+    x.data()[3] = std::numeric_limits<T>::quiet_NaN();
+    x.data()[500] = std::numeric_limits<T>::infinity();
+    x.data()[36999] = -std::numeric_limits<T>::infinity();
+    auto g = to_gpu(x);
+    CHECK(zero_nonfinite(CudaBackend{}, g) == 3);
+    CHECK(zero_nonfinite(CpuBackend{}, x) == 3);
+    MPNET_CHECK_GPU(g, x, 0.0);
+}
+
+TEST_CASE_TEMPLATE("cuda kernels: normalize over rows, columns and any dims", T, float, double) {
+    struct Case {
+        Shape shape;
+        ops::Dims dims;
+    };
+    for (const Case& c : {Case{{6, 5, 3, 3}, ops::Dims::all_but_first()},  // rows (a conv weight)
+                          Case{{16, 64, 3, 3}, ops::Dims::all_but_first()},
+                          Case{{3, 8, 5, 7}, ops::Dims{1}},                  // columns (pixel norm)
+                          Case{{2, 40}, ops::Dims{1}},                        // rows, inner 1
+                          Case{{4, 3, 5, 2}, ops::Dims{0, 2}},               // a gap: element lists
+                          Case{{3, 4, 2, 5}, ops::Dims{1, 3}},
+                          Case{{3, 4, 2, 5}, ops::Dims{-1}},
+                          Case{{3, 4}, ops::Dims{}}}) {
+        CAPTURE(c.shape.str());
+        compare_backends<T>(
+            [&](auto tag, const auto& in) {
+                using TT = TensorOf<T, decltype(tag)>;
+                TT y(in[0].shape()), dx(in[0].shape()), scale;
+                normalize_forward(tag, in[0], c.dims, y, &scale);
+                normalize_backward(tag, in[0], in[1], c.dims, scale, dx);
+                TT y_only(in[0].shape());
+                normalize_forward(tag, in[0], c.dims, y_only);
+                return Outputs<T, decltype(tag)>{y, scale, dx, y_only};
+            },
+            gpu_grad_tol<T>, {random_cpu<T>(c.shape, 12, 3.0), random_cpu<T>(c.shape, 13)});
+    }
+}
+
+TEST_CASE_TEMPLATE("cuda kernels: conv2d 1x1, 3x3, 5x5 and linear", T, float, double) {
+    struct Case {
+        int64_t n, cin, cout, h, w, k;
+        bool need_dx;
+    };
+    for (const Case& c : {Case{3, 5, 6, 9, 7, 3, true}, Case{1, 5, 6, 9, 7, 3, true}, Case{3, 5, 6, 9, 7, 1, true},
+                          Case{1, 4, 3, 8, 8, 1, true}, Case{2, 3, 4, 6, 5, 5, true}, Case{3, 5, 6, 9, 7, 3, false},
+                          Case{4, 64, 32, 8, 8, 3, true}}) {
+        CAPTURE(c.n);
+        CAPTURE(c.k);
+        CAPTURE(c.cin);
+        compare_backends<T>(
+            [&](auto tag, const auto& in) {
+                using TT = TensorOf<T, decltype(tag)>;
+                TT y(Shape{c.n, c.cout, c.h, c.w}), dw(in[1].shape());
+                TT dx = c.need_dx ? TT(in[0].shape()) : TT();
+                conv2d_forward(tag, in[0], in[1], y);
+                conv2d_backward(tag, in[0], in[1], in[2], dx, dw);
+                return c.need_dx ? Outputs<T, decltype(tag)>{y, dx, dw} : Outputs<T, decltype(tag)>{y, dw};
+            },
+            gpu_grad_tol<T>,
+            {random_cpu<T>({c.n, c.cin, c.h, c.w}, 14), random_cpu<T>({c.cout, c.cin, c.k, c.k}, 15),
+             random_cpu<T>({c.n, c.cout, c.h, c.w}, 16)});
+    }
+    compare_backends<T>(
+        [](auto tag, const auto& in) {
+            using TT = TensorOf<T, decltype(tag)>;
+            TT y(Shape{7, 9}), dx(in[0].shape()), dw(in[1].shape()), none;
+            TT dw_only(in[1].shape());
+            linear_forward(tag, in[0], in[1], y);
+            linear_backward(tag, in[0], in[1], in[2], dx, dw);
+            linear_backward(tag, in[0], in[1], in[2], none, dw_only);
+            return Outputs<T, decltype(tag)>{y, dx, dw, dw_only};
+        },
+        gpu_grad_tol<T>, {random_cpu<T>({7, 11}, 17), random_cpu<T>({9, 11}, 18), random_cpu<T>({7, 9}, 19)});
+}
+
+TEST_CASE_TEMPLATE("cuda kernels: conv2d unfolded a chunk of images at a time", T, float, double) {
+    const auto x = random_cpu<T>({5, 4, 6, 6}, 20), w = random_cpu<T>({3, 4, 3, 3}, 21),
+               dy = random_cpu<T>({5, 3, 6, 6}, 22);
+    const std::size_t saved = CudaBackend::scratch_limit();
+    // One image per chunk, then two (the last chunk partial), then all at once.
+    for (std::size_t limit : {std::size_t{1}, 2 * (2 * 36 + 3) * 36 * sizeof(T), saved}) {
+        CAPTURE(limit);
+        CudaBackend::set_scratch_limit(limit);
+        for (int64_t k : {1, 3}) {
+            CAPTURE(k);
+            const auto wk = k == 3 ? w : random_cpu<T>({3, 4, 1, 1}, 23);
+            compare_backends<T>(
+                [](auto tag, const auto& in) {
+                    using TT = TensorOf<T, decltype(tag)>;
+                    TT y(in[2].shape()), dx(in[0].shape()), dw(in[1].shape());
+                    conv2d_forward(tag, in[0], in[1], y);
+                    conv2d_backward(tag, in[0], in[1], in[2], dx, dw);
+                    return Outputs<T, decltype(tag)>{y, dx, dw};
+                },
+                gpu_grad_tol<T>, {x, wk, dy});
+        }
+    }
+    CudaBackend::set_scratch_limit(saved);
+}
+
+TEST_CASE_TEMPLATE("cuda kernels: resample up and down, [1,1] and [1,3,3,1]", T, float, double) {
+    for (const auto& filter : {std::vector<double>{1, 1}, std::vector<double>{1, 3, 3, 1}})
+        for (auto mode : {ops::Resample::down, ops::Resample::up, ops::Resample::keep}) {
+            CAPTURE(filter.size());
+            CAPTURE(ops::to_string(mode));
+            const Shape s{2, 3, 8, 6}, out = cpu::resampled_shape(s, mode);
+            CHECK(mpnet::cuda::resampled_shape(s, mode) == out);
+            compare_backends<T>(
+                [&](auto tag, const auto& in) {
+                    using TT = TensorOf<T, decltype(tag)>;
+                    TT y(out), dx(s);
+                    resample_forward(tag, in[0], filter, mode, y);
+                    resample_backward(tag, in[1], filter, mode, dx);
+                    return Outputs<T, decltype(tag)>{y, dx};
+                },
+                gpu_grad_tol<T>, {random_cpu<T>(s, 24), random_cpu<T>(out, 25)});
+        }
+}
+
+TEST_CASE_TEMPLATE("cuda kernels: attention core, with and without a saved context", T, float, double) {
+    struct Case {
+        int64_t n, channels, heads, h, w;
+    };
+    // The last case has more pixels than a block has threads (row loops in the softmax).
+    for (const Case& c : {Case{2, 8, 2, 4, 5}, Case{1, 16, 1, 8, 8}, Case{2, 32, 2, 16, 20}}) {
+        CAPTURE(c.channels);
+        CAPTURE(c.h * c.w);
+        const Shape qkv{c.n, 3 * c.channels, c.h, c.w}, out{c.n, c.channels, c.h, c.w};
+        compare_backends<T>(
+            [&](auto tag, const auto& in) {
+                using TT = TensorOf<T, decltype(tag)>;
+                TT y(out), y_inference(out), dqkv(qkv);
+                ops::AttentionContext<T, decltype(tag)> ctx;
+                attention_forward(tag, in[0], c.heads, y, &ctx);
+                attention_forward(tag, in[0], c.heads, y_inference, nullptr);
+                attention_backward(tag, ctx, c.heads, in[1], dqkv);
+                return Outputs<T, decltype(tag)>{y, y_inference, dqkv};
+            },
+            gpu_grad_tol<T>, {random_cpu<T>(qkv, 26), random_cpu<T>(out, 27)});
+    }
+}
+
+TEST_CASE_TEMPLATE("cuda kernels: MPFourier and the EDM2 loss", T, float, double) {
+    compare_backends<T>(
+        [](auto tag, const auto& in) {
+            using TT = TensorOf<T, decltype(tag)>;
+            TT y(Shape{in[0].numel(), in[1].numel()}), dx(in[0].shape());
+            mp_fourier_forward(tag, in[0], in[1], in[2], y);
+            mp_fourier_backward(tag, in[0], in[1], in[2], in[3], dx);
+            return Outputs<T, decltype(tag)>{y, dx};
+        },
+        gpu_grad_tol<T>,
+        {random_cpu<T>({9}, 28), random_cpu<T>({300}, 29, 6.0), random_cpu<T>({300}, 30, 3.0),
+         random_cpu<T>({9, 300}, 31)});
+    const Shape s{4, 3, 5, 5};
+    auto sigma = random_cpu<T>({4}, 32);
+    for (int64_t i = 0; i < 4; ++i) sigma.data()[i] = T(std::exp(sigma.data()[i]));
+    double loss_cpu = 0, loss_gpu = 0;
+    compare_backends<T>(
+        [&](auto tag, const auto& in) {
+            using TT = TensorOf<T, decltype(tag)>;
+            TT dD(in[0].shape()), dlogvar(in[2].shape());
+            const double l = edm2_loss(tag, in[0], in[1], in[2], in[3], 0.5, 0.01, dD, dlogvar);
+            (std::is_same_v<decltype(tag), CpuBackend> ? loss_cpu : loss_gpu) = l;
+            return Outputs<T, decltype(tag)>{dD, dlogvar};
+        },
+        gpu_grad_tol<T>, {random_cpu<T>(s, 33), random_cpu<T>(s, 34), sigma, random_cpu<T>({4}, 35, 0.5)});
+    CHECK(loss_gpu == doctest::Approx(loss_cpu).epsilon(std::is_same_v<T, float> ? 1e-6 : 1e-12));
+}
+
+TEST_CASE_TEMPLATE("cuda rng: fill_uniform, fill_normal and dropout give the CPU's streams", T, float, double) {
+    const Shape s{1 << 20};
+    CpuTensor<T> c(s);
+    CudaTensor<T> g(s);
+    for (uint64_t seed : {uint64_t{0}, uint64_t{12345}, uint64_t{0xDEADBEEFCAFE}})
+        for (uint64_t offset : {uint64_t{0}, uint64_t{1} << 40}) {
+            CAPTURE(seed);
+            CAPTURE(offset);
+            fill_uniform(CpuBackend{}, c, seed, offset);
+            fill_uniform(CudaBackend{}, g, seed, offset);
+            MPNET_CHECK_GPU(g, c, 0.0);
+            fill_normal(CpuBackend{}, c, seed, offset, 0.5, 2.0);
+            fill_normal(CudaBackend{}, g, seed, offset, 0.5, 2.0);
+            // Rounded to float the streams are identical; in double the device's log and cos
+            // may differ from the host's in the last bit.
+            MPNET_CHECK_GPU(g, c, (std::is_same_v<T, float> ? 0.0 : 1e-15));
+        }
+    // An offset continues the stream: elements [k, n) of one fill are a fill at offset k.
+    CudaTensor<T> head(Shape{1000}), tail(Shape{700});
+    fill_normal(CudaBackend{}, head, 9, 0);
+    fill_normal(CudaBackend{}, tail, 9, 300);
+    MPNET_CHECK_CLOSE(to_cpu(tail), to_cpu(head.slice(300, 1000)), 0.0);
+}
+
+TEST_CASE("cuda math modes: tensor-core products stay close to the fp32 result") {
+    using mpnet::cuda::Math;
+    struct Mode {
+        Math math;
+        double tol;  // fp16 and tf32 keep 11 significant bits, bf16 8
+    };
+    for (const Mode& m : {Mode{Math::fp32, 1e-4}, Mode{Math::tf32, 1e-2}, Mode{Math::fp16, 1e-2},
+                          Mode{Math::bf16, 5e-2}}) {
+        CAPTURE(mpnet::cuda::to_string(m.math));
+        mpnet::cuda::MathScope scope(m.math);
+        CHECK(CudaBackend::math() == m.math);
+        compare_backends<float>(
+            [](auto tag, const auto& in) {
+                using TT = TensorOf<float, decltype(tag)>;
+                TT y(in[2].shape()), dx(in[0].shape()), dw(in[1].shape());
+                conv2d_forward(tag, in[0], in[1], y);
+                conv2d_backward(tag, in[0], in[1], in[2], dx, dw);
+                return Outputs<float, decltype(tag)>{y, dx, dw};
+            },
+            m.tol,
+            {random_cpu<float>({4, 32, 16, 16}, 36), random_cpu<float>({64, 32, 3, 3}, 37),
+             random_cpu<float>({4, 64, 16, 16}, 38)});
+        compare_backends<float>(
+            [](auto tag, const auto& in) {
+                using TT = TensorOf<float, decltype(tag)>;
+                TT y(Shape{2, 64, 8, 8}), dqkv(in[0].shape());
+                ops::AttentionContext<float, decltype(tag)> ctx;
+                attention_forward(tag, in[0], 2, y, &ctx);
+                attention_backward(tag, ctx, 2, in[1], dqkv);
+                return Outputs<float, decltype(tag)>{y, dqkv};
+            },
+            2 * m.tol, {random_cpu<float>({2, 192, 8, 8}, 39), random_cpu<float>({2, 64, 8, 8}, 40)});
+    }
+    CHECK(CudaBackend::math() == Math::fp32);
+    CHECK(mpnet::cuda::parse_math("bf16") == Math::bf16);
+    CHECK_THROWS_AS((void)mpnet::cuda::parse_math("fp8"), Error);
+}
+
+TEST_CASE("cuda memory: a repeated step takes nothing new from the driver") {
+    auto x = to_gpu(random_cpu<float>({4, 16, 16, 16}, 41));
+    auto w = to_gpu(random_cpu<float>({32, 16, 3, 3}, 42));
+    auto step = [&] {
+        CudaTensor<float> y(Shape{4, 32, 16, 16}), dx(x.shape()), dw(w.shape());
+        conv2d_forward(CudaBackend{}, x, w, y);
+        conv2d_backward(CudaBackend{}, x, w, y, dx, dw);
+        CudaBackend::synchronize();
+    };
+    step();
+    int device = 0;
+    mpnet::cuda::cuda_check(cudaGetDevice(&device), "cudaGetDevice");
+    cudaMemPool_t pool = nullptr;
+    mpnet::cuda::cuda_check(cudaDeviceGetDefaultMemPool(&pool, device), "cudaDeviceGetDefaultMemPool");
+    auto reserved = [&] {
+        uint64_t bytes = 0;
+        mpnet::cuda::cuda_check(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemCurrent, &bytes),
+                                "cudaMemPoolGetAttribute");
+        return bytes;
+    };
+    const uint64_t before = reserved();
+    CudaBackend::reset_peak();
+    step();
+    step();
+    CHECK(reserved() == before);
+    CHECK(CudaBackend::peak_bytes() > mpnet::cuda::DevicePool::instance().bytes_in_use());
+}
+
+TEST_CASE("cuda streams: work follows the current stream") {
+    cudaStream_t stream = nullptr;
+    mpnet::cuda::cuda_check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
+    const cudaStream_t before = CudaBackend::stream();
+    {
+        mpnet::cuda::StreamScope scope(stream);
+        CHECK(CudaBackend::stream() == stream);
+        compare_backends<float>(
+            [](auto tag, const auto& in) {
+                using TT = TensorOf<float, decltype(tag)>;
+                TT y(Shape{2, 6, 8, 8}), n(Shape{2, 6, 8, 8});
+                conv2d_forward(tag, in[0], in[1], y);
+                normalize_forward(tag, y, ops::Dims{1}, n);
+                return Outputs<float, decltype(tag)>{y, n};
+            },
+            1e-5, {random_cpu<float>({2, 4, 8, 8}, 43), random_cpu<float>({6, 4, 3, 3}, 44)});
+        CudaBackend::synchronize();
+    }
+    CHECK(CudaBackend::stream() == before);
+    mpnet::cuda::cuda_check(cudaStreamDestroy(stream), "cudaStreamDestroy");
+}
+
+TEST_CASE("cuda errors name the operation and the shapes") {
+    CudaTensor<float> x(Shape{2, 3, 4, 4}), w(Shape{5, 2, 3, 3}), y(Shape{2, 5, 4, 4});
+    CHECK_THROWS_WITH_AS(conv2d_forward(CudaBackend{}, x, w, y), doctest::Contains("conv2d_forward: weight [5,2,3,3]"),
+                         Error);
+    CHECK_THROWS_WITH_AS(mp_silu_forward(CudaBackend{}, x, y), doctest::Contains("mp_silu_forward"), Error);
+    CHECK_THROWS_WITH_AS(CudaTensor<float>(Shape{int64_t{1} << 46}), doctest::Contains("allocate of"), Error);
+    // The failed allocation leaves nothing behind for the next launch to report.
+    CudaTensor<float> ok(Shape{8});
+    fill(CudaBackend{}, ok, 1.0f);
+    CHECK(sum(CudaBackend{}, ok) == 8.0);
+}

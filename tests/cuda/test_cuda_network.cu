@@ -1,0 +1,165 @@
+// The network templates of include/mpnet/nn instantiated on the CUDA backend: the golden
+// Block and Precond cases, and a whole training step (forced weight normalisation, dropout,
+// loss, every parameter gradient) against the same step on the CPU.
+#include <map>
+
+#include "cuda_test.cuh"
+#include "mpnet/nn/weights.hpp"
+
+using namespace mpnet;
+using test::golden;
+using test::to_gpu;
+
+namespace {
+
+// The per-element tolerance of gradients through long chains, as in the CPU golden tests.
+template <class T>
+constexpr double net_grad_tol = std::is_same_v<T, float> ? 1e-4 : 1e-6;
+
+nn::NetworkConfig small_config() {
+    nn::NetworkConfig c;
+    c.img_resolution = 16;
+    c.img_channels = 2;
+    c.label_dim = 4;
+    c.model_channels = 16;
+    c.channel_mult = {1, 2};
+    c.num_blocks = 1;
+    c.attn_resolutions = {8};
+    c.channels_per_head = 16;
+    c.logvar_channels = 16;
+    return c;
+}
+
+struct BlockCase {
+    const char* name;
+    bool encoder;
+    int64_t in, out;
+    ops::Resample resample;
+    bool attention;
+};
+
+template <class T>
+CudaTensor<T> gload(const io::SafetensorsFile& f, const std::string& name) {
+    return to_gpu(test::load<T>(f, name));
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("cuda golden: Block forward and backward, all four cases", T, float, double) {
+    const auto& f = golden("blocks.safetensors");
+    for (const BlockCase& bc : {BlockCase{"enc_down", true, 16, 16, ops::Resample::down, false},
+                                BlockCase{"enc_skip_attn", true, 8, 16, ops::Resample::keep, true},
+                                BlockCase{"dec_up", false, 16, 16, ops::Resample::up, false},
+                                BlockCase{"dec_skip_attn", false, 24, 16, ops::Resample::keep, true}}) {
+        const std::string p = bc.name;
+        CAPTURE(p);
+        nn::NetworkConfig cfg;
+        cfg.model_channels = 20;
+        cfg.channel_mult = {1};
+        cfg.channels_per_head = 8;
+        nn::BlockSpec spec{p, bc.encoder, false, bc.in, bc.out, 8, bc.resample, bc.attention};
+        nn::Block<T, CudaBackend> block(spec, cfg);
+        block.visit("", [&](const std::string& name, nn::Param<T, CudaBackend>& param) {
+            param.value = gload<T>(f, p + "." + name).view(param.value.shape());
+        });
+        typename nn::Block<T, CudaBackend>::Context ctx;
+        auto emb = gload<T>(f, p + ".emb");
+        auto y = block.forward(gload<T>(f, p + ".x"), emb, {}, &ctx);
+        MPNET_CHECK_GPU(y, test::load<T>(f, p + ".y"), test::fwd_tol<T>);
+        auto demb = CudaTensor<T>::zeros(emb.shape());
+        auto dx = block.backward(gload<T>(f, p + ".dy"), ctx, demb);
+        MPNET_CHECK_GPU(dx, test::load<T>(f, p + ".dx"), net_grad_tol<T>);
+        MPNET_CHECK_GPU(demb, test::load<T>(f, p + ".demb"), net_grad_tol<T>);
+        block.visit("", [&](const std::string& name, nn::Param<T, CudaBackend>& param) {
+            CAPTURE(name);
+            MPNET_CHECK_GPU(param.grad, test::load<T>(f, p + ".grad." + name), net_grad_tol<T>);
+        });
+    }
+}
+
+TEST_CASE_TEMPLATE("cuda golden: Precond D, logvar, EDM2 loss and every parameter gradient", T, float, double) {
+    const auto& f = golden("unet.safetensors");
+    nn::Precond<T, CudaBackend> net(small_config());
+    nn::load_state(net, f, "", true);
+    auto out = net.forward(gload<T>(f, "x"), gload<T>(f, "sigma"), gload<T>(f, "labels"), {}, true);
+    MPNET_CHECK_GPU(out.D, test::load<T>(f, "D"), test::fwd_tol<T>);
+    MPNET_CHECK_GPU(out.logvar, test::load<T>(f, "logvar"), test::fwd_tol<T>);
+
+    auto x = test::load<T>(f, "x"), sigma = test::load<T>(f, "sigma"), noise = test::load<T>(f, "noise");
+    CpuTensor<T> noisy(x.shape());
+    const int64_t inner = x.shape().numel_from(1);
+    for (int64_t i = 0; i < x.numel(); ++i) noisy.data()[i] = x.data()[i] + noise.data()[i] * sigma.data()[i / inner];
+    typename nn::Precond<T, CudaBackend>::Context ctx;
+    const auto gx = to_gpu(x), gsigma = to_gpu(sigma);
+    out = net.forward(to_gpu(noisy), gsigma, gload<T>(f, "labels"), {}, true, &ctx);
+    MPNET_CHECK_GPU(out.D, test::load<T>(f, "loss_D"), test::fwd_tol<T>);
+    CudaTensor<T> dD(x.shape()), dlogvar(sigma.shape());
+    const double count = double(x.numel());
+    const double loss = edm2_loss(CudaBackend{}, out.D, gx, gsigma, out.logvar, 0.5, 1 / count, dD, dlogvar) / count;
+    CHECK(loss == doctest::Approx(test::load<double>(f, "loss").data()[0])
+                      .epsilon(std::is_same_v<T, float> ? 1e-5 : 1e-7));
+    net.zero_grad();
+    net.backward(dD, dlogvar, ctx);
+    net.visit([&](const std::string& name, nn::Param<T, CudaBackend>& p) {
+        CAPTURE(name);
+        MPNET_CHECK_GPU(p.grad, test::load<T>(f, "grad." + name).view(p.grad.shape()), net_grad_tol<T>);
+    });
+}
+
+TEST_CASE_TEMPLATE("cuda network: a training step matches the CPU's", T, float, double) {
+    auto cfg = small_config();
+    cfg.dropout = 0.1;
+    // One set of weights for both: the CPU network's initial state.
+    nn::Precond<T, CpuBackend> reference(cfg, 7);
+    std::map<std::string, std::vector<T>> state;
+    nn::for_each_state_tensor(reference, [&](const std::string& name, CpuTensor<T>& t) { state[name] = t.to_host(); });
+
+    const Shape s{3, cfg.img_channels, cfg.img_resolution, cfg.img_resolution};
+    auto sigma = test::random_cpu<T>({3}, 2);
+    for (int64_t i = 0; i < 3; ++i) sigma.data()[i] = T(std::exp(1.2 * sigma.data()[i] - 0.4));
+    auto labels = CpuTensor<T>::zeros(Shape{3, cfg.label_dim});
+    for (int64_t i = 0; i < 3; ++i) labels.data()[i * cfg.label_dim + (i * 3) % cfg.label_dim] = 1;
+    const auto y = test::random_cpu<T>(s, 3, 0.5), noisy = test::random_cpu<T>(s, 4, 1.5);
+
+    double loss_cpu = 0, loss_gpu = 0;
+    test::compare_backends<T>(
+        [&](auto tag, const auto& in) {
+            using B = decltype(tag);
+            using TT = Tensor<T, B>;
+            nn::Precond<T, B> net(cfg, 99);
+            nn::for_each_state_tensor(net, [&](const std::string& name, TT& t) {
+                const auto& v = state.at(name);
+                B::copy_from_host(t.data(), v.data(), t.bytes());
+            });
+            typename nn::Precond<T, B>::Context ctx;
+            auto out = net.forward(in[0], in[2], in[3], nn::ForwardMode{true, 1234}, true, &ctx);
+            TT dD(in[0].shape()), dlogvar(in[2].shape());
+            const double l = edm2_loss(tag, out.D, in[1], in[2], out.logvar, cfg.sigma_data, 1.0 / 3, dD, dlogvar);
+            (std::is_same_v<B, CpuBackend> ? loss_cpu : loss_gpu) = l;
+            net.zero_grad();
+            net.backward(dD, dlogvar, ctx);
+            std::vector<TT> result{out.D, out.logvar, dD};
+            net.visit([&](const std::string&, nn::Param<T, B>& p) {
+                result.push_back(p.value);  // after forced weight normalisation
+                result.push_back(p.grad);
+            });
+            return result;
+        },
+        std::is_same_v<T, float> ? 1e-4 : 1e-10, {noisy, y, sigma, labels});
+    CHECK(loss_gpu == doctest::Approx(loss_cpu).epsilon(std::is_same_v<T, float> ? 1e-5 : 1e-12));
+}
+
+TEST_CASE("cuda network: weights saved from the GPU load on the CPU") {
+    const auto cfg = small_config();
+    nn::Precond<float, CudaBackend> net(cfg, 5);
+    const std::string path = std::string(MPNET_TEST_DATA) + "/../cuda_weights_roundtrip.safetensors";
+    nn::save_weights(net, path);
+    auto cpu_net = nn::load_network<float, CpuBackend>(path);
+    std::filesystem::remove(path);
+    std::map<std::string, CpuTensor<float>> cpu_state;
+    nn::for_each_state_tensor(cpu_net, [&](const std::string& name, CpuTensor<float>& t) { cpu_state[name] = t; });
+    nn::for_each_state_tensor(net, [&](const std::string& name, CudaTensor<float>& t) {
+        CAPTURE(name);
+        MPNET_CHECK_GPU(t, cpu_state.at(name), 0.0);
+    });
+}
