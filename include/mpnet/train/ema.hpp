@@ -1,0 +1,113 @@
+// Power-function EMA of the network parameters, tracked during training (EDM2, section 3.1).
+//
+// Each profile k keeps its own copy of every parameter and, after each optimizer step,
+// moves it by ema <- beta_k ema + (1 - beta_k) param with beta_k = (1 - dt/t)^(gamma_k+1),
+// t the images seen after the step and dt the batch size. Unlike a constant-beta EMA this
+// forgets the random initialisation at a rate that scales with training length, so one
+// sigma_rel means the same relative averaging window at any point of a run.
+//
+// The update uses the backend kernel axpby(B{}, alpha, x, beta, y) (y = alpha x + beta y),
+// found by argument-dependent lookup: include the backend's kernels (e.g.
+// mpnet/backend/cpu/cpu.hpp) before instantiating update().
+#pragma once
+#include <cstddef>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "mpnet/core/concepts.hpp"
+#include "mpnet/core/tensor.hpp"
+#include "mpnet/io/safetensors.hpp"
+#include "mpnet/phema/profile.hpp"
+
+namespace mpnet::train {
+
+template <Scalar T, Backend B>
+class PowerEma {
+public:
+    using NamedTensors = std::vector<std::pair<std::string, Tensor<T, B>>>;
+
+    // Every profile starts as a copy of params; the first update (images seen == batch size)
+    // has beta = 0 and overwrites it anyway.
+    PowerEma(std::vector<double> sigma_rels, const NamedTensors& params) : sigma_rels_(std::move(sigma_rels)) {
+        check(!sigma_rels_.empty(), "PowerEma: no profiles to track");
+        for (const double s : sigma_rels_) {
+            gammas_.push_back(phema::std_to_exp(s));
+            NamedTensors copy;
+            for (const auto& [name, value] : params) copy.emplace_back(name, value.clone());
+            profiles_.push_back(std::move(copy));
+        }
+    }
+
+    // After an optimizer step: images_seen counts the images of that step too.
+    void update(const NamedTensors& params, double images_seen, double batch_size) {
+        check_matches(params);
+        std::vector<double> betas;  // all computed first: a bad time leaves every profile as it was
+        for (const double gamma : gammas_) betas.push_back(phema::beta_from_exp(gamma, images_seen, batch_size));
+        for (std::size_t k = 0; k < profiles_.size(); ++k) {
+            const auto alpha = static_cast<T>(1 - betas[k]), beta = static_cast<T>(betas[k]);
+            for (std::size_t i = 0; i < params.size(); ++i) axpby(B{}, alpha, params[i].second, beta, profiles_[k][i].second);
+        }
+    }
+
+    [[nodiscard]] std::size_t num_profiles() const { return profiles_.size(); }
+    [[nodiscard]] double sigma_rel(std::size_t k) const { return sigma_rels_.at(k); }
+    [[nodiscard]] double exponent(std::size_t k) const { return gammas_.at(k); }
+    // Profile k's averaged tensors, named and ordered as the parameters given at construction.
+    [[nodiscard]] const NamedTensors& profile(std::size_t k) const { return profiles_.at(k); }
+
+    // Stores `<prefix>sigma_rel` (F64 [K]) and `<prefix><k>.<name>` for every profile k and
+    // parameter, in T's own dtype so that load_state restores them bit for bit.
+    void save_state(io::SafetensorsWriter& out, const std::string& prefix) const {
+        out.add<double>(prefix + "sigma_rel", {static_cast<std::int64_t>(sigma_rels_.size())},
+                        std::span<const double>(sigma_rels_));
+        for (std::size_t k = 0; k < profiles_.size(); ++k)
+            for (const auto& [name, value] : profiles_[k]) {
+                const std::vector<T> host = value.to_host();
+                out.add<T>(key(prefix, k, name), value.shape().vec(), std::span<const T>(host));
+            }
+    }
+
+    // All or nothing: every tensor is read and checked before any profile changes.
+    void load_state(const io::SafetensorsFile& in, const std::string& prefix) {
+        const std::vector<double> stored = in.read<double>(prefix + "sigma_rel");
+        if (stored != sigma_rels_)
+            fail(in.label(), ": EMA state under '", prefix, "' tracks other profiles (", stored.size(),
+                 " stored, ", sigma_rels_.size(), " configured, or different sigma_rel values)");
+        std::vector<std::vector<T>> host;
+        for (std::size_t k = 0; k < profiles_.size(); ++k)
+            for (const auto& [name, value] : profiles_[k]) {
+                const std::string n = key(prefix, k, name);
+                in.check_shape(n, value.shape().vec());
+                host.push_back(in.read<T>(n));
+            }
+        std::size_t next = 0;
+        for (NamedTensors& ema : profiles_)
+            for (auto& [name, value] : ema) {
+                if (value.numel()) B::copy_from_host(value.data(), host[next].data(), value.bytes());
+                ++next;
+            }
+    }
+
+private:
+    static std::string key(const std::string& prefix, std::size_t k, const std::string& name) {
+        return prefix + std::to_string(k) + "." + name;
+    }
+
+    void check_matches(const NamedTensors& params) const {
+        const NamedTensors& ref = profiles_.front();
+        check(params.size() == ref.size(), "PowerEma::update: ", params.size(), " parameters, the EMA tracks ",
+              ref.size());
+        for (std::size_t i = 0; i < ref.size(); ++i)
+            check(params[i].first == ref[i].first && params[i].second.shape() == ref[i].second.shape(),
+                  "PowerEma::update: parameter ", i, " is '", params[i].first, "' ", params[i].second.shape().str(),
+                  ", the EMA tracks '", ref[i].first, "' ", ref[i].second.shape().str());
+    }
+
+    std::vector<double> sigma_rels_;
+    std::vector<double> gammas_;
+    std::vector<NamedTensors> profiles_;
+};
+
+}  // namespace mpnet::train
