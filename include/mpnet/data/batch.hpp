@@ -1,0 +1,51 @@
+// Turning positions of the data order into a training batch.
+//
+// Pixels become floats by x / 127.5 - 1 (uint8 [0, 255] to [-1, 1], as the reference does),
+// NCHW; labels become one-hot rows. A batch is a pure function of the dataset, the seed, the
+// flip setting and the first position, which is what makes resuming exact.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "mpnet/data/dataset.hpp"
+#include "mpnet/data/order.hpp"
+
+namespace mpnet::data {
+
+struct Batch {
+    std::vector<float> images;         // [n, channels, resolution, resolution] in [-1, 1]
+    std::vector<float> labels_onehot;  // [n, num_classes], empty for an unlabelled dataset
+    int64_t n = 0;
+    std::vector<int64_t> indices;  // the dataset index of each image, for logs and tests
+};
+
+// The n images at positions [first, first + n) of `order`, mirrored left-right where
+// `xflip` is on and the order says so.
+inline Batch make_batch(const Dataset& ds, DataOrder& order, bool xflip, uint64_t first, int64_t n) {
+    const auto image = static_cast<int64_t>(ds.image_bytes());
+    const int64_t res = ds.resolution;
+    Batch b;
+    b.n = n;
+    b.images.resize(static_cast<std::size_t>(n * image));
+    b.labels_onehot.assign(static_cast<std::size_t>(n * ds.num_classes), 0.0f);
+    b.indices.resize(static_cast<std::size_t>(n));
+    for (int64_t k = 0; k < n; ++k) {
+        const uint64_t position = first + static_cast<uint64_t>(k);
+        const int64_t index = order.index_at(position);
+        const bool flip = xflip && order.flip(position);
+        b.indices[static_cast<std::size_t>(k)] = index;
+        const uint8_t* src = ds.image(index);
+        float* dst = b.images.data() + k * image;
+        for (int64_t row = 0; row < image / res; ++row)
+            for (int64_t x = 0; x < res; ++x) {
+                const int64_t from = flip ? res - 1 - x : x;
+                dst[row * res + x] = static_cast<float>(src[row * res + from]) / 127.5f - 1.0f;
+            }
+        if (ds.num_classes > 0)
+            b.labels_onehot[static_cast<std::size_t>(k * ds.num_classes + ds.labels[static_cast<std::size_t>(index)])] =
+                1.0f;
+    }
+    return b;
+}
+
+}  // namespace mpnet::data

@@ -1,0 +1,33 @@
+// One entry point for the trainer's --data option.
+//
+//   "fashion-mnist"        Debian's dataset-fashion-mnist in /usr/share/datasets/fashion-mnist
+//   "fashion-mnist:DIR"    the same IDX files in DIR
+//   DIR                    Fashion-MNIST if DIR holds train-images-idx3-ubyte(.gz), else a PNG folder
+//   FILE.zip               a zip archive of PNG images
+#pragma once
+#include <filesystem>
+#include <string>
+#include <system_error>
+
+#include "mpnet/core/error.hpp"
+#include "mpnet/data/dataset.hpp"
+#include "mpnet/data/fashion_mnist.hpp"
+#include "mpnet/data/image_folder.hpp"
+
+namespace mpnet::data {
+
+inline Dataset load_dataset(const std::string& spec) {
+    const std::string prefix = "fashion-mnist";
+    if (spec == prefix) return load_fashion_mnist(fashion_mnist_default_dir);
+    if (spec.starts_with(prefix + ":")) return load_fashion_mnist(spec.substr(prefix.size() + 1));
+
+    const std::filesystem::path path = spec;
+    std::error_code ec;
+    check(std::filesystem::exists(path, ec), spec, ": no such file or directory");
+    const bool has_idx = std::filesystem::exists(path / "train-images-idx3-ubyte.gz", ec) ||
+                         std::filesystem::exists(path / "train-images-idx3-ubyte", ec);
+    if (std::filesystem::is_directory(path, ec) && has_idx) return load_fashion_mnist(path);
+    return load_image_folder(path);
+}
+
+}  // namespace mpnet::data
