@@ -1,0 +1,149 @@
+// The whole EDM2 denoiser: an inference forward (no context kept) and a full training step
+// as the trainer runs it: noise levels and noise drawn, forced weight normalisation and
+// the forward with the uncertainty head, the EDM2 loss, backward, non-finite gradients
+// zeroed, and an Adam step. Counters: images per second, GFLOP/s (2 FLOPs per forward
+// multiply-add, 6 for a training step), the memory pool's peak (every live tensor:
+// parameters, gradients, Adam moments, the batch and the activations) next to what is
+// live between steps, and the growth of the process's resident set over the benchmark
+// (comparable with PyTorch's; meaningful when the benchmark runs alone in its process,
+// as bench/compare.py runs it).
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <fstream>
+#include <vector>
+
+#include "common.hpp"
+#include "mpnet/nn/layout.hpp"
+#include "mpnet/nn/precond.hpp"
+#include "mpnet/train/adam.hpp"
+#include "mpnet/train/schedule.hpp"
+
+namespace {
+
+using namespace mpnet;
+using namespace mpnet::bench;
+using benchmark::Counter;
+using benchmark::State;
+using Net = nn::Precond<float, CpuBackend>;
+
+// A batch of images ~ N(0, sigma_data^2) and one-hot labels of classes 0, 1, 2, ...
+struct Batch {
+    F images, labels;
+    Batch(const nn::NetworkConfig& cfg, int64_t n)
+        : images(filled({n, cfg.img_channels, cfg.img_resolution, cfg.img_resolution}, 5, cfg.sigma_data)),
+          labels(F::zeros({n, std::max<int64_t>(cfg.label_dim, 1)})) {
+        for (int64_t i = 0; cfg.label_dim && i < n; ++i) labels.data()[i * cfg.label_dim + i % cfg.label_dim] = 1;
+    }
+};
+
+constexpr double mib = 1 << 20;
+
+double resident_mib() {
+    std::ifstream statm("/proc/self/statm");
+    double pages = 0, resident = 0;
+    statm >> pages >> resident;
+    return resident * double(sysconf(_SC_PAGESIZE)) / mib;
+}
+double max_resident_mib() {
+    rusage u{};
+    getrusage(RUSAGE_SELF, &u);
+    return double(u.ru_maxrss) * 1024 / mib;
+}
+
+// The resident set and its high-water mark when a benchmark starts.
+struct Rss {
+    double start = resident_mib(), high_before = max_resident_mib();
+};
+
+void report_memory(State& st, std::size_t live_between_steps, const Rss& rss) {
+    st.counters["peak_MiB"] = double(CpuBackend::peak_bytes()) / mib;
+    st.counters["state_MiB"] = double(live_between_steps) / mib;
+    // Only a benchmark that raised the process's high-water mark can say how far it raised it.
+    const double high = max_resident_mib();
+    if (high > rss.high_before) st.counters["rss_growth_MiB"] = high - rss.start;
+}
+
+void inference(State& st, const BenchPreset& p) {
+    const Rss rss;
+    const auto cfg = nn::find_preset(p.name).net;
+    Net net(cfg, 1);
+    const Batch batch(cfg, p.batch);
+    std::vector<float> s(static_cast<size_t>(p.batch));
+    for (size_t i = 0; i < s.size(); ++i) s[i] = float(std::exp(-1.2 + 1.2 * rng::normal(7, i)));
+    const F sigma = F::from_host({p.batch}, s);
+    const std::size_t live = cpu::MemoryPool::instance().bytes_in_use();
+    CpuBackend::reset_peak();
+    for (auto _ : st) benchmark::DoNotOptimize(net.forward(batch.images, sigma, batch.labels, {}, false).D.data());
+    report_memory(st, live, rss);  // before the peak yardsticks are measured, which need memory of their own
+    report_flops(st, 2.0 * double(p.batch) * nn::network_cost(cfg).macs);
+    st.counters["img/s"] = Counter(double(p.batch), Counter::kIsIterationInvariantRate);
+}
+
+// One optimisation step of the EDM2 recipe on a fixed batch.
+class Trainer {
+public:
+    explicit Trainer(const BenchPreset& p)
+        : preset_(nn::find_preset(p.name)), n_(p.batch), net_(preset_.net, 1), adam_(net_),
+          batch_(preset_.net, p.batch), noisy_(batch_.images.shape()), noise_(batch_.images.shape()),
+          dD_(batch_.images.shape()), dlogvar_({p.batch}) {}
+
+    void step() {
+        const auto& t = preset_.train;
+        const uint64_t seed = rng::substream(11, uint64_t(steps_));
+        // sigma = exp(P_mean + P_std N(0, 1)), noisy = images + sigma N(0, 1)
+        std::vector<float> s(static_cast<size_t>(n_));
+        for (size_t i = 0; i < s.size(); ++i) s[i] = float(std::exp(t.P_mean + t.P_std * rng::normal(seed, i)));
+        const F sigma = F::from_host({n_}, s);
+        fill_normal(CpuBackend{}, noise_, seed, uint64_t(n_));
+        const Shape per_image{n_, 1, noise_.shape().numel_from(1)};
+        F scaled = noisy_.view(per_image);
+        scale_channels_forward(CpuBackend{}, noise_.view(per_image), sigma, scaled);
+        axpby(CpuBackend{}, 1.0f, batch_.images, 1.0f, noisy_);
+
+        net_.zero_grad();
+        Net::Context ctx;
+        const auto out = net_.forward(noisy_, sigma, batch_.labels, {true, seed}, true, &ctx);
+        edm2_loss(CpuBackend{}, out.D, batch_.images, sigma, out.logvar, preset_.net.sigma_data, 1.0 / double(n_), dD_,
+                  dlogvar_);
+        net_.backward(dD_, dlogvar_, ctx);
+        net_.visit([](const std::string&, nn::Param<float, CpuBackend>& prm) { zero_nonfinite(CpuBackend{}, prm.grad); });
+        ++steps_;
+        const double nimg = double(steps_ * n_);
+        adam_.step(train::learning_rate(nimg, double(n_), t.lr, t.decay, t.rampup_mimg * 1e6));
+    }
+    [[nodiscard]] const nn::NetworkConfig& config() const { return preset_.net; }
+
+private:
+    nn::Preset preset_;
+    int64_t n_, steps_ = 0;
+    Net net_;
+    train::Adam<float, CpuBackend> adam_;
+    Batch batch_;
+    F noisy_, noise_, dD_, dlogvar_;
+};
+
+void training_step(State& st, const BenchPreset& p) {
+    const Rss rss;
+    Trainer trainer(p);
+    trainer.step();  // fills the memory pool's caches, as every step after the first finds them
+    const std::size_t live = cpu::MemoryPool::instance().bytes_in_use();
+    CpuBackend::reset_peak();
+    for (auto _ : st) trainer.step();
+    report_memory(st, live, rss);
+    report_flops(st, 6.0 * double(p.batch) * nn::network_cost(trainer.config()).macs);
+    st.counters["img/s"] = Counter(double(p.batch), Counter::kIsIterationInvariantRate);
+}
+
+bool register_all() {
+    for (const auto& p : bench_presets) {
+        const std::string suffix = std::string("/") + p.name + "/" + std::to_string(p.batch);
+        add("network/inference" + suffix, p, [p](State& st) { inference(st, p); });
+        add("network/train_step" + suffix, p, [p](State& st) { training_step(st, p); });
+    }
+    return true;
+}
+const bool registered = register_all();
+
+}  // namespace

@@ -1,0 +1,193 @@
+#!/usr/bin/env python3
+"""Runs mpnet's benchmark suite and its PyTorch counterpart and prints one table:
+layer, mpnet time, PyTorch time, ratio (PyTorch time / mpnet time: above 1, mpnet is
+faster), and mpnet's achieved rate with its fraction of the machine's measured peak.
+
+  python3 bench/compare.py --build build                      # the CPU suite, fmnist-s shapes
+  python3 bench/compare.py --build build --filter 'mpconv3x3/fwd'
+  python3 bench/compare.py --build build --preset edm2-img64-xs --filter block
+  python3 bench/compare.py --build build --backend cuda        # the CUDA suite (mpnet only)
+
+Times are medians over --repetitions runs. The network benchmarks run one per process on
+both sides, so that each process's resident-set growth is that benchmark's own.
+"""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PRESETS = ("fmnist-s", "edm2-img64-xs")
+SUFFIX = re.compile(r"(/iterations:\d+|/real_time|/manual_time)+$")
+
+
+def posix_alternation(names):
+    """A POSIX extended regex (Google Benchmark's filter) matching exactly these names."""
+    esc = lambda s: re.sub(r"([.+*?()\[\]{}|^$\\])", r"\\\1", s)  # noqa: E731
+    return "^(" + "|".join(esc(n) for n in names) + ")(/|$)"
+
+
+def list_benchmarks(binary):
+    out = subprocess.run([binary, "--benchmark_list_tests"], check=True, capture_output=True, text=True).stdout
+    return list(dict.fromkeys(SUFFIX.sub("", line.strip()) for line in out.splitlines() if line.strip()))
+
+
+def select(names, pattern, preset):
+    keep = []
+    for n in names:
+        parts = n.split("/")
+        in_preset = n.startswith("peak/") or preset == "all" or (len(parts) > 2 and parts[2] == preset)
+        if in_preset and re.search(pattern, n):
+            keep.append(n)
+    return keep
+
+
+def run_mpnet(binary, names, args):
+    """{name: (time_ms, counters)} from Google Benchmark's JSON (median aggregates)."""
+    results = {}
+    groups = [[n for n in names if not n.startswith("network/")]] + [[n] for n in names if n.startswith("network/")]
+    for group in filter(None, groups):
+        with tempfile.NamedTemporaryFile(suffix=".json") as out:
+            cmd = [binary, f"--benchmark_filter={posix_alternation(group)}", f"--benchmark_out={out.name}",
+                   "--benchmark_out_format=json", f"--benchmark_repetitions={args.repetitions}",
+                   f"--benchmark_min_time={args.min_time}", "--benchmark_report_aggregates_only=true"]
+            subprocess.run(cmd, check=True, stdout=sys.stderr)
+            data = json.load(open(out.name))
+        if args.mpnet_json:
+            with open(args.mpnet_json, "a") as f:
+                json.dump(data, f)
+                f.write("\n")
+        for b in data["benchmarks"]:
+            if b.get("run_type") == "aggregate" and b.get("aggregate_name") != "median":
+                continue
+            name = SUFFIX.sub("", b.get("run_name", b["name"]))
+            scale = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}[b.get("time_unit", "ns")]
+            counters = {k: v for k, v in b.items() if k in ("GFLOP/s", "GB/s", "peak", "TFLOP/s", "img/s", "peak_MiB",
+                                                             "state_MiB", "rss_growth_MiB")}
+            results[name] = (b["real_time"] * scale, counters)
+    return results
+
+
+def run_torch(names, args):
+    """{name: (time_ms, extra)} from bench/torch_layers.py, network cases one per process."""
+    results = {}
+    layers = [n for n in names if not n.startswith(("network/", "peak/"))]
+    groups = [layers] + [[n] for n in names if n.startswith("network/")]
+    for group in filter(None, groups):
+        with tempfile.NamedTemporaryFile(suffix=".json") as out:
+            regex = "^(" + "|".join(re.escape(n) for n in group) + ")$"
+            cmd = [args.python, os.path.join(HERE, "torch_layers.py"), "--filter", regex, "--json", out.name,
+                   "--threads", str(args.threads), "--min-time", str(args.min_time),
+                   "--repetitions", str(args.repetitions)]
+            for p in PRESETS:
+                if all(f"/{p}/" in n for n in group):
+                    cmd += ["--preset", p]
+                    break
+            subprocess.run(cmd, check=True)
+            data = json.load(open(out.name))
+        if args.torch_json:
+            with open(args.torch_json, "a") as f:
+                json.dump(data, f)
+                f.write("\n")
+        for b in data["benchmarks"]:
+            results[b["name"]] = (b["time_ms"], {k: v for k, v in b.items() if k == "rss_growth_MiB"})
+    return results
+
+
+def fmt_time(ms):
+    if ms is None:
+        return "-"
+    return f"{ms:.3f}" if ms < 1 else f"{ms:.2f}" if ms < 100 else f"{ms:.0f}"
+
+
+def rate(counters):
+    for key, unit in (("GFLOP/s", "GFLOP/s"), ("GB/s", "GB/s"), ("TFLOP/s", "TFLOP/s")):
+        if key in counters:
+            value = f"{counters[key]:.1f} {unit}"
+            if "peak" in counters:
+                value += f" ({100 * counters['peak']:.0f}%)"
+            return value
+    return ""
+
+
+def print_table(names, mp, th, markdown):
+    header = ["benchmark", "mpnet ms", "PyTorch ms", "ratio", "mpnet rate (of peak)"]
+    rows = []
+    for n in names:
+        if n not in mp:
+            continue
+        t_mp, counters = mp[n]
+        t_th = th.get(n, (None, {}))[0]
+        ratio = f"{t_th / t_mp:.2f}" if t_th else "-"
+        rows.append([n, fmt_time(t_mp), fmt_time(t_th), ratio, rate(counters)])
+    if markdown:
+        print("| " + " | ".join(header) + " |")
+        print("|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|")
+        for r in rows:
+            print("| `" + r[0] + "` | " + " | ".join(r[1:]) + " |")
+        return
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
+                               for i, (c, w) in enumerate(zip(r, widths)))
+    print(line(header))
+    print("-" * len(line(header)))
+    for r in rows:
+        print(line(r))
+
+
+def print_network(names, mp, th):
+    for n in names:
+        if n.startswith("network/") and n in mp:
+            t_mp, c = mp[n]
+            t_th, extra = th.get(n, (None, {}))
+            mem = f"mpnet pool peak {c.get('peak_MiB', 0):.0f} MiB"
+            if "rss_growth_MiB" in c:
+                mem += f", RSS growth {c['rss_growth_MiB']:.0f} MiB"
+            if extra.get("rss_growth_MiB") is not None:
+                mem += f"; PyTorch RSS growth {extra['rss_growth_MiB']:.0f} MiB"
+            speed = f"{t_th / t_mp:.2f}x PyTorch's speed" if t_th else "no PyTorch time"
+            print(f"{n}: mpnet {fmt_time(t_mp)} ms, PyTorch {fmt_time(t_th)} ms ({speed}); {mem}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--build", default="build", help="CMake build directory (default: build)")
+    ap.add_argument("--backend", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--filter", default=".", help="regex on benchmark names, e.g. 'mp_silu|attention'")
+    ap.add_argument("--preset", default="fmnist-s", choices=["all", *PRESETS],
+                    help="which network's shapes (default fmnist-s; edm2-img64-xs takes many minutes)")
+    ap.add_argument("--repetitions", type=int, default=3)
+    ap.add_argument("--min-time", type=float, default=0.1, help="seconds per repetition (default 0.1)")
+    ap.add_argument("--threads", type=int, default=2, help="PyTorch threads (mpnet uses OpenMP's default)")
+    ap.add_argument("--python", default="/usr/bin/python3", help="the Python that has PyTorch")
+    ap.add_argument("--no-torch", action="store_true", help="time mpnet only")
+    ap.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    ap.add_argument("--mpnet-json", help="append Google Benchmark's JSON output to this file")
+    ap.add_argument("--torch-json", help="append the PyTorch script's JSON output to this file")
+    args = ap.parse_args()
+
+    if args.backend == "cuda":
+        binary = os.path.join(args.build, "bench", "cuda", "bench_cuda_layers")
+        subprocess.run([binary, f"--benchmark_filter={args.filter}", "--benchmark_format=json"] +
+                       [f"--benchmark_repetitions={args.repetitions}", "--benchmark_report_aggregates_only=true"],
+                       check=True)
+        return
+    binary = os.path.join(args.build, "bench", "mpnet_bench")
+    if not os.path.exists(binary):
+        sys.exit(f"{binary} not found: build it with  cmake --build {args.build} --target mpnet_bench")
+    names = select(list_benchmarks(binary), args.filter, args.preset)
+    if not names:
+        sys.exit("no benchmark matches")
+    mp = run_mpnet(binary, names, args)
+    th = {} if args.no_torch else run_torch(names, args)
+    print()
+    print_table(names, mp, th, args.markdown)
+    print()
+    print_network(names, mp, th)
+
+
+if __name__ == "__main__":
+    main()
