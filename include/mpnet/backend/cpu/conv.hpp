@@ -1,15 +1,19 @@
 // Convolution (odd k x k, stride 1, zero "same" padding, no bias) and the linear layer on
-// the CPU, forward and backward, as matrix products through Eigen.
+// the CPU, forward and backward.
 //
 // A k x k convolution of one image is W[Cout, Cin k k] * cols[Cin k k, H W], where cols
-// is the im2col unfolding. Images are split across the threads; each thread keeps its
-// own unfolding buffer and, in backward, its own partial weight gradient.
+// is the im2col unfolding. Float runs on the packed SIMD products of conv_gemm.hpp
+// wherever the compiler targets AVX2/FMA or AVX-512; double (and float elsewhere) runs
+// these products through Eigen, images split across the threads, each thread with its own
+// unfolding buffer and, in backward, its own partial weight gradient.
 #pragma once
 #include <omp.h>
 
+#include <type_traits>
 #include <vector>
 
 #include "mpnet/backend/cpu/backend.hpp"
+#include "mpnet/backend/cpu/conv_gemm.hpp"
 #include "mpnet/backend/cpu/eigen.hpp"
 
 namespace mpnet::cpu {
@@ -77,11 +81,8 @@ void col2im(const T* cols, const ConvGeometry& g, T* img) {
             }
 }
 
-}  // namespace detail
-
-template <Scalar T>
-void conv2d_forward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T>& weight, CpuTensor<T>& y) {
-    const auto g = detail::conv_geometry(x, weight, y, "conv2d_forward");
+template <class T>
+void eigen_conv_forward(const ConvGeometry& g, const CpuTensor<T>& x, const CpuTensor<T>& weight, CpuTensor<T>& y) {
     const ConstMatMap<T> W(weight.data(), g.cout, g.patch());
 #pragma omp parallel for schedule(static) if (g.n > 1)
     for (int64_t i = 0; i < g.n; ++i) {
@@ -90,18 +91,16 @@ void conv2d_forward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T>& weigh
         if (g.k == 1) {
             Y.noalias() = W * ConstMatMap<T>(img, g.cin, g.hw());
         } else {
-            T* cols = detail::thread_scratch<T>(size_t(g.patch() * g.hw()));
-            detail::im2col(img, g, cols);
+            T* cols = thread_scratch<T>(size_t(g.patch() * g.hw()));
+            im2col(img, g, cols);
             Y.noalias() = W * ConstMatMap<T>(cols, g.patch(), g.hw());
         }
     }
 }
 
-// dx (may be empty) and dweight (overwritten) from dy.
-template <Scalar T>
-void conv2d_backward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T>& weight, const CpuTensor<T>& dy,
-                     CpuTensor<T>& dx, CpuTensor<T>& dweight) {
-    const auto g = detail::conv_geometry(x, weight, dy, "conv2d_backward");
+template <class T>
+void eigen_conv_backward(const ConvGeometry& g, const CpuTensor<T>& x, const CpuTensor<T>& weight,
+                         const CpuTensor<T>& dy, CpuTensor<T>& dx, CpuTensor<T>& dweight) {
     const ConstMatMap<T> W(weight.data(), g.cout, g.patch());
     const int threads = g.n > 1 ? omp_get_max_threads() : 1;
     std::vector<RowMatrix<T>> partial(size_t(threads), RowMatrix<T>::Zero(g.cout, g.patch()));
@@ -115,17 +114,68 @@ void conv2d_backward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T>& weig
             if (!dx.empty()) MatMap<T>(dx.data() + i * g.cin * g.hw(), g.cin, g.hw()).noalias() = W.transpose() * dY;
             continue;
         }
-        T* cols = detail::thread_scratch<T>(size_t(g.patch() * g.hw()));
-        detail::im2col(img, g, cols);
+        T* cols = thread_scratch<T>(size_t(g.patch() * g.hw()));
+        im2col(img, g, cols);
         dW.noalias() += dY * ConstMatMap<T>(cols, g.patch(), g.hw()).transpose();
         if (!dx.empty()) {
             MatMap<T>(cols, g.patch(), g.hw()).noalias() = W.transpose() * dY;
-            detail::col2im(cols, g, dx.data() + i * g.cin * g.hw());
+            col2im(cols, g, dx.data() + i * g.cin * g.hw());
         }
     }
     MatMap<T> out(dweight.data(), g.cout, g.patch());
     out = partial[0];
     for (size_t t = 1; t < partial.size(); ++t) out += partial[t];
+}
+
+#if MPNET_CPU_SIMD
+// The input gradient is the convolution of dy with the weight transposed over channels
+// and flipped in space: flipped[ci, co, ky, kx] = weight[co, ci, k-1-ky, k-1-kx].
+inline CpuTensor<float> flipped_weight(const ConvGeometry& g, const CpuTensor<float>& weight) {
+    CpuTensor<float> flipped(Shape{g.cin, g.cout, g.k, g.k});
+    const int64_t kk = g.k * g.k;
+    for (int64_t co = 0; co < g.cout; ++co)
+        for (int64_t ci = 0; ci < g.cin; ++ci)
+            for (int64_t t = 0; t < kk; ++t)
+                flipped.data()[(ci * g.cout + co) * kk + t] = weight.data()[(co * g.cin + ci) * kk + kk - 1 - t];
+    return flipped;
+}
+
+inline void simd_conv_forward(const ConvGeometry& g, const CpuTensor<float>& x, const CpuTensor<float>& weight,
+                              CpuTensor<float>& y) {
+    conv::output_product({x.data(), g.n, g.cin, g.h, g.w, g.k}, weight.data(), g.cout, y.data());
+}
+
+inline void simd_conv_backward(const ConvGeometry& g, const CpuTensor<float>& x, const CpuTensor<float>& weight,
+                               const CpuTensor<float>& dy, CpuTensor<float>& dx, CpuTensor<float>& dweight) {
+    conv::weight_product({x.data(), g.n, g.cin, g.h, g.w, g.k}, dy.data(), g.cout, dweight.data());
+    if (!dx.empty())
+        conv::output_product({dy.data(), g.n, g.cout, g.h, g.w, g.k}, flipped_weight(g, weight).data(), g.cin,
+                             dx.data());
+}
+#endif
+
+}  // namespace detail
+
+template <Scalar T>
+void conv2d_forward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T>& weight, CpuTensor<T>& y) {
+    const auto g = detail::conv_geometry(x, weight, y, "conv2d_forward");
+#if MPNET_CPU_SIMD
+    if constexpr (std::is_same_v<T, float>) detail::simd_conv_forward(g, x, weight, y);
+    else
+#endif
+        detail::eigen_conv_forward(g, x, weight, y);
+}
+
+// dx (may be empty) and dweight (overwritten) from dy.
+template <Scalar T>
+void conv2d_backward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T>& weight, const CpuTensor<T>& dy,
+                     CpuTensor<T>& dx, CpuTensor<T>& dweight) {
+    const auto g = detail::conv_geometry(x, weight, dy, "conv2d_backward");
+#if MPNET_CPU_SIMD
+    if constexpr (std::is_same_v<T, float>) detail::simd_conv_backward(g, x, weight, dy, dx, dweight);
+    else
+#endif
+        detail::eigen_conv_backward(g, x, weight, dy, dx, dweight);
 }
 
 // y[N, out] = x[N, in] * weight[out, in]^T

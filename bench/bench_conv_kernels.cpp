@@ -1,0 +1,82 @@
+// Throughput of the CPU convolution kernels alone at the shapes of the small 32x32 U-Net
+// at batch 64: forward, weight gradient only (dx not asked for) and the full backward
+// (dx and dweight). Counters report GFLOP/s, counting 2 N Cout Cin k^2 H W per product.
+//
+//   bench_conv_kernels --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
+#include <benchmark/benchmark.h>
+
+#include "mpnet/backend/cpu/cpu.hpp"
+
+namespace {
+
+using mpnet::CpuBackend;
+using mpnet::CpuTensor;
+using mpnet::Shape;
+
+struct ConvShape {
+    int64_t n, cin, cout, res, k;
+};
+
+// Encoder/decoder convolutions of the 32x32 network, the 2-channel input convolution,
+// the 1-channel output convolution and the 1x1 skip and attention projections.
+constexpr ConvShape shapes[] = {
+    {64, 2, 64, 32, 3},    {64, 64, 64, 32, 3},   {64, 128, 64, 32, 3},  {64, 128, 128, 32, 3},
+    {64, 64, 1, 32, 3},    {64, 128, 128, 16, 3}, {64, 256, 256, 16, 3}, {64, 384, 256, 16, 3},
+    {64, 256, 256, 8, 3},  {64, 512, 256, 8, 3},  {64, 128, 64, 32, 1},  {64, 256, 768, 16, 1},
+    {64, 384, 256, 16, 1}, {64, 256, 256, 8, 1},  {64, 256, 768, 8, 1},
+};
+
+CpuTensor<float> filled(Shape s, uint64_t seed) {
+    CpuTensor<float> t(s);
+    mpnet::cpu::fill_normal(CpuBackend{}, t, seed, 0);
+    return t;
+}
+
+double flops(const ConvShape& s) { return 2.0 * double(s.n * s.cout * s.cin * s.k * s.k * s.res * s.res); }
+
+void set_labels(benchmark::State& state, const ConvShape& s, double products) {
+    state.counters["GFLOP/s"] = benchmark::Counter(products * flops(s) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+    state.SetLabel(std::to_string(s.cin) + "->" + std::to_string(s.cout) + " " + std::to_string(s.res) + "x" +
+                   std::to_string(s.res) + " k" + std::to_string(s.k));
+}
+
+void conv_forward(benchmark::State& state) {
+    const ConvShape s = shapes[state.range(0)];
+    auto x = filled({s.n, s.cin, s.res, s.res}, 1), w = filled({s.cout, s.cin, s.k, s.k}, 2);
+    CpuTensor<float> y({s.n, s.cout, s.res, s.res});
+    for (auto _ : state) {
+        conv2d_forward(CpuBackend{}, x, w, y);
+        benchmark::DoNotOptimize(y.data());
+    }
+    set_labels(state, s, 1);
+}
+
+// with_dx = 0: weight gradient only; 1: weight and input gradients.
+void conv_backward(benchmark::State& state) {
+    const ConvShape s = shapes[state.range(0)];
+    const bool with_dx = state.range(1) != 0;
+    auto x = filled({s.n, s.cin, s.res, s.res}, 1), w = filled({s.cout, s.cin, s.k, s.k}, 2);
+    auto dy = filled({s.n, s.cout, s.res, s.res}, 3);
+    CpuTensor<float> dw(w.shape()), dx = with_dx ? CpuTensor<float>(x.shape()) : CpuTensor<float>();
+    for (auto _ : state) {
+        conv2d_backward(CpuBackend{}, x, w, dy, dx, dw);
+        benchmark::DoNotOptimize(dw.data());
+    }
+    set_labels(state, s, with_dx ? 2 : 1);
+}
+
+void all_shapes(benchmark::internal::Benchmark* b) {
+    for (int64_t i = 0; i < int64_t(std::size(shapes)); ++i) b->Arg(i);
+}
+
+void all_shapes_backward(benchmark::internal::Benchmark* b) {
+    for (int64_t with_dx : {0, 1})
+        for (int64_t i = 0; i < int64_t(std::size(shapes)); ++i) b->Args({i, with_dx});
+}
+
+BENCHMARK(conv_forward)->Apply(all_shapes)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(conv_backward)->Apply(all_shapes_backward)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+}  // namespace
+
+BENCHMARK_MAIN();

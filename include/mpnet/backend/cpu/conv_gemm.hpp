@@ -1,0 +1,222 @@
+// The float convolution products, blocked for the caches around the micro-kernel.
+//
+// Output product (forward, and the input gradient as a convolution of dy with the
+// flipped, transposed weight):  Y[n, m, pix] = sum_q A[m, q] X(q, (n, pix)).
+// The columns (n, pix) of the whole batch are split evenly between the threads and
+// walked in chunks of staged images; X is the vector side, read in place through the
+// window offsets, A the broadcast side, read from the weight rows.
+//
+// Weight product (weight gradient):  dW[m, q] = sum_cols dY[m, col] X(q, col).
+// Here the columns are the sum, so each thread sums its own columns into a private
+// dW^T and the threads' parts are added at the end. Per chunk, dY is transposed into
+// panels of nr output channels (the vector side) and X is the broadcast side, read in
+// place through the column origins.
+#pragma once
+#include <omp.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "mpnet/backend/cpu/backend.hpp"
+#include "mpnet/backend/cpu/conv_pack.hpp"
+
+#if MPNET_CPU_SIMD
+
+namespace mpnet::cpu::conv {
+
+// Output product: columns per chunk and sum indices per block. A block of A (m x 256
+// floats, up to 256 KiB) stays in L2 while the chunk's panels pass; the staged rows one
+// panel reads for a block (or its packed copy, 32 KiB) stay in L1 while every row tile
+// of A passes over them.
+inline constexpr int64_t out_chunk = 16 * gemm::nr;
+inline constexpr int64_t out_depth = 256;
+// Weight product: columns summed per chunk, the kernel's depth; one panel of transposed
+// dy (128 x 32 floats, 16 KiB) stays in L1 while every row tile of X passes.
+inline constexpr int64_t weight_chunk = 4 * gemm::nr;
+
+// Below this many multiply-adds one thread does the whole product.
+inline constexpr int64_t parallel_work = int64_t(1) << 22;
+
+// 64-byte aligned regions of the calling thread's scratch, carved in order.
+class ScratchCarver {
+public:
+    explicit ScratchCarver(int64_t floats)
+        : next_(align(detail::thread_scratch<float>(size_t(floats + 16 * slots)))) {}
+    float* take(int64_t floats) {
+        float* p = next_;
+        next_ = align(next_ + floats);
+        return p;
+    }
+    static constexpr int64_t slots = 4;  // regions taken at most, each losing < 16 floats to alignment
+
+private:
+    static float* align(float* p) {
+        return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(p) + 63) & ~uintptr_t(63));
+    }
+    float* next_;
+};
+
+// [begin, end) of the batch columns for thread t of count, split on panel boundaries.
+inline std::pair<int64_t, int64_t> thread_columns(int64_t columns, int t, int count) {
+    auto at = [&](int i) { return std::min(columns, (columns * i / count + gemm::nr - 1) / gemm::nr * gemm::nr); };
+    return {at(t), at(t + 1)};
+}
+
+inline int threads_for(int64_t multiply_adds, int64_t columns) {
+    if (multiply_adds < parallel_work) return 1;
+    return int(std::min<int64_t>(omp_get_max_threads(), (columns + gemm::nr - 1) / gemm::nr));
+}
+
+// The staged images a thread's current chunk reads, restaged only when the chunk moves
+// on to other images.
+class StagedChunk {
+public:
+    StagedChunk(const Images& g, float* buffer) : g_(g), buffer_(buffer) {}
+    // Columns [begin, end) must lie within the images staged.
+    const Staged& cover(int64_t begin, int64_t end) {
+        const int64_t first = begin / g_.hw(), last = (end - 1) / g_.hw();
+        if (first != first_ || last != last_) {
+            staged_ = stage(g_, first, last, buffer_);
+            window_offsets(g_, staged_, offsets_);
+            first_ = first, last_ = last;
+        }
+        return staged_;
+    }
+    [[nodiscard]] const std::vector<int32_t>& offsets() const { return offsets_; }
+    // Images a chunk of `columns` columns can touch.
+    static int64_t max_images(const Images& g, int64_t columns) { return std::min(g.n, columns / g.hw() + 2); }
+
+private:
+    const Images& g_;
+    float* buffer_;
+    Staged staged_{};
+    std::vector<int32_t> offsets_;
+    int64_t first_ = -1, last_ = -1;
+};
+
+// Y[n, m, pix] (+)= the tile at buf (rows x nr) for the batch columns [j, j + width).
+inline void scatter_tile(const float* buf, int rows, int64_t j, int64_t width, int64_t hw, int64_t m, float* y,
+                         bool accumulate) {
+    for (int64_t c = 0; c < width; ++c) {
+        float* out = y + (j + c) / hw * m * hw + (j + c) % hw;
+        for (int r = 0; r < rows; ++r) out[r * hw] = (accumulate ? out[r * hw] : 0.0f) + buf[r * gemm::nr + c];
+    }
+}
+
+// Rows [q0, q0 + depth) of the sum for the panel of batch columns [j, j + width), read
+// through b and bi, against every row tile of A; Y[n, m, pix] (+)= the result.
+template <class BIndex>
+inline void multiply_panel(const float* a, int64_t lda, int64_t m, int64_t depth, const float* const* b, BIndex bi,
+                           int64_t j, int64_t width, int64_t hw, float* y, bool accumulate, float* edge) {
+    const bool direct = width == gemm::nr && j % hw + gemm::nr <= hw;
+    float* out = y + j / hw * m * hw + j % hw;
+    const float* rows_of_a[gemm::mr];
+    for (int64_t i = 0; i < m; i += gemm::mr) {
+        const int rows = int(std::min<int64_t>(gemm::mr, m - i));
+        for (int r = 0; r < rows; ++r) rows_of_a[r] = a + (i + r) * lda;
+        if (direct) {
+            gemm::tile(rows, depth, rows_of_a, gemm::Strided<1>{}, b, bi, out + i * hw, hw, accumulate);
+        } else {
+            gemm::tile(rows, depth, rows_of_a, gemm::Strided<1>{}, b, bi, edge, gemm::nr, false);
+            scatter_tile(edge, rows, j, width, hw, m, y + i * hw, accumulate);
+        }
+    }
+}
+
+// y[n, m, h, w] = sum_q a[m, q] X(q, .) over the images g; a has rows of g.depth() floats.
+inline void output_product(const Images& g, const float* a, int64_t m, float* y) {
+    const int64_t depth = g.depth(), total = g.n * g.hw();
+    const int threads = threads_for(total * m * depth, total);
+#pragma omp parallel num_threads(threads)
+    {
+        const auto [begin, end] = thread_columns(total, omp_get_thread_num(), omp_get_num_threads());
+        const int64_t staging = staged_size(g, StagedChunk::max_images(g, out_chunk));
+        ScratchCarver scratch(staging + out_depth * gemm::nr + gemm::mr * gemm::nr);
+        StagedChunk chunk(g, scratch.take(staging));
+        float* packed = scratch.take(out_depth * gemm::nr);
+        float* edge = scratch.take(gemm::mr * gemm::nr);
+        std::vector<Run> runs;
+        const float* packed_rows[gemm::nv];
+        for (int v = 0; v < gemm::nv; ++v) packed_rows[v] = packed + v * simd::lanes;
+        for (int64_t j0 = begin; j0 < end; j0 += out_chunk) {
+            const int64_t j1 = std::min(end, j0 + out_chunk);
+            const Staged& s = chunk.cover(j0, j1);
+            const auto& offsets = chunk.offsets();
+            for (int64_t q = 0; q < depth; q += out_depth) {
+                const int64_t q1 = std::min(depth, q + out_depth);
+                for (int64_t j = j0; j < j1; j += gemm::nr) {
+                    const int64_t width = std::min<int64_t>(gemm::nr, j1 - j);
+                    if (width == gemm::nr && contiguous_panel(g, j)) {
+                        const float* in_place[gemm::nv];
+                        for (int v = 0; v < gemm::nv; ++v)
+                            in_place[v] = s.data + s.origin(g, j / g.hw(), j % g.hw() + v * simd::lanes);
+                        multiply_panel(a + q, depth, m, q1 - q, in_place, gemm::Table{offsets.data() + q}, j, width,
+                                       g.hw(), y, q > 0, edge);
+                    } else {
+                        pack_panel(g, s, offsets, j, width, q, q1, runs, packed);
+                        multiply_panel(a + q, depth, m, q1 - q, packed_rows, gemm::Strided<gemm::nr>{}, j, width,
+                                       g.hw(), y, q > 0, edge);
+                    }
+                }
+            }
+        }
+    }
+}
+
+// dweight[o, q] = sum over threads t of partial[t, q, o]: the threads' dW^T parts added
+// and transposed, a block of output channels at a time so reads and writes both stream.
+inline void add_transposed(const float* partial, int threads, int64_t depth, int64_t m, int64_t padded_m,
+                           float* dweight) {
+    constexpr int64_t block = 16;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t o0 = 0; o0 < m; o0 += block)
+        for (int64_t q = 0; q < depth; ++q)
+            for (int64_t o = o0; o < std::min(m, o0 + block); ++o) {
+                float total = 0;
+                for (int t = 0; t < threads; ++t) total += partial[(t * depth + q) * padded_m + o];
+                dweight[o * depth + q] = total;
+            }
+}
+
+// dweight[m, q] = sum over columns of dy[n, m, pix] X(q, (n, pix)).
+inline void weight_product(const Images& g, const float* dy, int64_t m, float* dweight) {
+    const int64_t depth = g.depth(), total = g.n * g.hw();
+    const int64_t padded_m = (m + gemm::nr - 1) / gemm::nr * gemm::nr;
+    const int threads = threads_for(total * m * depth, total);
+    CpuTensor<float> partial(Shape{threads, depth, padded_m});
+#pragma omp parallel num_threads(threads)
+    {
+        const auto [begin, end] = thread_columns(total, omp_get_thread_num(), omp_get_num_threads());
+        float* sum = partial.data() + omp_get_thread_num() * depth * padded_m;
+        if (begin == end) std::fill(sum, sum + depth * padded_m, 0.0f);
+        const int64_t staging = staged_size(g, StagedChunk::max_images(g, weight_chunk));
+        ScratchCarver scratch(staging + padded_m * weight_chunk);
+        StagedChunk chunk(g, scratch.take(staging));
+        float* dy_panels = scratch.take(padded_m * weight_chunk);
+        std::vector<Run> runs;
+        std::vector<int32_t> origins;
+        const float* rows_of_x[gemm::mr];
+        for (int64_t j = begin; j < end; j += weight_chunk) {
+            const int64_t columns = std::min(weight_chunk, end - j);
+            const Staged& s = chunk.cover(j, j + columns);
+            column_runs(g, j, j + columns, runs);
+            column_origins(g, s, j, j + columns, origins);
+            pack_transposed(dy, m, g.hw(), runs, columns, dy_panels);
+            for (int64_t c = 0; c < m; c += gemm::nr) {
+                const float* panel[gemm::nv];
+                for (int v = 0; v < gemm::nv; ++v) panel[v] = dy_panels + c * columns + v * simd::lanes;
+                for (int64_t i = 0; i < depth; i += gemm::mr) {
+                    const int rows = int(std::min<int64_t>(gemm::mr, depth - i));
+                    for (int r = 0; r < rows; ++r) rows_of_x[r] = s.data + chunk.offsets()[size_t(i + r)];
+                    gemm::tile(rows, columns, rows_of_x, gemm::Table{origins.data()}, panel,
+                               gemm::Strided<gemm::nr>{}, sum + i * padded_m + c, padded_m, j != begin);
+                }
+            }
+        }
+    }
+    add_transposed(partial.data(), threads, depth, m, padded_m, dweight);
+}
+
+}  // namespace mpnet::cpu::conv
+
+#endif

@@ -1,0 +1,154 @@
+// Convolution operands as the micro-kernel reads them.
+//
+// A "same" k x k convolution sums over q = (c, ky, kx); the operand X(q, col) of output
+// column col = (image n, pixel y W + x) is img[n, c, y + ky - k/2, x + kx - k/2], zero
+// outside. The images a chunk of columns needs are copied (streaming, so the prefetcher
+// keeps up) into an L2-sized staging buffer with a zero border, after which
+// X(q, col) = staged[origin(col) + offset(q)]: the operands are read in place through
+// these two index tables, and nothing is unfolded. Only where a vector of columns is not
+// contiguous in the staged images (rows narrower than a vector, a panel crossing an
+// image) is a panel of X copied out.
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "mpnet/backend/cpu/gemm_kernel.hpp"
+
+#if MPNET_CPU_SIMD
+
+namespace mpnet::cpu::conv {
+
+// The batch: images [n, channels, h, w] and the square kernel size k (odd).
+struct Images {
+    const float* data;
+    int64_t n, channels, h, w, k;
+    [[nodiscard]] int64_t hw() const { return h * w; }
+    [[nodiscard]] int64_t border() const { return k / 2; }
+    [[nodiscard]] int64_t depth() const { return channels * k * k; }
+};
+
+// Images [first, ...] as the kernels read them: planes of (h + 2 border) x (w + 2 border).
+struct Staged {
+    const float* data;
+    int64_t first, image, plane, row;
+
+    // Where column (n, pix) reads for window offset (0, 0) of channel 0.
+    [[nodiscard]] int64_t origin(const Images& g, int64_t n, int64_t pix) const {
+        return (n - first) * image + pix / g.w * row + pix % g.w;
+    }
+};
+
+// Planes whose stride is a multiple of 1 KiB would put the rows a panel reads from
+// successive channels into a few L1 sets; one extra cache line apart they spread out.
+inline int64_t staged_plane(const Images& g) {
+    const int64_t plane = (g.h + 2 * g.border()) * (g.w + 2 * g.border());
+    return plane % 256 == 0 ? plane + 16 : plane;
+}
+
+// Floats stage() needs for `count` images.
+inline int64_t staged_size(const Images& g, int64_t count) { return count * g.channels * staged_plane(g); }
+
+// Copies images [first, last] of g into buf (staged_size floats) with a zero border.
+inline Staged stage(const Images& g, int64_t first, int64_t last, float* buf) {
+    const int64_t p = g.border(), wp = g.w + 2 * p, hp = g.h + 2 * p;
+    const Staged s{buf, first, g.channels * staged_plane(g), staged_plane(g), wp};
+    for (int64_t i = 0; i <= last - first; ++i)
+        for (int64_t c = 0; c < g.channels; ++c) {
+            const float* src = g.data + ((first + i) * g.channels + c) * g.hw();
+            float* plane = buf + i * s.image + c * s.plane;
+            if (p == 0) {
+                simd::copy(plane, src, g.hw());
+                continue;
+            }
+            std::fill(plane, plane + p * wp, 0.0f);
+            for (int64_t y = 0; y < g.h; ++y) {
+                float* row = plane + (y + p) * wp;
+                std::fill(row, row + p, 0.0f);
+                simd::copy(row + p, src + y * g.w, g.w);
+                std::fill(row + p + g.w, row + wp, 0.0f);
+            }
+            std::fill(plane + (g.h + p) * wp, plane + hp * wp, 0.0f);
+        }
+    return s;
+}
+
+// offsets[q] = offset(q) in the staged layout: c plane + ky row + kx.
+inline void window_offsets(const Images& g, const Staged& s, std::vector<int32_t>& offsets) {
+    offsets.resize(size_t(g.depth()));
+    for (int64_t c = 0, q = 0; c < g.channels; ++c)
+        for (int64_t ky = 0; ky < g.k; ++ky)
+            for (int64_t kx = 0; kx < g.k; ++kx) offsets[size_t(q++)] = int32_t(c * s.plane + ky * s.row + kx);
+}
+
+// Columns [col, col + len) of a chunk that lie on one image row, never crossing a panel of nr.
+struct Run {
+    int64_t n, pix;
+    int32_t col, len;
+};
+
+// The runs covering batch columns [begin, end) (column = n hw + pix), col relative to begin.
+inline void column_runs(const Images& g, int64_t begin, int64_t end, std::vector<Run>& runs) {
+    runs.clear();
+    for (int64_t j = begin; j < end;) {
+        const int64_t n = j / g.hw(), pix = j % g.hw(), col = j - begin;
+        const int64_t len = std::min({g.w - pix % g.w, end - j, gemm::nr - col % gemm::nr});
+        runs.push_back({n, pix, int32_t(col), int32_t(len)});
+        j += len;
+    }
+}
+
+// origins[col] = origin of batch column begin + col, for col < end - begin.
+inline void column_origins(const Images& g, const Staged& s, int64_t begin, int64_t end,
+                           std::vector<int32_t>& origins) {
+    origins.resize(size_t(end - begin));
+    for (int64_t j = begin; j < end; ++j) origins[size_t(j - begin)] = int32_t(s.origin(g, j / g.hw(), j % g.hw()));
+}
+
+// Whether the nr columns from batch column j can be read in place: in one image, each
+// vector on one staged row (for k = 1 the rows of a plane follow each other unpadded).
+inline bool contiguous_panel(const Images& g, int64_t j) {
+    const int64_t pix = j % g.hw();
+    return pix + gemm::nr <= g.hw() && (g.k == 1 || (g.w % simd::lanes == 0 && pix % simd::lanes == 0));
+}
+
+// Rows [q0, q1) of X for the `width` (<= nr) batch columns from j as one packed panel:
+// X(q, j + i) at out[(q - q0) nr + i], zero for i >= width.
+inline void pack_panel(const Images& g, const Staged& s, const std::vector<int32_t>& offsets, int64_t j,
+                       int64_t width, int64_t q0, int64_t q1, std::vector<Run>& runs, float* out) {
+    if (width < gemm::nr) std::fill(out, out + (q1 - q0) * gemm::nr, 0.0f);
+    column_runs(g, j, j + width, runs);
+    for (int64_t q = q0; q < q1; ++q)
+        for (const Run& r : runs)
+            simd::copy(out + (q - q0) * gemm::nr + r.col, s.data + s.origin(g, r.n, r.pix) + offsets[size_t(q)], r.len);
+}
+
+// The chunk's columns of dy [n, channels, hw] transposed into panels of nr channels:
+// panel P holds dy[n, P nr + i, pix] of chunk column col at out[(P columns + col) nr + i],
+// zero for channels past the last. Blocks of lanes x lanes go through registers.
+inline void pack_transposed(const float* dy, int64_t channels, int64_t hw, const std::vector<Run>& runs,
+                            int64_t columns, float* out) {
+    constexpr int lanes = simd::lanes;
+    simd::vec block[lanes];
+    for (int64_t c0 = 0; c0 < channels; c0 += lanes) {
+        float* panel = out + c0 / gemm::nr * columns * gemm::nr + c0 % gemm::nr;
+        const int64_t height = std::min<int64_t>(lanes, channels - c0);
+        for (const Run& r : runs)
+            for (int64_t t = 0; t < r.len; t += lanes) {
+                const int width = int(std::min<int64_t>(lanes, r.len - t));
+                const float* src = dy + (r.n * channels + c0) * hw + r.pix + t;
+                for (int64_t i = 0; i < lanes; ++i)
+                    block[i] = i < height ? simd::load_first(src + i * hw, width) : simd::zero();
+                simd::transpose(block);
+                for (int i = 0; i < width; ++i) simd::store(panel + (r.col + t + i) * gemm::nr, block[i]);
+            }
+    }
+    for (int64_t c0 = (channels + lanes - 1) / lanes * lanes; c0 % gemm::nr; c0 += lanes) {
+        float* panel = out + c0 / gemm::nr * columns * gemm::nr + c0 % gemm::nr;
+        for (int64_t col = 0; col < columns; ++col) simd::store(panel + col * gemm::nr, simd::zero());
+    }
+}
+
+}  // namespace mpnet::cpu::conv
+
+#endif
