@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "mpnet/core/error.hpp"
+#include "mpnet/data/big_endian.hpp"
 
 namespace mpnet::data {
 
@@ -25,7 +26,7 @@ inline IdxArray parse_idx(std::vector<uint8_t> bytes, int ndim, const std::strin
     const std::size_t header = 4 + 4 * static_cast<std::size_t>(ndim);
     check(bytes.size() >= 4, source, ": too short for an IDX file (", bytes.size(), " bytes)");
     check(bytes[0] == 0 && bytes[1] == 0, source, ": not an IDX file (magic number 0x", std::hex, std::setfill('0'),
-          std::setw(8), uint32_t{bytes[0]} << 24 | uint32_t{bytes[1]} << 16 | uint32_t{bytes[2]} << 8 | bytes[3],
+          std::setw(8), read_be32(bytes.data()),
           " does not start with two zero bytes)");
     check(bytes[2] == 0x08, source, ": IDX element type 0x", std::hex, std::setfill('0'), std::setw(2), int{bytes[2]},
           " is not unsigned byte (0x08)");
@@ -35,8 +36,7 @@ inline IdxArray parse_idx(std::vector<uint8_t> bytes, int ndim, const std::strin
     IdxArray out;
     std::size_t expected = 1;
     for (int d = 0; d < ndim; ++d) {
-        const uint8_t* p = bytes.data() + 4 + 4 * d;
-        const uint32_t dim = uint32_t{p[0]} << 24 | uint32_t{p[1]} << 16 | uint32_t{p[2]} << 8 | p[3];
+        const uint32_t dim = read_be32(bytes.data() + 4 + 4 * d);
         check(dim > 0, source, ": IDX dimension ", d, " is zero");
         // The dimensions are checked against the bytes present, so their product cannot overflow.
         check(dim <= (bytes.size() - header) / expected, source, ": IDX dimensions exceed the ",

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "mpnet/core/error.hpp"
+#include "mpnet/data/big_endian.hpp"
 
 namespace mpnet::data {
 
@@ -34,11 +35,9 @@ inline void verify_png_chunks(std::span<const uint8_t> bytes, const std::string&
     for (;;) {
         check(bytes.size() - at >= 12, source, ": truncated PNG (chunk header at byte ", at, " is cut off)");
         const uint8_t* p = bytes.data() + at;
-        const std::size_t length = std::size_t{p[0]} << 24 | std::size_t{p[1]} << 16 | std::size_t{p[2]} << 8 | p[3];
+        const std::size_t length = read_be32(p);
         check(length <= bytes.size() - at - 12, source, ": truncated PNG (chunk at byte ", at, " runs past the end)");
-        const uint8_t* crc_bytes = p + 8 + length;
-        const uint32_t stored = uint32_t{crc_bytes[0]} << 24 | uint32_t{crc_bytes[1]} << 16 |
-                                uint32_t{crc_bytes[2]} << 8 | crc_bytes[3];
+        const uint32_t stored = read_be32(p + 8 + length);
         const auto computed = static_cast<uint32_t>(crc32(crc32(0L, Z_NULL, 0), p + 4, static_cast<uInt>(length + 4)));
         check(stored == computed, source, ": corrupt PNG (CRC mismatch in the chunk at byte ", at, ")");
         at += 12 + length;
@@ -46,7 +45,7 @@ inline void verify_png_chunks(std::span<const uint8_t> bytes, const std::string&
     }
 }
 
-// Reads the header only, so a dataset can be checked for consistent shapes before decoding.
+// Verifies the chunks and reads the header, so shapes can be checked before anything is decoded.
 inline ImageInfo png_info(std::span<const uint8_t> bytes, const std::string& source) {
     check(bytes.size() <= static_cast<std::size_t>(INT_MAX), source, ": image file too large (", bytes.size(),
           " bytes)");
