@@ -1,0 +1,315 @@
+// mpnet-phema: post-hoc EMA reconstruction. Combines the power-function EMA snapshots a
+// training run wrote into EMA profiles of any other width, at any snapshot's time.
+#include <unistd.h>
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <map>
+#include <set>
+#include <string>
+#include <system_error>
+#include <vector>
+
+#include "mpnet/phema/combine.hpp"
+#include "mpnet/phema/reconstruct.hpp"
+#include "mpnet/phema/snapshot_files.hpp"
+
+namespace fs = std::filesystem;
+using namespace mpnet;
+
+namespace {
+
+constexpr const char* usage_text = R"(Usage: mpnet-phema --indir DIR --out-std STDS --outdir DIR [options]
+
+Post-hoc EMA reconstruction (EDM2): forms EMA profiles of new relative widths
+sigma_rel from the power-function EMA snapshots written during training.
+
+Input snapshots are the files DIR/<prefix>-<kimg>-<sigma_rel>.safetensors (kimg
+zero-padded to 7 digits, sigma_rel with 3 decimals), e.g.
+network-snapshot-0000256-0.050.safetensors. They must hold the same tensors
+(names, dtypes, shapes) and the same `config` metadata. A snapshot's time is
+its kimg, from its `kimg` metadata where present (it may hold fractions), else
+from its name; only ratios of times matter. Snapshots at time 0 or after the
+output time are not used. `sigma_rel` metadata likewise refines the name's.
+
+Options:
+  --indir DIR       directory of the input snapshots (required)
+  --prefix NAME     file name prefix of the input snapshots
+                    (default: network-snapshot)
+  --in-std STDS     use only the snapshots of these sigma_rel values, compared
+                    at 3 decimals (default: all)
+  --out-std STDS    sigma_rel of the profiles to reconstruct (required), each in
+                    (0, 0.3003]: a list 0.05,0.07,0.09 or a range
+                    START:STOP:STEP with STOP included, e.g. 0.010:0.250:0.005;
+                    lists and ranges may be mixed: 0.02,0.05:0.07:0.01
+  --out-kimg KIMG   time of the reconstruction; must be the kimg of some input
+                    snapshot (default: the latest)
+  --outdir DIR      directory for the outputs, created if missing (required)
+  --out-prefix NAME file name prefix of the outputs (default: phema); each output
+                    is <outdir>/<out-prefix>-<kimg>-<sigma_rel>.safetensors
+  --batch N         outputs formed per pass over the snapshots (default: 8);
+                    memory is about N x model size x 8 bytes
+  --quiet           print only errors and warnings
+  -h, --help        print this help
+
+Each output holds every tensor of the snapshots in its stored dtype: tensors
+that are byte-identical in all snapshots (fixed buffers) are copied, the others
+are sum_i X[i] snapshot_i accumulated in double. Its metadata keeps the
+snapshots' `config` and records `sigma_rel` and `kimg`. Outputs are written
+atomically: a failed run leaves no partial file.
+
+Exit status: 0 on success, 1 on bad input or a failed reconstruction, 2 on a
+command-line error.
+)";
+
+// A command-line error (exit status 2) as opposed to bad input data (exit status 1).
+struct UsageError : Error {
+    using Error::Error;
+};
+
+struct Options {
+    fs::path indir, outdir;
+    std::string prefix = "network-snapshot";
+    std::string out_prefix = "phema";
+    std::optional<std::vector<double>> in_std;
+    std::vector<double> out_std;
+    std::optional<std::int64_t> out_kimg;
+    std::size_t batch = 8;
+    bool quiet = false;
+    bool help = false;
+};
+
+template <class T>
+T parse_number(const std::string& option, const std::string& text) {
+    T v{};
+    const auto r = std::from_chars(text.data(), text.data() + text.size(), v);
+    if (r.ec != std::errc{} || r.ptr != text.data() + text.size())
+        throw UsageError(option + ": '" + text + "' is not a valid number");
+    return v;
+}
+
+// Values on a 1e-9 grid, so that 0.010 + 5 * 0.005 is stored as the double nearest 0.035.
+double tidy(double v) { return std::round(v * 1e9) / 1e9; }
+
+void append_range(const std::string& option, const std::string& item, std::vector<double>& out) {
+    const auto c1 = item.find(':'), c2 = item.find(':', c1 + 1);
+    if (c2 == std::string::npos || item.find(':', c2 + 1) != std::string::npos)
+        throw UsageError(option + ": range '" + item + "' is not START:STOP:STEP");
+    const double start = parse_number<double>(option, item.substr(0, c1));
+    const double stop = parse_number<double>(option, item.substr(c1 + 1, c2 - c1 - 1));
+    const double step = parse_number<double>(option, item.substr(c2 + 1));
+    if (!(step > 0) || !(stop >= start))
+        throw UsageError(option + ": range '" + item + "' needs STEP > 0 and STOP >= START");
+    const double count = std::floor((stop - start) / step + 1e-9) + 1;
+    if (count > 100000) throw UsageError(option + ": range '" + item + "' has too many values");
+    for (int i = 0; i < static_cast<int>(count); ++i) out.push_back(tidy(start + i * step));
+}
+
+std::vector<double> parse_std_list(const std::string& option, const std::string& text) {
+    std::vector<double> values;
+    std::size_t begin = 0;
+    while (begin <= text.size()) {
+        const auto end = std::min(text.find(',', begin), text.size());
+        const std::string item = text.substr(begin, end - begin);
+        if (item.find(':') != std::string::npos)
+            append_range(option, item, values);
+        else
+            values.push_back(parse_number<double>(option, item));
+        begin = end + 1;
+    }
+    std::ranges::sort(values);
+    values.erase(std::unique(values.begin(), values.end()), values.end());
+    return values;
+}
+
+Options parse_args(int argc, char** argv) {
+    Options o;
+    std::set<std::string> seen;
+    for (int i = 1; i < argc; ++i) {
+        std::string arg = argv[i], value;
+        if (arg == "-h" || arg == "--help") {
+            o.help = true;
+            continue;
+        }
+        if (arg == "--quiet") {
+            o.quiet = true;
+            continue;
+        }
+        if (!arg.starts_with("--")) throw UsageError("unexpected argument '" + arg + "'");
+        if (const auto eq = arg.find('='); eq != std::string::npos) {
+            value = arg.substr(eq + 1);
+            arg.resize(eq);
+        } else if (i + 1 < argc) {
+            value = argv[++i];
+        } else {
+            throw UsageError(arg + ": missing value");
+        }
+        if (!seen.insert(arg).second) throw UsageError(arg + ": given twice");
+        if (arg == "--indir") o.indir = value;
+        else if (arg == "--outdir") o.outdir = value;
+        else if (arg == "--prefix") o.prefix = value;
+        else if (arg == "--out-prefix") o.out_prefix = value;
+        else if (arg == "--in-std") o.in_std = parse_std_list(arg, value);
+        else if (arg == "--out-std") o.out_std = parse_std_list(arg, value);
+        else if (arg == "--out-kimg") o.out_kimg = parse_number<std::int64_t>(arg, value);
+        else if (arg == "--batch") o.batch = parse_number<std::size_t>(arg, value);
+        else throw UsageError("unknown option " + arg);
+    }
+    if (o.help) return o;
+    if (o.indir.empty()) throw UsageError("--indir is required");
+    if (o.outdir.empty()) throw UsageError("--outdir is required");
+    if (o.out_std.empty()) throw UsageError("--out-std is required");
+    if (o.batch == 0) throw UsageError("--batch must be at least 1");
+    if (o.prefix.empty() || o.out_prefix.empty()) throw UsageError("prefixes must not be empty");
+    return o;
+}
+
+// sigma_rel as file names write it; --in-std values are matched in this form.
+std::string std3(double sigma_rel) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.3f", sigma_rel);
+    return buf;
+}
+
+// The snapshots the reconstruction may use (before their headers are read), and its kimg.
+std::vector<phema::SnapshotFile> select_inputs(const Options& o, std::int64_t& out_kimg) {
+    std::vector<phema::SnapshotFile> files = phema::list_snapshot_files(o.indir, o.prefix);
+    if (files.empty())
+        fail(o.indir.string(), ": no files named ", o.prefix, "-<kimg>-<sigma_rel>.safetensors");
+    if (o.in_std) {
+        std::set<std::string> wanted;
+        for (const double s : *o.in_std) wanted.insert(std3(s));
+        std::erase_if(files, [&](const phema::SnapshotFile& f) { return !wanted.contains(std3(f.sigma_rel)); });
+        if (files.empty()) fail(o.indir.string(), ": no ", o.prefix, " snapshot has one of the --in-std values");
+    }
+    out_kimg = o.out_kimg.value_or(files.back().kimg);
+    if (!std::ranges::any_of(files, [&](const phema::SnapshotFile& f) { return f.kimg == out_kimg; }))
+        fail("--out-kimg ", out_kimg, " is the time of no input snapshot (they range from kimg ", files.front().kimg,
+             " to ", files.back().kimg, ")");
+    std::erase_if(files, [&](const phema::SnapshotFile& f) { return f.kimg > out_kimg; });
+    return files;
+}
+
+// The exact time of the reconstruction (the latest of the snapshots named out_kimg, whose
+// metadata may give fractions of a kimg); drops the snapshots that cannot take part.
+double settle_time(std::vector<phema::SnapshotFile>& files, std::int64_t out_kimg) {
+    double out_time = 0;
+    for (const auto& f : files)
+        if (f.kimg == out_kimg) out_time = std::max(out_time, f.time);
+    // A profile ending at time 0 is undefined; one ending after out_time cannot contribute.
+    std::erase_if(files, [&](const phema::SnapshotFile& f) { return !(f.time > 0 && f.time <= out_time); });
+    if (files.empty()) fail("no snapshot with 0 < kimg <= ", out_kimg);
+    return out_time;
+}
+
+// Checked before any snapshot is read; their time is settled later.
+std::vector<phema::Target> make_targets(const Options& o, std::int64_t out_kimg) {
+    std::vector<phema::Target> targets;
+    std::map<std::string, double> by_name;
+    for (const double s : o.out_std) {
+        if (!(s > 0 && s <= phema::std_max))
+            fail("--out-std ", s, " is outside the valid range (0, ", phema::std_max, "]");
+        if (const auto [it, fresh] = by_name.emplace(std3(s), s); !fresh)
+            fail("--out-std ", it->second, " and ", s, " would both be written to ",
+                 phema::snapshot_file_name(o.out_prefix, out_kimg, s));
+        targets.push_back({static_cast<double>(out_kimg), s});
+    }
+    return targets;
+}
+
+std::string format_double(double v) {
+    char buf[32];
+    const auto r = std::to_chars(buf, buf + sizeof buf, v);
+    return std::string(buf, r.ptr);
+}
+
+// Progress on one terminal line; one line per update when stderr is a log file.
+class Progress {
+public:
+    explicit Progress(bool quiet) : quiet_(quiet), tty_(::isatty(STDERR_FILENO) != 0) {}
+    void operator()(std::size_t pass, std::size_t passes, std::size_t done, std::size_t total,
+                    const phema::SnapshotFile& f) const {
+        if (quiet_) return;
+        std::fprintf(stderr, "%spass %zu/%zu: snapshot %zu/%zu %s%s", tty_ ? "\r\033[K" : "", pass, passes, done,
+                     total, f.path.filename().c_str(), tty_ ? "" : "\n");
+        if (tty_ && done == total && pass == passes) std::fputc('\n', stderr);
+    }
+
+private:
+    bool quiet_, tty_;
+};
+
+void run(const Options& o) {
+    std::int64_t out_kimg = 0;
+    std::vector<phema::SnapshotFile> inputs = select_inputs(o, out_kimg);
+    std::vector<phema::Target> targets = make_targets(o, out_kimg);
+    const phema::SnapshotLayout layout = phema::check_snapshots(inputs);
+    const double out_time = settle_time(inputs, out_kimg);
+    for (phema::Target& t : targets) t.time = out_time;
+
+    std::vector<phema::Snapshot> profiles;
+    for (const auto& f : inputs) profiles.push_back({f.time, f.sigma_rel});
+    const Eigen::MatrixXd x = phema::solve_coefficients(profiles, targets, [](double cond) {
+        std::fprintf(stderr, "warning: the snapshots' Gram matrix has condition number %.3g; the coefficients may "
+                     "be inaccurate (use fewer or more distinct snapshots, e.g. with --in-std)\n", cond);
+    });
+
+    std::set<fs::path> input_paths;
+    for (const auto& f : inputs) input_paths.insert(fs::weakly_canonical(f.path));
+    std::vector<fs::path> out_paths;
+    for (const auto& t : targets) {
+        out_paths.push_back(o.outdir / phema::snapshot_file_name(o.out_prefix, out_kimg, t.sigma_rel));
+        if (fs::exists(o.outdir) && input_paths.contains(fs::weakly_canonical(out_paths.back())))
+            fail(out_paths.back().string(), ": output would overwrite an input snapshot; choose another "
+                 "--outdir or --out-prefix");
+    }
+    fs::create_directories(o.outdir);
+    if (!o.quiet)
+        std::fprintf(stderr, "reconstructing %zu profile%s at kimg %lld from %zu snapshots\n", targets.size(),
+                     targets.size() == 1 ? "" : "s", static_cast<long long>(out_kimg), inputs.size());
+
+    const Progress progress(o.quiet);
+    const std::size_t passes = (targets.size() + o.batch - 1) / o.batch;
+    for (std::size_t pass = 0; pass < passes; ++pass) {
+        const auto first = static_cast<Eigen::Index>(pass * o.batch);
+        const auto count = std::min<Eigen::Index>(static_cast<Eigen::Index>(o.batch), x.cols() - first);
+        const Eigen::MatrixXd batch = x.middleCols(first, count);
+        std::vector<io::SafetensorsWriter> outputs = phema::combine_snapshots(
+            inputs, layout, batch, [&](std::size_t done, std::size_t total, const phema::SnapshotFile& f) {
+                progress(pass + 1, passes, done, total, f);
+            });
+        for (Eigen::Index j = 0; j < count; ++j) {
+            const auto k = static_cast<std::size_t>(first + j);
+            io::SafetensorsWriter& w = outputs[static_cast<std::size_t>(j)];
+            if (!layout.config.empty()) w.set_metadata("config", layout.config);
+            w.set_metadata("kimg", format_double(out_time));
+            w.set_metadata("sigma_rel", format_double(targets[k].sigma_rel));
+            w.write(out_paths[k]);
+            if (!o.quiet) std::printf("%s\n", out_paths[k].c_str());
+        }
+    }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    try {
+        const Options o = parse_args(argc, argv);
+        if (o.help) {
+            std::fputs(usage_text, stdout);
+            return 0;
+        }
+        run(o);
+        return 0;
+    } catch (const UsageError& e) {
+        std::fprintf(stderr, "mpnet-phema: %s\nTry 'mpnet-phema --help'.\n", e.what());
+        return 2;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "mpnet-phema: error: %s\n", e.what());
+        return 1;
+    }
+}
