@@ -24,15 +24,27 @@
 
 namespace mpnet::cpu::conv {
 
-// Output product: columns per chunk and sum indices per block. A block of A (m x 256
-// floats, up to 256 KiB) stays in L2 while the chunk's panels pass; the staged rows one
-// panel reads for a block (or its packed copy, 32 KiB) stay in L1 while every row tile
-// of A passes over them.
+// Output product: columns per chunk and at most this many sum indices per block. A block
+// of A (m x 256 floats, up to 256 KiB) stays in L2 while the chunk's panels pass; the
+// staged rows one panel reads for a block (or its packed copy, 32 KiB) stay in L1 while
+// every row tile of A passes over them.
 inline constexpr int64_t out_chunk = 16 * gemm::nr;
 inline constexpr int64_t out_depth = 256;
+
+// Equal blocks of at most out_depth: a short last block would pay the C tile's load and
+// store for little work.
+inline int64_t depth_block(int64_t depth) {
+    const int64_t blocks = (depth + out_depth - 1) / out_depth;
+    return (depth + blocks - 1) / blocks;
+}
 // Weight product: columns summed per chunk, the kernel's depth; one panel of transposed
 // dy (128 x 32 floats, 16 KiB) stays in L1 while every row tile of X passes.
 inline constexpr int64_t weight_chunk = 4 * gemm::nr;
+
+// Columns are handed to the threads in units, first come first served, so that a thread
+// slowed down by other work on the machine does not hold the others up: at least four
+// units per thread, of at most this many columns (a 32x32 image).
+inline constexpr int64_t max_unit = 32 * gemm::nr;
 
 // Below this many multiply-adds one thread does the whole product.
 inline constexpr int64_t parallel_work = int64_t(1) << 22;
@@ -56,15 +68,19 @@ private:
     float* next_;
 };
 
-// [begin, end) of the batch columns for thread t of count, split on panel boundaries.
-inline std::pair<int64_t, int64_t> thread_columns(int64_t columns, int t, int count) {
-    auto at = [&](int i) { return std::min(columns, (columns * i / count + gemm::nr - 1) / gemm::nr * gemm::nr); };
-    return {at(t), at(t + 1)};
+struct Units {
+    int64_t size, count;
+};
+
+inline Units units_of(int64_t columns) {
+    const int64_t wanted = (columns + 4 * omp_get_max_threads() - 1) / (4 * omp_get_max_threads());
+    const int64_t size = std::min(max_unit, (wanted + gemm::nr - 1) / gemm::nr * gemm::nr);
+    return {size, (columns + size - 1) / size};
 }
 
-inline int threads_for(int64_t multiply_adds, int64_t columns) {
+inline int threads_for(int64_t multiply_adds, const Units& units) {
     if (multiply_adds < parallel_work) return 1;
-    return int(std::min<int64_t>(omp_get_max_threads(), (columns + gemm::nr - 1) / gemm::nr));
+    return int(std::min<int64_t>(omp_get_max_threads(), units.count));
 }
 
 // The staged images a thread's current chunk reads, restaged only when the chunk moves
@@ -111,8 +127,8 @@ inline void multiply_panel(const float* a, int64_t lda, int64_t m, int64_t depth
     const bool direct = width == gemm::nr && j % hw + gemm::nr <= hw;
     float* out = y + j / hw * m * hw + j % hw;
     const float* rows_of_a[gemm::mr];
-    for (int64_t i = 0; i < m; i += gemm::mr) {
-        const int rows = int(std::min<int64_t>(gemm::mr, m - i));
+    for (int64_t i = 0; i < m;) {
+        const int rows = gemm::next_rows(m - i);
         for (int r = 0; r < rows; ++r) rows_of_a[r] = a + (i + r) * lda;
         if (direct) {
             gemm::tile(rows, depth, rows_of_a, gemm::Strided<1>{}, b, bi, out + i * hw, hw, accumulate);
@@ -120,16 +136,16 @@ inline void multiply_panel(const float* a, int64_t lda, int64_t m, int64_t depth
             gemm::tile(rows, depth, rows_of_a, gemm::Strided<1>{}, b, bi, edge, gemm::nr, false);
             scatter_tile(edge, rows, j, width, hw, m, y + i * hw, accumulate);
         }
+        i += rows;
     }
 }
 
 // y[n, m, h, w] = sum_q a[m, q] X(q, .) over the images g; a has rows of g.depth() floats.
 inline void output_product(const Images& g, const float* a, int64_t m, float* y) {
     const int64_t depth = g.depth(), total = g.n * g.hw();
-    const int threads = threads_for(total * m * depth, total);
-#pragma omp parallel num_threads(threads)
+    const Units units = units_of(total);
+#pragma omp parallel num_threads(threads_for(total * m * depth, units))
     {
-        const auto [begin, end] = thread_columns(total, omp_get_thread_num(), omp_get_num_threads());
         const int64_t staging = staged_size(g, StagedChunk::max_images(g, out_chunk));
         ScratchCarver scratch(staging + out_depth * gemm::nr + gemm::mr * gemm::nr);
         StagedChunk chunk(g, scratch.take(staging));
@@ -138,28 +154,31 @@ inline void output_product(const Images& g, const float* a, int64_t m, float* y)
         std::vector<Run> runs;
         const float* packed_rows[gemm::nv];
         for (int v = 0; v < gemm::nv; ++v) packed_rows[v] = packed + v * simd::lanes;
-        for (int64_t j0 = begin; j0 < end; j0 += out_chunk) {
-            const int64_t j1 = std::min(end, j0 + out_chunk);
-            const Staged& s = chunk.cover(j0, j1);
-            const auto& offsets = chunk.offsets();
-            for (int64_t q = 0; q < depth; q += out_depth) {
-                const int64_t q1 = std::min(depth, q + out_depth);
-                for (int64_t j = j0; j < j1; j += gemm::nr) {
-                    const int64_t width = std::min<int64_t>(gemm::nr, j1 - j);
-                    if (width == gemm::nr && contiguous_panel(g, j)) {
-                        const float* in_place[gemm::nv];
-                        for (int v = 0; v < gemm::nv; ++v)
-                            in_place[v] = s.data + s.origin(g, j / g.hw(), j % g.hw() + v * simd::lanes);
-                        multiply_panel(a + q, depth, m, q1 - q, in_place, gemm::Table{offsets.data() + q}, j, width,
-                                       g.hw(), y, q > 0, edge);
-                    } else {
-                        pack_panel(g, s, offsets, j, width, q, q1, runs, packed);
-                        multiply_panel(a + q, depth, m, q1 - q, packed_rows, gemm::Strided<gemm::nr>{}, j, width,
-                                       g.hw(), y, q > 0, edge);
+        const int64_t block = depth_block(depth);
+#pragma omp for schedule(dynamic)
+        for (int64_t u = 0; u < units.count; ++u)
+            for (int64_t j0 = u * units.size; j0 < std::min(total, (u + 1) * units.size); j0 += out_chunk) {
+                const int64_t j1 = std::min({total, (u + 1) * units.size, j0 + out_chunk});
+                const Staged& s = chunk.cover(j0, j1);
+                const auto& offsets = chunk.offsets();
+                for (int64_t q = 0; q < depth; q += block) {
+                    const int64_t q1 = std::min(depth, q + block);
+                    for (int64_t j = j0; j < j1; j += gemm::nr) {
+                        const int64_t width = std::min<int64_t>(gemm::nr, j1 - j);
+                        if (width == gemm::nr && contiguous_panel(g, j)) {
+                            const float* in_place[gemm::nv];
+                            for (int v = 0; v < gemm::nv; ++v)
+                                in_place[v] = s.data + s.origin(g, j / g.hw(), j % g.hw() + v * simd::lanes);
+                            multiply_panel(a + q, depth, m, q1 - q, in_place, gemm::Table{offsets.data() + q}, j,
+                                           width, g.hw(), y, q > 0, edge);
+                        } else {
+                            pack_panel(g, s, offsets, j, width, q, q1, runs, packed);
+                            multiply_panel(a + q, depth, m, q1 - q, packed_rows, gemm::Strided<gemm::nr>{}, j, width,
+                                           g.hw(), y, q > 0, edge);
+                        }
                     }
                 }
             }
-        }
     }
 }
 
@@ -182,13 +201,13 @@ inline void add_transposed(const float* partial, int threads, int64_t depth, int
 inline void weight_product(const Images& g, const float* dy, int64_t m, float* dweight) {
     const int64_t depth = g.depth(), total = g.n * g.hw();
     const int64_t padded_m = (m + gemm::nr - 1) / gemm::nr * gemm::nr;
-    const int threads = threads_for(total * m * depth, total);
+    const Units units = units_of(total);
+    const int threads = threads_for(total * m * depth, units);
     CpuTensor<float> partial(Shape{threads, depth, padded_m});
 #pragma omp parallel num_threads(threads)
     {
-        const auto [begin, end] = thread_columns(total, omp_get_thread_num(), omp_get_num_threads());
         float* sum = partial.data() + omp_get_thread_num() * depth * padded_m;
-        if (begin == end) std::fill(sum, sum + depth * padded_m, 0.0f);
+        bool first = true;  // sum not yet written
         const int64_t staging = staged_size(g, StagedChunk::max_images(g, weight_chunk));
         ScratchCarver scratch(staging + padded_m * weight_chunk);
         StagedChunk chunk(g, scratch.take(staging));
@@ -196,23 +215,28 @@ inline void weight_product(const Images& g, const float* dy, int64_t m, float* d
         std::vector<Run> runs;
         std::vector<int32_t> origins;
         const float* rows_of_x[gemm::mr];
-        for (int64_t j = begin; j < end; j += weight_chunk) {
-            const int64_t columns = std::min(weight_chunk, end - j);
-            const Staged& s = chunk.cover(j, j + columns);
-            column_runs(g, j, j + columns, runs);
-            column_origins(g, s, j, j + columns, origins);
-            pack_transposed(dy, m, g.hw(), runs, columns, dy_panels);
-            for (int64_t c = 0; c < m; c += gemm::nr) {
-                const float* panel[gemm::nv];
-                for (int v = 0; v < gemm::nv; ++v) panel[v] = dy_panels + c * columns + v * simd::lanes;
-                for (int64_t i = 0; i < depth; i += gemm::mr) {
-                    const int rows = int(std::min<int64_t>(gemm::mr, depth - i));
-                    for (int r = 0; r < rows; ++r) rows_of_x[r] = s.data + chunk.offsets()[size_t(i + r)];
-                    gemm::tile(rows, columns, rows_of_x, gemm::Table{origins.data()}, panel,
-                               gemm::Strided<gemm::nr>{}, sum + i * padded_m + c, padded_m, j != begin);
+#pragma omp for schedule(dynamic)
+        for (int64_t u = 0; u < units.count; ++u)
+            for (int64_t j = u * units.size; j < std::min(total, (u + 1) * units.size); j += weight_chunk) {
+                const int64_t columns = std::min({weight_chunk, total - j, (u + 1) * units.size - j});
+                const Staged& s = chunk.cover(j, j + columns);
+                column_runs(g, j, j + columns, runs);
+                column_origins(g, s, j, j + columns, origins);
+                pack_transposed(dy, m, g.hw(), runs, columns, dy_panels);
+                for (int64_t c = 0; c < m; c += gemm::nr) {
+                    const float* panel[gemm::nv];
+                    for (int v = 0; v < gemm::nv; ++v) panel[v] = dy_panels + c * columns + v * simd::lanes;
+                    for (int64_t i = 0; i < depth;) {
+                        const int rows = gemm::next_rows(depth - i);
+                        for (int r = 0; r < rows; ++r) rows_of_x[r] = s.data + chunk.offsets()[size_t(i + r)];
+                        gemm::tile(rows, columns, rows_of_x, gemm::Table{origins.data()}, panel,
+                                   gemm::Strided<gemm::nr>{}, sum + i * padded_m + c, padded_m, !first);
+                        i += rows;
+                    }
                 }
+                first = false;
             }
-        }
+        if (first) std::fill(sum, sum + depth * padded_m, 0.0f);
     }
     add_transposed(partial.data(), threads, depth, m, padded_m, dweight);
 }

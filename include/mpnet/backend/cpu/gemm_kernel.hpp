@@ -83,6 +83,14 @@ inline void tile_rows(std::integer_sequence<int, R...>, int rows, int64_t depth,
 }
 }  // namespace detail
 
+// Rows of the next tile when `remaining` rows are left. A lone short tile has too few
+// independent accumulators to hide the FMA latency, so a remainder between mr and 2 mr
+// is split into two tiles of about half each (32 rows with mr = 6: 6 6 6 6 4 4).
+inline int next_rows(int64_t remaining) {
+    if (remaining <= mr) return int(remaining);
+    return remaining < 2 * mr ? int((remaining + 1) / 2) : mr;
+}
+
 // tile<rows> for a row count known only at run time (1 <= rows <= mr).
 template <class AIndex, class BIndex>
 inline void tile(int rows, int64_t depth, const float* const* a, AIndex ai, const float* const* b, BIndex bi,
