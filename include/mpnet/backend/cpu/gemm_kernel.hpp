@@ -39,8 +39,10 @@ struct Table {
 };
 
 // C rows i < rows of the tile at c (row stride ldc); accumulate adds to what is there.
+// Kept out of line: inlined into a caller's loops, the row pointers no longer fit in the
+// general registers and spill inside the sum loop.
 template <int rows, class AIndex, class BIndex>
-inline void tile(int64_t depth, const float* const* a, AIndex ai, const float* const* b, BIndex bi, float* c,
+[[gnu::noinline]] void tile(int64_t depth, const float* const* a, AIndex ai, const float* const* b, BIndex bi, float* c,
                  int64_t ldc, bool accumulate) {
     simd::vec acc[rows][nv];
 #pragma GCC unroll 16
