@@ -53,8 +53,8 @@ void run_timed(benchmark::State& state, const std::function<void()>& step, doubl
     if (flops > 0) state.counters["TFLOP/s"] = Counter(flops / 1e12, Counter::kIsIterationInvariantRate);
     if (bytes > 0) state.counters["GB/s"] = Counter(bytes / 1e9, Counter::kIsIterationInvariantRate);
     state.counters["peak_MiB"] = double(CudaBackend::peak_bytes()) / (1 << 20);
-    cudaEventDestroy(start);
-    cudaEventDestroy(stop);
+    mpnet::cuda::cuda_check(cudaEventDestroy(start), "cudaEventDestroy");
+    mpnet::cuda::cuda_check(cudaEventDestroy(stop), "cudaEventDestroy");
 }
 
 struct Conv {

@@ -263,6 +263,19 @@ TEST_CASE_TEMPLATE("cuda kernels: MPFourier and the EDM2 loss", T, float, double
     CHECK(loss_gpu == doctest::Approx(loss_cpu).epsilon(std::is_same_v<T, float> ? 1e-6 : 1e-12));
 }
 
+TEST_CASE_TEMPLATE("cuda kernels: adam_step", T, float, double) {
+    const Shape s{33, 17};
+    auto m0 = random_cpu<T>(s, 45, 0.1), v0 = random_cpu<T>(s, 46, 0.1);
+    for (int64_t i = 0; i < v0.numel(); ++i) v0.data()[i] = v0.data()[i] * v0.data()[i];
+    compare_backends<T>(
+        [](auto tag, const auto& in) {
+            auto p = in[0].clone(), m = in[2].clone(), v = in[3].clone();
+            for (int64_t step : {1, 2, 50}) adam_step(tag, p, in[1], m, v, 0.01, 0.9, 0.99, 1e-8, step);
+            return Outputs<T, decltype(tag)>{p, m, v};
+        },
+        gpu_fwd_tol<T>, {random_cpu<T>(s, 47), random_cpu<T>(s, 48), m0, v0});
+}
+
 TEST_CASE_TEMPLATE("cuda rng: fill_uniform, fill_normal and dropout give the CPU's streams", T, float, double) {
     const Shape s{1 << 20};
     CpuTensor<T> c(s);

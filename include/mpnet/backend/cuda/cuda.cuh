@@ -1,6 +1,7 @@
 // Everything of the CUDA backend: memory, streams and every primitive kernel. Include it
 // from .cu translation units only.
 #pragma once
+#include "mpnet/backend/cuda/adam.cuh"
 #include "mpnet/backend/cuda/attention.cuh"
 #include "mpnet/backend/cuda/backend.cuh"
 #include "mpnet/backend/cuda/conv.cuh"

@@ -1,7 +1,9 @@
 // Device memory and streams for the CUDA backend.
 //
-// Every thread has a current stream (cudaStreamPerThread unless the user sets another);
-// all kernels, copies, allocations and frees of that thread are ordered on it. Memory comes
+// Every thread has a current stream (the legacy default stream unless the user sets
+// another); all kernels, copies, allocations and frees of that thread are ordered on it.
+// The default is the legacy stream rather than a per-thread one because its handle means
+// the same stream in every thread, so a tensor may be released by any thread. Memory comes
 // from the device's stream-ordered pool (cudaMallocAsync) whose release threshold is raised
 // to "never", so blocks freed during a training step stay reserved and the next step's
 // allocations are served from the pool without reaching the driver.
@@ -26,7 +28,7 @@ namespace mpnet::cuda {
 
 namespace detail {
 inline cudaStream_t& current_stream_slot() {
-    thread_local cudaStream_t stream = cudaStreamPerThread;
+    thread_local cudaStream_t stream = cudaStreamLegacy;
     return stream;
 }
 }  // namespace detail
