@@ -44,7 +44,7 @@ inline constexpr int64_t weight_chunk = 4 * gemm::nr;
 // Columns are handed to the threads in units, first come first served, so that a thread
 // slowed down by other work on the machine does not hold the others up: at least four
 // units per thread, of at most this many columns (a 32x32 image).
-inline constexpr int64_t max_unit = 32 * gemm::nr;
+inline constexpr int64_t max_unit = 1024;
 
 // Below this many multiply-adds one thread does the whole product.
 inline constexpr int64_t parallel_work = int64_t(1) << 22;
@@ -83,33 +83,6 @@ inline int threads_for(int64_t multiply_adds, const Units& units) {
     return int(std::min<int64_t>(omp_get_max_threads(), units.count));
 }
 
-// The staged images a thread's current chunk reads, restaged only when the chunk moves
-// on to other images.
-class StagedChunk {
-public:
-    StagedChunk(const Images& g, float* buffer) : g_(g), buffer_(buffer) {}
-    // Columns [begin, end) must lie within the images staged.
-    const Staged& cover(int64_t begin, int64_t end) {
-        const int64_t first = begin / g_.hw(), last = (end - 1) / g_.hw();
-        if (first != first_ || last != last_) {
-            staged_ = stage(g_, first, last, buffer_);
-            window_offsets(g_, staged_, offsets_);
-            first_ = first, last_ = last;
-        }
-        return staged_;
-    }
-    [[nodiscard]] const std::vector<int32_t>& offsets() const { return offsets_; }
-    // Images a chunk of `columns` columns can touch.
-    static int64_t max_images(const Images& g, int64_t columns) { return std::min(g.n, columns / g.hw() + 2); }
-
-private:
-    const Images& g_;
-    float* buffer_;
-    Staged staged_{};
-    std::vector<int32_t> offsets_;
-    int64_t first_ = -1, last_ = -1;
-};
-
 // Y[n, m, pix] (+)= the tile at buf (rows x nr) for the batch columns [j, j + width).
 inline void scatter_tile(const float* buf, int rows, int64_t j, int64_t width, int64_t hw, int64_t m, float* y,
                          bool accumulate) {
@@ -144,11 +117,11 @@ inline void multiply_panel(const float* a, int64_t lda, int64_t m, int64_t depth
 inline void output_product(const Images& g, const float* a, int64_t m, float* y) {
     const int64_t depth = g.depth(), total = g.n * g.hw();
     const Units units = units_of(total);
+    const std::vector<int32_t> offsets = window_offsets(g, out_chunk);
 #pragma omp parallel num_threads(threads_for(total * m * depth, units))
     {
-        const int64_t staging = staged_size(g, StagedChunk::max_images(g, out_chunk));
-        ScratchCarver scratch(staging + out_depth * gemm::nr + gemm::mr * gemm::nr);
-        StagedChunk chunk(g, scratch.take(staging));
+        ScratchCarver scratch(staged_size(g, out_chunk) + out_depth * gemm::nr + gemm::mr * gemm::nr);
+        float* staging = scratch.take(staged_size(g, out_chunk));
         float* packed = scratch.take(out_depth * gemm::nr);
         float* edge = scratch.take(gemm::mr * gemm::nr);
         std::vector<Run> runs;
@@ -159,8 +132,7 @@ inline void output_product(const Images& g, const float* a, int64_t m, float* y)
         for (int64_t u = 0; u < units.count; ++u)
             for (int64_t j0 = u * units.size; j0 < std::min(total, (u + 1) * units.size); j0 += out_chunk) {
                 const int64_t j1 = std::min({total, (u + 1) * units.size, j0 + out_chunk});
-                const Staged& s = chunk.cover(j0, j1);
-                const auto& offsets = chunk.offsets();
+                const Staged s = stage(g, j0, j1, staging);
                 for (int64_t q = 0; q < depth; q += block) {
                     const int64_t q1 = std::min(depth, q + block);
                     for (int64_t j = j0; j < j1; j += gemm::nr) {
@@ -203,14 +175,14 @@ inline void weight_product(const Images& g, const float* dy, int64_t m, float* d
     const int64_t padded_m = (m + gemm::nr - 1) / gemm::nr * gemm::nr;
     const Units units = units_of(total);
     const int threads = threads_for(total * m * depth, units);
+    const std::vector<int32_t> offsets = window_offsets(g, weight_chunk);
     CpuTensor<float> partial(Shape{threads, depth, padded_m});
 #pragma omp parallel num_threads(threads)
     {
         float* sum = partial.data() + omp_get_thread_num() * depth * padded_m;
         bool first = true;  // sum not yet written
-        const int64_t staging = staged_size(g, StagedChunk::max_images(g, weight_chunk));
-        ScratchCarver scratch(staging + padded_m * weight_chunk);
-        StagedChunk chunk(g, scratch.take(staging));
+        ScratchCarver scratch(staged_size(g, weight_chunk) + padded_m * weight_chunk);
+        float* staging = scratch.take(staged_size(g, weight_chunk));
         float* dy_panels = scratch.take(padded_m * weight_chunk);
         std::vector<Run> runs;
         std::vector<int32_t> origins;
@@ -219,7 +191,7 @@ inline void weight_product(const Images& g, const float* dy, int64_t m, float* d
         for (int64_t u = 0; u < units.count; ++u)
             for (int64_t j = u * units.size; j < std::min(total, (u + 1) * units.size); j += weight_chunk) {
                 const int64_t columns = std::min({weight_chunk, total - j, (u + 1) * units.size - j});
-                const Staged& s = chunk.cover(j, j + columns);
+                const Staged s = stage(g, j, j + columns, staging);
                 column_runs(g, j, j + columns, runs);
                 column_origins(g, s, j, j + columns, origins);
                 pack_transposed(dy, m, g.hw(), runs, columns, dy_panels);
@@ -228,7 +200,7 @@ inline void weight_product(const Images& g, const float* dy, int64_t m, float* d
                     for (int v = 0; v < gemm::nv; ++v) panel[v] = dy_panels + c * columns + v * simd::lanes;
                     for (int64_t i = 0; i < depth;) {
                         const int rows = gemm::next_rows(depth - i);
-                        for (int r = 0; r < rows; ++r) rows_of_x[r] = s.data + chunk.offsets()[size_t(i + r)];
+                        for (int r = 0; r < rows; ++r) rows_of_x[r] = s.data + offsets[size_t(i + r)];
                         gemm::tile(rows, columns, rows_of_x, gemm::Table{origins.data()}, panel,
                                    gemm::Strided<gemm::nr>{}, sum + i * padded_m + c, padded_m, !first);
                         i += rows;

@@ -2,8 +2,8 @@
 //
 // A "same" k x k convolution sums over q = (c, ky, kx); the operand X(q, col) of output
 // column col = (image n, pixel y W + x) is img[n, c, y + ky - k/2, x + kx - k/2], zero
-// outside. The images a chunk of columns needs are copied (streaming, so the prefetcher
-// keeps up) into an L2-sized staging buffer with a zero border, after which
+// outside. The image rows a chunk of columns needs are copied (streaming, so the
+// prefetcher keeps up) into a staging buffer with a zero border, after which
 // X(q, col) = staged[origin(col) + offset(q)]: the operands are read in place through
 // these two index tables, and nothing is unfolded. Only where a vector of columns is not
 // contiguous in the staged images (rows narrower than a vector, a panel crossing an
@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "mpnet/backend/cpu/gemm_kernel.hpp"
+#include "mpnet/core/error.hpp"
 
 #if MPNET_CPU_SIMD
 
@@ -46,39 +47,51 @@ inline int64_t staged_plane(const Images& g) {
     return plane % 256 == 0 ? plane + 16 : plane;
 }
 
-// Floats stage() needs for `count` images.
-inline int64_t staged_size(const Images& g, int64_t count) { return count * g.channels * staged_plane(g); }
+// The most images `columns` consecutive batch columns touch.
+inline int64_t images_spanned(const Images& g, int64_t columns) { return std::min(g.n, columns / g.hw() + 2); }
 
-// Copies images [first, last] of g into buf (staged_size floats) with a zero border.
-inline Staged stage(const Images& g, int64_t first, int64_t last, float* buf) {
-    const int64_t p = g.border(), wp = g.w + 2 * p, hp = g.h + 2 * p;
-    const Staged s{buf, first, g.channels * staged_plane(g), staged_plane(g), wp};
-    for (int64_t i = 0; i <= last - first; ++i)
-        for (int64_t c = 0; c < g.channels; ++c) {
-            const float* src = g.data + ((first + i) * g.channels + c) * g.hw();
-            float* plane = buf + i * s.image + c * s.plane;
-            if (p == 0) {
-                simd::copy(plane, src, g.hw());
-                continue;
-            }
-            std::fill(plane, plane + p * wp, 0.0f);
-            for (int64_t y = 0; y < g.h; ++y) {
-                float* row = plane + (y + p) * wp;
-                std::fill(row, row + p, 0.0f);
-                simd::copy(row + p, src + y * g.w, g.w);
-                std::fill(row + p + g.w, row + wp, 0.0f);
-            }
-            std::fill(plane + (g.h + p) * wp, plane + hp * wp, 0.0f);
-        }
-    return s;
+// Floats stage() needs for chunks of up to `columns` columns.
+inline int64_t staged_size(const Images& g, int64_t columns) {
+    return images_spanned(g, columns) * g.channels * staged_plane(g);
 }
 
-// offsets[q] = offset(q) in the staged layout: c plane + ky row + kx.
-inline void window_offsets(const Images& g, const Staged& s, std::vector<int32_t>& offsets) {
-    offsets.resize(size_t(g.depth()));
-    for (int64_t c = 0, q = 0; c < g.channels; ++c)
+// offsets[q] = offset(q) in the staged layout: c plane + ky row + kx. Offsets and
+// origins are 32-bit, which bounds the staging buffer of chunks of `columns` columns.
+inline std::vector<int32_t> window_offsets(const Images& g, int64_t columns) {
+    const int64_t row = g.w + 2 * g.border();
+    check(staged_size(g, columns) < (int64_t(1) << 31), "conv2d: ", g.channels, " channels of ", g.h, "x", g.w,
+          " images are too large for 32-bit staging offsets");
+    std::vector<int32_t> offsets;
+    for (int64_t c = 0; c < g.channels; ++c)
         for (int64_t ky = 0; ky < g.k; ++ky)
-            for (int64_t kx = 0; kx < g.k; ++kx) offsets[size_t(q++)] = int32_t(c * s.plane + ky * s.row + kx);
+            for (int64_t kx = 0; kx < g.k; ++kx) offsets.push_back(int32_t(c * staged_plane(g) + ky * row + kx));
+    return offsets;
+}
+
+// Copies what batch columns [begin, end) read into buf (staged_size floats): the rows of
+// their windows in the staged layout, zero on the border. Other rows are left as they
+// are, so a chunk of a large image costs only its own rows and their halo.
+inline Staged stage(const Images& g, int64_t begin, int64_t end, float* buf) {
+    const int64_t p = g.border(), wp = g.w + 2 * p, first = begin / g.hw(), last = (end - 1) / g.hw();
+    const Staged s{buf, first, g.channels * staged_plane(g), staged_plane(g), wp};
+    for (int64_t n = first; n <= last; ++n) {
+        const int64_t pa = n == first ? begin % g.hw() : 0, pb = n == last ? (end - 1) % g.hw() + 1 : g.hw();
+        for (int64_t c = 0; c < g.channels; ++c) {
+            const float* src = g.data + (n * g.channels + c) * g.hw();
+            float* plane = buf + (n - first) * s.image + c * s.plane;
+            for (int64_t r = pa / g.w; r <= (pb - 1) / g.w + 2 * p; ++r) {  // padded rows
+                float* row = plane + r * wp;
+                if (r < p || r >= g.h + p) {
+                    std::fill(row, row + wp, 0.0f);
+                    continue;
+                }
+                std::fill(row, row + p, 0.0f);
+                simd::copy(row + p, src + (r - p) * g.w, g.w);
+                std::fill(row + p + g.w, row + wp, 0.0f);
+            }
+        }
+    }
+    return s;
 }
 
 // Columns [col, col + len) of a chunk that lie on one image row, never crossing a panel of nr.
