@@ -24,10 +24,10 @@
 
 namespace mpnet::cpu::conv {
 
-// Output product: columns per chunk and at most this many sum indices per block. A block
-// of A (m x 256 floats, up to 256 KiB) stays in L2 while the chunk's panels pass; the
-// staged rows one panel reads for a block (or its packed copy, 32 KiB) stay in L1 while
-// every row tile of A passes over them.
+// Output product: columns per chunk and at most this many sum indices per block. The
+// chunk's output rows and a block of A (m x 256 floats) stay in L2 while the chunk's
+// panels pass; the staged rows one panel reads for a block (or its packed copy) stay in
+// L1 while every row tile of A passes over them.
 inline constexpr int64_t out_chunk = 16 * gemm::nr;
 inline constexpr int64_t out_depth = 256;
 
@@ -37,9 +37,10 @@ inline int64_t depth_block(int64_t depth) {
     const int64_t blocks = (depth + out_depth - 1) / out_depth;
     return (depth + blocks - 1) / blocks;
 }
+
 // Weight product: columns summed per chunk, the kernel's depth; one panel of transposed
-// dy (128 x 32 floats, 16 KiB) stays in L1 while every row tile of X passes.
-inline constexpr int64_t weight_chunk = 4 * gemm::nr;
+// dy (16 KiB) stays in L1 while every row tile of X passes.
+inline constexpr int64_t weight_chunk = 4096 / gemm::nr;
 
 // Columns are handed to the threads in units, first come first served, so that a thread
 // slowed down by other work on the machine does not hold the others up: at least four
@@ -117,11 +118,11 @@ inline void multiply_panel(const float* a, int64_t lda, int64_t m, int64_t depth
 inline void output_product(const Images& g, const float* a, int64_t m, float* y) {
     const int64_t depth = g.depth(), total = g.n * g.hw();
     const Units units = units_of(total);
-    const std::vector<int32_t> offsets = window_offsets(g, out_chunk);
+    const std::vector<int32_t> offsets = window_offsets(g, units.size);
 #pragma omp parallel num_threads(threads_for(total * m * depth, units))
     {
-        ScratchCarver scratch(staged_size(g, out_chunk) + out_depth * gemm::nr + gemm::mr * gemm::nr);
-        float* staging = scratch.take(staged_size(g, out_chunk));
+        ScratchCarver scratch(staged_size(g, units.size) + out_depth * gemm::nr + gemm::mr * gemm::nr);
+        float* staging = scratch.take(staged_size(g, units.size));
         float* packed = scratch.take(out_depth * gemm::nr);
         float* edge = scratch.take(gemm::mr * gemm::nr);
         std::vector<Run> runs;
@@ -129,10 +130,11 @@ inline void output_product(const Images& g, const float* a, int64_t m, float* y)
         for (int v = 0; v < gemm::nv; ++v) packed_rows[v] = packed + v * simd::lanes;
         const int64_t block = depth_block(depth);
 #pragma omp for schedule(dynamic)
-        for (int64_t u = 0; u < units.count; ++u)
-            for (int64_t j0 = u * units.size; j0 < std::min(total, (u + 1) * units.size); j0 += out_chunk) {
-                const int64_t j1 = std::min({total, (u + 1) * units.size, j0 + out_chunk});
-                const Staged s = stage(g, j0, j1, staging);
+        for (int64_t u = 0; u < units.count; ++u) {
+            const int64_t end = std::min(total, (u + 1) * units.size);
+            const Staged s = stage(g, u * units.size, end, staging);
+            for (int64_t j0 = u * units.size; j0 < end; j0 += out_chunk) {
+                const int64_t j1 = std::min(end, j0 + out_chunk);
                 for (int64_t q = 0; q < depth; q += block) {
                     const int64_t q1 = std::min(depth, q + block);
                     for (int64_t j = j0; j < j1; j += gemm::nr) {
@@ -151,6 +153,7 @@ inline void output_product(const Images& g, const float* a, int64_t m, float* y)
                     }
                 }
             }
+        }
     }
 }
 
@@ -175,23 +178,24 @@ inline void weight_product(const Images& g, const float* dy, int64_t m, float* d
     const int64_t padded_m = (m + gemm::nr - 1) / gemm::nr * gemm::nr;
     const Units units = units_of(total);
     const int threads = threads_for(total * m * depth, units);
-    const std::vector<int32_t> offsets = window_offsets(g, weight_chunk);
+    const std::vector<int32_t> offsets = window_offsets(g, units.size);
     CpuTensor<float> partial(Shape{threads, depth, padded_m});
 #pragma omp parallel num_threads(threads)
     {
         float* sum = partial.data() + omp_get_thread_num() * depth * padded_m;
         bool first = true;  // sum not yet written
-        ScratchCarver scratch(staged_size(g, weight_chunk) + padded_m * weight_chunk);
-        float* staging = scratch.take(staged_size(g, weight_chunk));
+        ScratchCarver scratch(staged_size(g, units.size) + padded_m * weight_chunk);
+        float* staging = scratch.take(staged_size(g, units.size));
         float* dy_panels = scratch.take(padded_m * weight_chunk);
         std::vector<Run> runs;
         std::vector<int32_t> origins;
         const float* rows_of_x[gemm::mr];
 #pragma omp for schedule(dynamic)
-        for (int64_t u = 0; u < units.count; ++u)
-            for (int64_t j = u * units.size; j < std::min(total, (u + 1) * units.size); j += weight_chunk) {
-                const int64_t columns = std::min({weight_chunk, total - j, (u + 1) * units.size - j});
-                const Staged s = stage(g, j, j + columns, staging);
+        for (int64_t u = 0; u < units.count; ++u) {
+            const int64_t end = std::min(total, (u + 1) * units.size);
+            const Staged s = stage(g, u * units.size, end, staging);
+            for (int64_t j = u * units.size; j < end; j += weight_chunk) {
+                const int64_t columns = std::min(weight_chunk, end - j);
                 column_runs(g, j, j + columns, runs);
                 column_origins(g, s, j, j + columns, origins);
                 pack_transposed(dy, m, g.hw(), runs, columns, dy_panels);
@@ -208,6 +212,7 @@ inline void weight_product(const Images& g, const float* dy, int64_t m, float* d
                 }
                 first = false;
             }
+        }
         if (first) std::fill(sum, sum + depth * padded_m, 0.0f);
     }
     add_transposed(partial.data(), threads, depth, m, padded_m, dweight);
