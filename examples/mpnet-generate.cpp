@@ -1,0 +1,418 @@
+// mpnet-generate: sample images from a trained EDM2 network with the EDM (Heun) sampler,
+// optionally guided by a second network, and write them as PNG files and/or a grid.
+#include <unistd.h>
+
+#include <algorithm>
+#include <charconv>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <limits>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <system_error>
+#include <vector>
+
+#include "mpnet/backend/cpu/cpu.hpp"
+#include "mpnet/io/image_grid.hpp"
+#include "mpnet/io/png.hpp"
+#include "mpnet/nn/weights.hpp"
+#include "mpnet/sample/edm_sampler.hpp"
+#include "mpnet/sample/seeds.hpp"
+
+namespace fs = std::filesystem;
+using namespace mpnet;
+using Net = nn::Precond<float, CpuBackend>;
+using TensorF = CpuTensor<float>;
+
+namespace {
+
+constexpr const char* usage_text = R"(Usage: mpnet-generate --net FILE (--outdir DIR | --grid FILE.png) [options]
+
+Samples images from an EDM2 network with the EDM sampler (Heun's 2nd-order
+method, Karras et al. 2022) as EDM2 uses it, optionally guided by a second
+network: D = g + w (net - g).
+
+Image i starts from the noise normal(seed_i) over one image and, when churn is
+on, draws its extra noise from seed_i's own stream, so an image depends only on
+its seed and the options: never on --batch or the thread count (OMP_NUM_THREADS).
+
+Networks:
+  --net FILE        weights file (safetensors with the network configuration in
+                    its metadata, as mpnet-train and mpnet-phema write them)
+  --gnet FILE       guiding network: same image shape; the same label_dim, or
+                    unconditional (label_dim 0) for classifier-free guidance
+  --guidance W      guidance weight w (default 1: the guide is not evaluated)
+
+Images:
+  --seeds LIST      seeds, one image each: numbers and inclusive ranges, e.g.
+                    0-63,100 (default 0-63)
+  --class K         class label of every image (conditional networks); without
+                    it each image gets a class drawn from its seed's own stream
+  --class-names L   comma-separated class names for the grid labels (default:
+                    the weights file's `class_names` metadata, a JSON list, if any)
+  --noise FILE      start from the tensor `noise` [N, C, H, W] of a safetensors
+                    file instead of seeded noise; labels come from --class, else
+                    from its tensor `labels` [N, label_dim] if present, else from
+                    the seeds. --seeds, if given, names the N images (default 0..N-1)
+
+Sampler:
+  --steps N         number of noise levels (default 32; 2N-1 network evaluations)
+  --sigma-min S     lowest noise level (default 0.002)
+  --sigma-max S     highest noise level (default 80)
+  --rho R           schedule exponent (default 7)
+  --S-churn C       stochasticity (default 0: deterministic)
+  --S-min S, --S-max S   churn only for noise levels in [S-min, S-max]
+                    (defaults 0 and inf)
+  --S-noise S       scale of the churn noise (default 1)
+  --euler           first-order steps only (N network evaluations)
+  --batch N         images per network call (default 32); changes speed and
+                    memory, never the images
+
+Output (at least one of):
+  --outdir DIR      one PNG per seed: DIR/<seed/1000*1000, 6 digits>/<seed, 6
+                    digits>.png, e.g. DIR/000000/000123.png
+  --grid FILE.png   all images in one PNG: rows by class, each labelled with its
+                    class number (and name), for a conditional network; a plain
+                    near-square grid otherwise
+
+  --quiet           no progress line or summary, only errors
+  -h, --help        print this help
+
+Pixels are uint8(clip(x * 127.5 + 128, 0, 255)): 1 channel is written as a
+grayscale PNG, 3 channels as RGB. Every file is written atomically.
+
+Exit status: 0 on success, 1 on bad input or a failed run, 2 on a command-line
+error.
+)";
+
+// A command-line error (exit status 2) as opposed to bad input data (exit status 1).
+struct UsageError : Error {
+    using Error::Error;
+};
+
+struct Options {
+    fs::path net, gnet, outdir, grid, noise;
+    double guidance = 1;
+    std::optional<std::string> seeds;
+    std::optional<int64_t> cls;
+    std::optional<std::vector<std::string>> class_names;
+    sample::SamplerOptions sampler;
+    int64_t batch = 32;
+    bool quiet = false, help = false;
+};
+
+template <class T>
+T parse_number(const std::string& option, const std::string& text) {
+    T v{};
+    const auto r = std::from_chars(text.data(), text.data() + text.size(), v);
+    if (text.empty() || r.ec != std::errc{} || r.ptr != text.data() + text.size())
+        throw UsageError(option + ": '" + text + "' is not a valid number");
+    return v;
+}
+
+double parse_double(const std::string& option, const std::string& text) {
+    if (text == "inf") return std::numeric_limits<double>::infinity();
+    return parse_number<double>(option, text);
+}
+
+std::vector<std::string> split_commas(const std::string& text) {
+    std::vector<std::string> parts;
+    std::size_t begin = 0;
+    while (begin <= text.size()) {
+        const std::size_t end = std::min(text.find(',', begin), text.size());
+        parts.push_back(text.substr(begin, end - begin));
+        begin = end + 1;
+    }
+    return parts;
+}
+
+// Sets one option that takes a value; false if `arg` is not one of them.
+bool set_value(Options& o, const std::string& arg, const std::string& v) {
+    auto& s = o.sampler;
+    if (arg == "--net") o.net = v;
+    else if (arg == "--gnet") o.gnet = v;
+    else if (arg == "--guidance") o.guidance = parse_double(arg, v);
+    else if (arg == "--seeds") o.seeds = v;
+    else if (arg == "--class") o.cls = parse_number<int64_t>(arg, v);
+    else if (arg == "--class-names") o.class_names = split_commas(v);
+    else if (arg == "--noise") o.noise = v;
+    else if (arg == "--steps") s.steps = parse_number<int>(arg, v);
+    else if (arg == "--sigma-min") s.sigma_min = parse_double(arg, v);
+    else if (arg == "--sigma-max") s.sigma_max = parse_double(arg, v);
+    else if (arg == "--rho") s.rho = parse_double(arg, v);
+    else if (arg == "--S-churn") s.S_churn = parse_double(arg, v);
+    else if (arg == "--S-min") s.S_min = parse_double(arg, v);
+    else if (arg == "--S-max") s.S_max = parse_double(arg, v);
+    else if (arg == "--S-noise") s.S_noise = parse_double(arg, v);
+    else if (arg == "--batch") o.batch = parse_number<int64_t>(arg, v);
+    else if (arg == "--outdir") o.outdir = v;
+    else if (arg == "--grid") o.grid = v;
+    else return false;
+    return true;
+}
+
+Options parse_args(int argc, char** argv) {
+    Options o;
+    std::set<std::string> seen;
+    for (int i = 1; i < argc; ++i) {
+        std::string arg = argv[i], value;
+        if (arg == "-h" || arg == "--help") o.help = true;
+        else if (arg == "--quiet") o.quiet = true;
+        else if (arg == "--euler") o.sampler.euler = true;
+        else {
+            if (!arg.starts_with("--")) throw UsageError("unexpected argument '" + arg + "'");
+            if (const auto eq = arg.find('='); eq != std::string::npos) {
+                value = arg.substr(eq + 1);
+                arg.resize(eq);
+            } else if (i + 1 < argc) {
+                value = argv[++i];
+            } else {
+                throw UsageError(arg + ": missing value");
+            }
+            if (!seen.insert(arg).second) throw UsageError(arg + ": given twice");
+            if (!set_value(o, arg, value)) throw UsageError("unknown option " + arg);
+        }
+    }
+    if (o.help) return o;
+    if (o.net.empty()) throw UsageError("--net is required");
+    if (o.outdir.empty() && o.grid.empty()) throw UsageError("give --outdir or --grid (or both)");
+    if (o.batch < 1) throw UsageError("--batch must be at least 1");
+    o.sampler.guidance = o.guidance;
+    try {
+        o.sampler.validate();
+    } catch (const Error& e) {
+        throw UsageError(e.what());
+    }
+    if (o.guidance != 1 && o.gnet.empty()) throw UsageError("--guidance needs a guiding network (--gnet)");
+    if (o.seeds) try {
+            (void)sample::parse_seeds(*o.seeds);
+        } catch (const Error& e) {
+            throw UsageError(std::string("--seeds: ") + e.what());
+        }
+    return o;
+}
+
+Net load_net(const fs::path& path, const char* option) {
+    try {
+        return nn::load_network<float, CpuBackend>(path);
+    } catch (const Error& e) {
+        const std::string msg = e.what();
+        // Messages from the reader name the file already; others get it here.
+        if (msg.find(path.string()) != std::string::npos) fail(option, " ", msg);
+        fail(option, " ", path.string(), ": ", msg);
+    }
+}
+
+// The guide must produce the same images; it may drop the labels (classifier-free guidance).
+void check_guide(const Net& net, const Net& guide, const fs::path& path) {
+    const auto &a = net.config(), &b = guide.config();
+    check(a.img_channels == b.img_channels && a.img_resolution == b.img_resolution, "--gnet ", path.string(),
+          ": the guide makes ", b.img_channels, "x", b.img_resolution, "x", b.img_resolution, " images, the network ",
+          a.img_channels, "x", a.img_resolution, "x", a.img_resolution);
+    check(b.label_dim == a.label_dim || b.label_dim == 0, "--gnet ", path.string(), ": the guide has label_dim ",
+          b.label_dim, ", the network ", a.label_dim, " (a guide must match it or be unconditional)");
+}
+
+// Everything the images are made from, whole-run: noise source, seeds, labels.
+struct Plan {
+    std::vector<uint64_t> seeds;
+    std::optional<TensorF> noise;     // [N, C, H, W] from --noise
+    std::optional<TensorF> labels;    // [N, label_dim] from --noise's file
+    std::vector<int64_t> classes;     // per image (conditional networks), for one-hot labels and the grid
+};
+
+TensorF read_tensor(const io::SafetensorsFile& file, const std::string& name) {
+    const auto& info = file.info(name);
+    return TensorF::from_host(Shape(std::span<const int64_t>(info.shape)), file.read<float>(name));
+}
+
+int64_t argmax_row(const TensorF& labels, int64_t i) {
+    const int64_t d = labels.size(1);
+    const float* row = labels.data() + i * d;
+    return std::max_element(row, row + d) - row;
+}
+
+Plan make_plan(const Options& o, const nn::NetworkConfig& cfg) {
+    Plan p;
+    if (!o.noise.empty()) {
+        const auto file = io::SafetensorsFile::open(o.noise);
+        check(file.contains("noise"), o.noise.string(), ": no tensor named 'noise'");
+        p.noise = read_tensor(file, "noise");
+        const Shape want{p.noise->size(0), cfg.img_channels, cfg.img_resolution, cfg.img_resolution};
+        check(p.noise->rank() == 4 && p.noise->shape() == want, o.noise.string(), ": noise ", p.noise->shape().str(),
+              " does not fit the network's ", cfg.img_channels, "x", cfg.img_resolution, "x", cfg.img_resolution,
+              " images");
+        const int64_t n = p.noise->size(0);
+        p.seeds = o.seeds ? sample::parse_seeds(*o.seeds) : sample::parse_seeds("0-" + std::to_string(n - 1));
+        check(int64_t(p.seeds.size()) == n, "--seeds names ", p.seeds.size(), " images, ", o.noise.string(), " holds ",
+              n);
+        if (cfg.label_dim && !o.cls && file.contains("labels")) {
+            p.labels = read_tensor(file, "labels");
+            check(p.labels->shape() == Shape{n, cfg.label_dim}, o.noise.string(), ": labels ",
+                  p.labels->shape().str(), " do not fit ", n, " images of ", cfg.label_dim, " classes");
+        }
+    } else {
+        p.seeds = sample::parse_seeds(o.seeds.value_or("0-63"));
+    }
+    if (o.cls) {
+        check(cfg.label_dim > 0, "--class: the network is unconditional");
+        check(*o.cls >= 0 && *o.cls < cfg.label_dim, "--class ", *o.cls, " is outside [0, ", cfg.label_dim - 1, "]");
+    }
+    if (cfg.label_dim)
+        for (std::size_t i = 0; i < p.seeds.size(); ++i)
+            p.classes.push_back(o.cls ? *o.cls
+                                : p.labels ? argmax_row(*p.labels, int64_t(i))
+                                           : sample::seed_class(p.seeds[i], cfg.label_dim));
+    return p;
+}
+
+fs::path image_path(const fs::path& outdir, uint64_t seed) {
+    char dir[32], file[40];
+    std::snprintf(dir, sizeof dir, "%06llu", static_cast<unsigned long long>(seed / 1000 * 1000));
+    std::snprintf(file, sizeof file, "%06llu.png", static_cast<unsigned long long>(seed));
+    return outdir / dir / file;
+}
+
+// Creates every folder the run writes to before any sampling, so that a bad path fails fast.
+void prepare_outputs(const Options& o, const Plan& p) {
+    if (!o.outdir.empty()) {
+        std::set<fs::path> dirs;
+        for (uint64_t s : p.seeds) dirs.insert(image_path(o.outdir, s).parent_path());
+        for (const auto& d : dirs) {
+            std::error_code ec;
+            fs::create_directories(d, ec);
+            if (ec) fail("--outdir ", o.outdir.string(), ": cannot create ", d.string(), ": ", ec.message());
+            check(::access(d.c_str(), W_OK) == 0, "--outdir ", o.outdir.string(), ": ", d.string(),
+                  " is not writable");
+        }
+    }
+    if (!o.grid.empty()) {
+        const fs::path dir = o.grid.parent_path().empty() ? fs::path(".") : o.grid.parent_path();
+        check(fs::is_directory(dir), "--grid ", o.grid.string(), ": folder ", dir.string(), " does not exist");
+        check(::access(dir.c_str(), W_OK) == 0, "--grid ", o.grid.string(), ": folder ", dir.string(),
+              " is not writable");
+    }
+}
+
+// Progress on one terminal line; one line per batch when stderr is a log file.
+class Progress {
+public:
+    Progress(bool quiet, std::size_t total) : quiet_(quiet), tty_(::isatty(STDERR_FILENO) != 0), total_(total) {}
+
+    void step(std::size_t done, std::size_t batch, const sample::SampleProgress& s) const {
+        if (quiet_ || (!tty_ && s.step != s.steps)) return;
+        std::fprintf(stderr, "%simages %zu-%zu of %zu: step %d/%d, %.1f s%s", tty_ ? "\r\033[K" : "", done + 1,
+                     done + batch, total_, s.step, s.steps, elapsed(), tty_ ? "" : "\n");
+    }
+    void finish(int64_t nfe) const {
+        if (quiet_) return;
+        const double t = elapsed();
+        std::fprintf(stderr, "%s%zu images in %.1f s (%.4f s/image, %lld network evaluations per image)\n",
+                     tty_ ? "\r\033[K" : "", total_, t, t / double(total_), static_cast<long long>(nfe));
+    }
+    [[nodiscard]] double elapsed() const {
+        return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    }
+
+private:
+    bool quiet_, tty_;
+    std::size_t total_;
+    std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
+};
+
+std::vector<std::string> class_names(const Options& o) {
+    if (o.class_names) return *o.class_names;
+    const auto file = io::SafetensorsFile::open(o.net);
+    const auto it = file.metadata().find("class_names");
+    if (it == file.metadata().end()) return {};
+    try {
+        return nlohmann::json::parse(it->second).get<std::vector<std::string>>();
+    } catch (const nlohmann::json::exception& e) {
+        fail("--net ", o.net.string(), ": metadata class_names is not a JSON list of strings: ", e.what());
+    }
+}
+
+io::Image make_grid(const Options& o, const Plan& p, const std::vector<io::Image>& images) {
+    if (p.classes.empty()) return io::square_grid(images);
+    const std::vector<std::string> names = class_names(o);
+    std::map<int64_t, io::GridRow> rows;
+    for (std::size_t i = 0; i < images.size(); ++i) {
+        io::GridRow& row = rows[p.classes[i]];
+        if (row.label.empty()) {
+            const auto k = std::size_t(p.classes[i]);
+            row.label = std::to_string(k) + (k < names.size() && !names[k].empty() ? " " + names[k] : "");
+        }
+        row.images.push_back(images[i]);
+    }
+    std::vector<io::GridRow> ordered;
+    for (auto& [k, row] : rows) ordered.push_back(std::move(row));
+    return io::labelled_grid(ordered);
+}
+
+void run(const Options& o) {
+    Net net = load_net(o.net, "--net");
+    std::optional<Net> guide;
+    if (!o.gnet.empty()) {
+        guide.emplace(load_net(o.gnet, "--gnet"));
+        check_guide(net, *guide, o.gnet);
+        if (o.guidance == 1 && !o.quiet)
+            std::fprintf(stderr, "mpnet-generate: warning: --guidance is 1, so the guiding network is not used\n");
+    }
+    const nn::NetworkConfig& cfg = net.config();
+    check(cfg.img_channels == 1 || cfg.img_channels == 3, "--net ", o.net.string(), ": ", cfg.img_channels,
+          "-channel images cannot be written as PNG (need 1 or 3 channels)");
+    const Plan p = make_plan(o, cfg);
+    prepare_outputs(o, p);
+
+    sample::NetworkDenoiser<float, CpuBackend> d_net(net);
+    std::optional<sample::NetworkDenoiser<float, CpuBackend>> d_guide;
+    if (guide) d_guide.emplace(*guide);
+    const Progress progress(o.quiet, p.seeds.size());
+    std::vector<io::Image> all;
+    int64_t nfe = 0;
+    for (std::size_t begin = 0; begin < p.seeds.size(); begin += std::size_t(o.batch)) {
+        const std::size_t end = std::min(p.seeds.size(), begin + std::size_t(o.batch));
+        const std::span<const uint64_t> seeds(p.seeds.data() + begin, end - begin);
+        const auto n = int64_t(seeds.size());
+        TensorF noise(Shape{n, cfg.img_channels, cfg.img_resolution, cfg.img_resolution});
+        if (p.noise) noise.copy_from(p.noise->slice(int64_t(begin), int64_t(end)));
+        else sample::fill_seed_noise(noise, seeds);
+        TensorF labels;
+        if (p.labels) labels = p.labels->slice(int64_t(begin), int64_t(end));
+        else if (cfg.label_dim)
+            labels = sample::one_hot<float, CpuBackend>(std::span(p.classes).subspan(begin, end - begin), cfg.label_dim);
+        sample::SampleHooks hooks{seeds, [&](const sample::SampleProgress& s) { progress.step(begin, seeds.size(), s); }};
+        const auto result = sample::edm_sample(d_net, d_guide ? &*d_guide : nullptr, noise, labels, o.sampler, hooks);
+        nfe = result.nfe;
+        std::vector<io::Image> images = io::images_from_batch(result.images);
+        for (std::size_t i = 0; i < images.size(); ++i) {
+            if (!o.outdir.empty()) io::write_png(image_path(o.outdir, seeds[i]), images[i]);
+            if (!o.grid.empty()) all.push_back(std::move(images[i]));
+        }
+    }
+    if (!o.grid.empty()) io::write_png(o.grid, make_grid(o, p, all));
+    progress.finish(nfe);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    try {
+        const Options o = parse_args(argc, argv);
+        if (o.help) {
+            std::fputs(usage_text, stdout);
+            return 0;
+        }
+        run(o);
+        return 0;
+    } catch (const UsageError& e) {
+        std::fprintf(stderr, "mpnet-generate: %s\nTry 'mpnet-generate --help'.\n", e.what());
+        return 2;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "mpnet-generate: error: %s\n", e.what());
+        return 1;
+    }
+}

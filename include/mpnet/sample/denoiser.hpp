@@ -1,0 +1,42 @@
+// What the sampler drives: any callable D(x, sigma, labels) -> denoised x, and the adapter
+// that makes an EDM2 network (Precond) one.
+#pragma once
+#include <concepts>
+#include <vector>
+
+#include "mpnet/nn/precond.hpp"
+
+namespace mpnet::sample {
+
+// A denoiser estimates the clean images from x [N, C, H, W] at one noise level sigma shared
+// by the batch; labels are [N, label_dim] or an empty tensor (unconditional).
+template <class D, class T, class B>
+concept Denoiser = Scalar<T> && Backend<B> &&
+    requires(D& d, const Tensor<T, B>& x, double sigma, const Tensor<T, B>& labels) {
+        { d(x, sigma, labels) } -> std::convertible_to<Tensor<T, B>>;
+    };
+
+// Evaluates a Precond network in inference mode. The network takes one sigma per image, so
+// the shared sigma is broadcast into a small buffer that is only reallocated when the batch
+// size changes.
+template <Scalar T, Backend B>
+class NetworkDenoiser {
+public:
+    explicit NetworkDenoiser(nn::Precond<T, B>& net) : net_(&net) {}
+
+    Tensor<T, B> operator()(const Tensor<T, B>& x, double sigma, const Tensor<T, B>& labels) {
+        const int64_t n = x.size(0);
+        if (sigma_.empty() || sigma_.numel() != n) sigma_ = Tensor<T, B>(Shape{n});
+        const std::vector<T> values(static_cast<std::size_t>(n), T(sigma));
+        B::copy_from_host(sigma_.data(), values.data(), sigma_.bytes());
+        return net_->forward(x, sigma_, labels, nn::ForwardMode{}, false).D;
+    }
+
+    [[nodiscard]] nn::Precond<T, B>& network() const { return *net_; }
+
+private:
+    nn::Precond<T, B>* net_;
+    Tensor<T, B> sigma_;
+};
+
+}  // namespace mpnet::sample
