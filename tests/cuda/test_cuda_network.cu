@@ -1,10 +1,13 @@
 // The network templates of include/mpnet/nn instantiated on the CUDA backend: the golden
-// Block and Precond cases, and a whole training step (forced weight normalisation, dropout,
-// loss, every parameter gradient, the Adam update) against the same step on the CPU.
+// Block and Precond cases, a whole training step (forced weight normalisation, dropout,
+// loss, every parameter gradient, the Adam update) and a guided sampling run with churn,
+// each against the same computation on the CPU.
 #include <map>
 
 #include "cuda_test.cuh"
 #include "mpnet/nn/weights.hpp"
+#include "mpnet/sample/edm_sampler.hpp"
+#include "mpnet/sample/seeds.hpp"
 #include "mpnet/train/adam.hpp"
 #include "mpnet/train/trainer.hpp"
 
@@ -174,4 +177,39 @@ TEST_CASE("cuda network: weights saved from the GPU load on the CPU") {
         CAPTURE(name);
         MPNET_CHECK_GPU(t, cpu_state.at(name), 0.0);
     });
+}
+
+TEST_CASE_TEMPLATE("cuda network: guided sampling with churn matches the CPU's", T, float, double) {
+    const auto cfg = small_config();
+    nn::Precond<T, CpuBackend> net_ref(cfg, 11), guide_ref(cfg, 12);
+    std::map<std::string, std::vector<T>> net_state, guide_state;
+    nn::for_each_state_tensor(net_ref, [&](const std::string& n, CpuTensor<T>& t) { net_state[n] = t.to_host(); });
+    nn::for_each_state_tensor(guide_ref, [&](const std::string& n, CpuTensor<T>& t) { guide_state[n] = t.to_host(); });
+    const std::vector<uint64_t> seeds{3, 14, 15};
+    const std::vector<int64_t> classes{0, 2, 3};
+    sample::SamplerOptions o;
+    o.steps = 4;
+    o.S_churn = 10;
+    o.guidance = 1.5;
+    test::compare_backends<T>(
+        [&](auto tag, const auto&) {
+            using B = decltype(tag);
+            auto load = [](nn::Precond<T, B>& net, const std::map<std::string, std::vector<T>>& state) {
+                nn::for_each_state_tensor(net, [&](const std::string& name, Tensor<T, B>& t) {
+                    B::copy_from_host(t.data(), state.at(name).data(), t.bytes());
+                });
+            };
+            nn::Precond<T, B> net(cfg), guide(cfg);
+            load(net, net_state);
+            load(guide, guide_state);
+            sample::NetworkDenoiser<T, B> d_net(net), d_guide(guide);
+            Tensor<T, B> noise(Shape{3, cfg.img_channels, cfg.img_resolution, cfg.img_resolution});
+            sample::fill_seed_noise(noise, std::span<const uint64_t>(seeds));
+            const auto labels = sample::one_hot<T, B>(classes, cfg.label_dim);
+            sample::SampleHooks hooks;
+            hooks.churn_seeds = seeds;
+            auto result = sample::edm_sample(d_net, &d_guide, noise, labels, o, hooks);
+            return std::vector<Tensor<T, B>>{noise, result.images};
+        },
+        std::is_same_v<T, float> ? 1e-4 : 1e-10, {});
 }
