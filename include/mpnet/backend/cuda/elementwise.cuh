@@ -1,6 +1,6 @@
 // Elementwise MP primitives on the GPU: mp_silu, mp_sum, mp_cat, clip, dropout, channel
 // modulation, the arithmetic of the layers and optimizer, reductions and random fills.
-// Each is one pass over memory; results match the CPU kernels' formulas term by term.
+// Each is one pass over memory and follows the CPU kernel's formula.
 #pragma once
 #include <cmath>
 #include <cstdint>
