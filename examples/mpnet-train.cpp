@@ -139,7 +139,7 @@ void prepare_outdir(const train::TrainOptions& o) {
             fail(saved.string(), ": not valid JSON: ", e.what());
         }
         for (const auto& [k, v] : now.items())
-            check(before.contains(k) && before[k] == v, saved.string(), ": this run was started with ", k, "=",
+            check(before.contains(k) && before[k].dump() == v.dump(), saved.string(), ": this run was started with ", k, "=",
                   before.contains(k) ? before[k].dump() : "(unset)", ", not ", v.dump(),
                   "; use a new --outdir for different options");
     }

@@ -19,14 +19,18 @@ TEST_CASE("golden: learning-rate schedule with and without ramp-up") {
     }
 }
 
+namespace {
+struct OneParam {
+    nn::Param<double, CpuBackend> p{Shape{3}};
+    template <class F>
+    void visit(F&& f) {
+        f("p", p);
+    }
+};
+}  // namespace
+
 TEST_CASE("Adam follows its update rule with bias correction") {
-    struct OneParam {
-        nn::Param<double, CpuBackend> p{Shape{3}};
-        template <class F>
-        void visit(F&& f) {
-            f("p", p);
-        }
-    } net;
+    OneParam net;
     const std::vector<double> x0{1, -2, 3}, g{0.5, -1, 2};
     net.p.value = CpuTensor<double>::from_host(Shape{3}, x0);
     net.p.grad = CpuTensor<double>::from_host(Shape{3}, g);

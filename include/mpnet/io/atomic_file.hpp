@@ -6,12 +6,14 @@
 // temporary file and throws mpnet::Error naming the target and the system error.
 #pragma once
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
 #include <cstddef>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <functional>
@@ -85,6 +87,7 @@ public:
     void commit() {
         if (std::ferror(file_) != 0) fail(target_.string(), ": write failed");
         if (std::fflush(file_) != 0) fail_errno(target_, "write failed", errno);
+        crash_if_requested();
         if (::fsync(::fileno(file_)) != 0) fail_errno(target_, "fsync failed", errno);
         const int closed = std::fclose(file_);
         file_ = nullptr;  // fclose released the stream even when it reports an error
@@ -95,6 +98,15 @@ public:
     }
 
 private:
+    // Fault injection for crash tests: with MPNET_FAULT_KILL_BEFORE_RENAME=<text> set, writing
+    // a file whose name contains <text> kills the process (SIGKILL, like a crash or kill -9)
+    // after the data is written and before the rename, leaving the temporary file behind.
+    void crash_if_requested() const {
+        const char* when = std::getenv("MPNET_FAULT_KILL_BEFORE_RENAME");
+        if (when != nullptr && *when != '\0' && target_.filename().string().find(when) != std::string::npos)
+            ::kill(::getpid(), SIGKILL);
+    }
+
     const std::filesystem::path& target_;
     std::filesystem::path path_;
     std::FILE* file_ = nullptr;

@@ -91,6 +91,11 @@ inline NetworkConfig config_from_json(const std::string& text) {
         fail("network config is not valid JSON: ", e.what());
     }
     check(j.is_object(), "network config must be a JSON object");
+    // The reference implementation's own config: None means "derive", and use_fp16 is a
+    // precision choice of its trainer, not part of the network.
+    j.erase("use_fp16");
+    for (const char* k : {"channel_mult_noise", "channel_mult_emb"})
+        if (j.contains(k) && j[k].is_null()) j[k] = 0;
     const nlohmann::json known = nlohmann::json(NetworkConfig{});
     for (const auto& [key, value] : j.items())
         check(known.contains(key), "network config: unknown setting '", key, "'");

@@ -39,4 +39,13 @@ inline std::vector<std::filesystem::path> list_checkpoints(const std::filesystem
     return found;
 }
 
+// Temporary files of atomic writes (".<name>.tmp.<pid>.<n>") that a killed process left.
+inline void remove_stale_temporaries(const std::filesystem::path& dir) {
+    if (!std::filesystem::is_directory(dir)) return;
+    static const std::regex pattern(R"(\..+\.tmp\.\d+\.\d+)");
+    for (const auto& e : std::filesystem::directory_iterator(dir))
+        if (e.is_regular_file() && std::regex_match(e.path().filename().string(), pattern))
+            std::filesystem::remove(e.path());
+}
+
 }  // namespace mpnet::train

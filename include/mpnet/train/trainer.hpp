@@ -74,8 +74,10 @@ public:
           ema_(run_.opt.ema, named_params()),
           loader_(ds, run_.opt.batch_gpu, rng::substream(run_.opt.seed, data_stream), run_.opt.xflip) {}
 
-    // Continues from the newest readable checkpoint in the run directory, if any.
+    // Continues from the newest readable checkpoint in the run directory, if any. Temporary
+    // files a killed run left behind are removed first.
     bool resume() {
+        remove_stale_temporaries(dir_);
         for (const auto& path : list_checkpoints(dir_)) {
             try {
                 load_checkpoint(path);

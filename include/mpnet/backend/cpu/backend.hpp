@@ -42,6 +42,25 @@ T* thread_scratch(std::size_t n) {
 // Below this many elements a loop is not worth waking the second thread for.
 inline constexpr int64_t parallel_grain = 1 << 14;
 
+// The sum of term(i) over [0, n) in double, bit-identical from run to run: each thread sums
+// a fixed chunk and the chunk sums are added in order. OpenMP's reduction clause combines
+// per-thread sums in whichever order the threads finish, which would make training runs
+// (and so exact resume) differ in the last bits.
+template <class F>
+double deterministic_sum(int64_t n, F&& term) {
+    const int chunks = n > parallel_grain ? omp_get_max_threads() : 1;
+    std::vector<double> partial(static_cast<std::size_t>(chunks), 0.0);
+#pragma omp parallel for schedule(static) num_threads(chunks)
+    for (int c = 0; c < chunks; ++c) {
+        double s = 0;
+        for (int64_t i = n * c / chunks; i < n * (c + 1) / chunks; ++i) s += term(i);
+        partial[static_cast<std::size_t>(c)] = s;
+    }
+    double total = 0;
+    for (double p : partial) total += p;
+    return total;
+}
+
 }  // namespace mpnet::cpu
 
 namespace mpnet {

@@ -5,6 +5,7 @@
 //   dD = scale 2 w / exp(logvar) (D - y),   dlogvar[n] = scale sum_chw (1 - w / exp(logvar) (D - y)^2).
 #pragma once
 #include <cmath>
+#include <vector>
 
 #include "mpnet/backend/cpu/backend.hpp"
 
@@ -18,8 +19,8 @@ double edm2_loss(CpuBackend, const CpuTensor<T>& D, const CpuTensor<T>& y, const
     const int64_t n = D.size(0), inner = D.shape().numel_from(1);
     check(sigma.numel() == n && logvar.numel() == n, "edm2_loss: sigma ", sigma.shape().str(), " and logvar ",
           logvar.shape().str(), " for ", D.shape().str());
-    double total = 0;
-#pragma omp parallel for reduction(+ : total) schedule(static) if (D.numel() > parallel_grain)
+    std::vector<double> per_image(static_cast<std::size_t>(n));  // summed in order below: reproducible
+#pragma omp parallel for schedule(static) if (D.numel() > parallel_grain)
     for (int64_t i = 0; i < n; ++i) {
         const double s = sigma.data()[i], sd = sigma_data, lv = logvar.data()[i];
         const double k = (s * s + sd * sd) / ((s * sd) * (s * sd)) / std::exp(lv);
@@ -33,8 +34,10 @@ double edm2_loss(CpuBackend, const CpuTensor<T>& D, const CpuTensor<T>& y, const
             g[j] = T(scale * 2 * k * e);
         }
         dlogvar.data()[i] = T(scale * (double(inner) - k * sq));
-        total += k * sq + double(inner) * lv;
+        per_image[static_cast<std::size_t>(i)] = k * sq + double(inner) * lv;
     }
+    double total = 0;
+    for (double v : per_image) total += v;
     return total;
 }
 

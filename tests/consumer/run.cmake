@@ -1,0 +1,22 @@
+# Installs mpnet into a fresh prefix, then configures, builds and runs the consumer against
+# that installation only.
+set(prefix ${BINARY_DIR}/consumer-prefix)
+set(build ${BINARY_DIR}/consumer-build)
+file(REMOVE_RECURSE ${prefix} ${build})
+execute_process(COMMAND ${CMAKE_COMMAND} --install ${BINARY_DIR} --prefix ${prefix} RESULT_VARIABLE rc)
+if(rc)
+    message(FATAL_ERROR "install failed")
+endif()
+execute_process(COMMAND ${CMAKE_COMMAND} -S ${SOURCE_DIR} -B ${build} -G Ninja -DCMAKE_PREFIX_PATH=${prefix}
+                        -DCMAKE_BUILD_TYPE=Release RESULT_VARIABLE rc)
+if(rc)
+    message(FATAL_ERROR "configuring the consumer against the installed package failed")
+endif()
+execute_process(COMMAND ${CMAKE_COMMAND} --build ${build} RESULT_VARIABLE rc)
+if(rc)
+    message(FATAL_ERROR "building the consumer failed")
+endif()
+execute_process(COMMAND ${build}/consumer RESULT_VARIABLE rc)
+if(rc)
+    message(FATAL_ERROR "the consumer failed")
+endif()
