@@ -37,7 +37,8 @@ CpuTensor<float> filled(Shape s, uint64_t seed) {
 double flops(const ConvShape& s) { return 2.0 * double(s.n * s.cout * s.cin * s.k * s.k * s.res * s.res); }
 
 void set_labels(benchmark::State& state, const ConvShape& s, double products) {
-    state.counters["GFLOP/s"] = benchmark::Counter(products * flops(s) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+    state.counters["GFLOP/s"] =
+        benchmark::Counter(products * flops(s) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
     state.SetLabel(std::to_string(s.cin) + "->" + std::to_string(s.cout) + " " + std::to_string(s.res) + "x" +
                    std::to_string(s.res) + " k" + std::to_string(s.k));
 }

@@ -79,3 +79,36 @@ TEST_CASE("conv kernels: float forward and backward match a direct convolution i
         MPNET_CHECK_CLOSE(dw_only, ref.dw, tol);
     }
 }
+
+// Training resumes bit for bit and an image's samples do not depend on its batch, so the
+// SIMD float kernels give the same bits whatever the thread count, the scheduling of the
+// threads, or the other images in the batch. (The Eigen path sums the weight gradient per
+// thread: the same bits for the same thread count only.)
+#if MPNET_CPU_SIMD
+TEST_CASE("conv kernels: bit-identical across thread counts, runs and batch composition") {
+    const Case c{5, 24, 40, 16, 16, 3};
+    auto x = random_float({c.n, c.cin, c.h, c.w}, 7), w = random_float({c.cout, c.cin, c.k, c.k}, 8);
+    auto dy = random_float({c.n, c.cout, c.h, c.w}, 9);
+    auto run = [&](int threads) {
+        const int saved = omp_get_max_threads();
+        omp_set_num_threads(threads);
+        CpuTensor<float> y(dy.shape()), dx(x.shape()), dw(w.shape());
+        conv2d_forward(CpuBackend{}, x, w, y);
+        conv2d_backward(CpuBackend{}, x, w, dy, dx, dw);
+        omp_set_num_threads(saved);
+        return std::array{y.to_host(), dx.to_host(), dw.to_host()};
+    };
+    const auto one = run(1);
+    for (int threads : {2, 3, 2})
+        for (size_t i = 0; i < 3; ++i) CHECK(run(threads)[i] == one[i]);
+
+    // Image 3 alone: its output and input gradient are those it had within the batch.
+    const auto x3 = x.slice(3, 4).clone(), dy3 = dy.slice(3, 4).clone();
+    CpuTensor<float> y3(dy3.shape()), dx3(x3.shape()), dw3(w.shape());
+    conv2d_forward(CpuBackend{}, x3, w, y3);
+    conv2d_backward(CpuBackend{}, x3, w, dy3, dx3, dw3);
+    const int64_t image = c.cout * c.h * c.w, input = c.cin * c.h * c.w;
+    CHECK(y3.to_host() == std::vector<float>(one[0].begin() + 3 * image, one[0].begin() + 4 * image));
+    CHECK(dx3.to_host() == std::vector<float>(one[1].begin() + 3 * input, one[1].begin() + 4 * input));
+}
+#endif

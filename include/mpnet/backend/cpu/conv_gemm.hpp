@@ -157,17 +157,36 @@ inline void output_product(const Images& g, const float* a, int64_t m, float* y)
     }
 }
 
-// dweight[o, q] = sum over threads t of partial[t, q, o]: the threads' dW^T parts added
-// and transposed, a block of output channels at a time so reads and writes both stream.
-inline void add_transposed(const float* partial, int threads, int64_t depth, int64_t m, int64_t padded_m,
+// The weight gradient sums over all columns. For results that do not depend on the thread
+// count or on which thread took which columns (training must resume bit for bit), the
+// columns are cut into a fixed number of groups by the shape alone; each group is summed
+// in order into its own dW^T, the groups are handed out first come first served, and
+// their sums are added in group order at the end. At most 8 groups (enough to balance two
+// to four threads), fewer where their sums would take more than 16 MiB, never fewer than 2.
+struct Groups {
+    int64_t count, total;
+    [[nodiscard]] int64_t begin(int64_t i) const {
+        return std::min(total, (total * i / count + weight_chunk - 1) / weight_chunk * weight_chunk);
+    }
+};
+
+inline Groups weight_groups(int64_t total, int64_t sum_floats) {
+    const int64_t by_memory = std::max<int64_t>(2, (int64_t(1) << 22) / sum_floats);
+    const int64_t chunks = (total + weight_chunk - 1) / weight_chunk;
+    return {std::max<int64_t>(1, std::min({int64_t(8), by_memory, chunks})), total};
+}
+
+// dweight[o, q] = sum over groups i, in order, of partial[i, q, o]: added and transposed a
+// block of output channels at a time so that reads and writes both stream.
+inline void add_transposed(const float* partial, int64_t groups, int64_t depth, int64_t m, int64_t padded_m,
                            float* dweight) {
     constexpr int64_t block = 16;
-#pragma omp parallel for schedule(static) num_threads(threads)
+#pragma omp parallel for schedule(static) if (depth * m >= parallel_grain)
     for (int64_t o0 = 0; o0 < m; o0 += block)
         for (int64_t q = 0; q < depth; ++q)
             for (int64_t o = o0; o < std::min(m, o0 + block); ++o) {
                 float total = 0;
-                for (int t = 0; t < threads; ++t) total += partial[(t * depth + q) * padded_m + o];
+                for (int64_t i = 0; i < groups; ++i) total += partial[(i * depth + q) * padded_m + o];
                 dweight[o * depth + q] = total;
             }
 }
@@ -176,46 +195,48 @@ inline void add_transposed(const float* partial, int threads, int64_t depth, int
 inline void weight_product(const Images& g, const float* dy, int64_t m, float* dweight) {
     const int64_t depth = g.depth(), total = g.n * g.hw();
     const int64_t padded_m = (m + gemm::nr - 1) / gemm::nr * gemm::nr;
-    const Units units = units_of(total);
-    const int threads = threads_for(total * m * depth, units);
-    const std::vector<int32_t> offsets = window_offsets(g, units.size);
-    CpuTensor<float> partial(Shape{threads, depth, padded_m});
+    const Groups groups = weight_groups(total, depth * padded_m);
+    const int threads =
+        total * m * depth < parallel_work ? 1 : int(std::min<int64_t>(omp_get_max_threads(), groups.count));
+    const std::vector<int32_t> offsets = window_offsets(g, max_unit);
+    CpuTensor<float> partial(Shape{groups.count, depth, padded_m});
 #pragma omp parallel num_threads(threads)
     {
-        float* sum = partial.data() + omp_get_thread_num() * depth * padded_m;
-        bool first = true;  // sum not yet written
-        ScratchCarver scratch(staged_size(g, units.size) + padded_m * weight_chunk);
-        float* staging = scratch.take(staged_size(g, units.size));
+        ScratchCarver scratch(staged_size(g, max_unit) + padded_m * weight_chunk);
+        float* staging = scratch.take(staged_size(g, max_unit));
         float* dy_panels = scratch.take(padded_m * weight_chunk);
         std::vector<Run> runs;
         std::vector<int32_t> origins;
         const float* rows_of_x[gemm::mr];
 #pragma omp for schedule(dynamic)
-        for (int64_t u = 0; u < units.count; ++u) {
-            const int64_t end = std::min(total, (u + 1) * units.size);
-            const Staged s = stage(g, u * units.size, end, staging);
-            for (int64_t j = u * units.size; j < end; j += weight_chunk) {
-                const int64_t columns = std::min(weight_chunk, end - j);
-                column_runs(g, j, j + columns, runs);
-                column_origins(g, s, j, j + columns, origins);
-                pack_transposed(dy, m, g.hw(), runs, columns, dy_panels);
-                for (int64_t c = 0; c < m; c += gemm::nr) {
-                    const float* panel[gemm::nv];
-                    for (int v = 0; v < gemm::nv; ++v) panel[v] = dy_panels + c * columns + v * simd::lanes;
-                    for (int64_t i = 0; i < depth;) {
-                        const int rows = gemm::next_rows(depth - i);
-                        for (int r = 0; r < rows; ++r) rows_of_x[r] = s.data + offsets[size_t(i + r)];
-                        gemm::tile(rows, columns, rows_of_x, gemm::Table{origins.data()}, panel,
-                                   gemm::Strided<gemm::nr>{}, sum + i * padded_m + c, padded_m, !first);
-                        i += rows;
+        for (int64_t group = 0; group < groups.count; ++group) {
+            float* sum = partial.data() + group * depth * padded_m;
+            if (groups.begin(group) == groups.begin(group + 1)) std::fill(sum, sum + depth * padded_m, 0.0f);
+            for (int64_t u = groups.begin(group); u < groups.begin(group + 1); u += max_unit) {
+                const int64_t end = std::min(groups.begin(group + 1), u + max_unit);
+                const Staged s = stage(g, u, end, staging);
+                for (int64_t j = u; j < end; j += weight_chunk) {
+                    const int64_t columns = std::min(weight_chunk, end - j);
+                    column_runs(g, j, j + columns, runs);
+                    column_origins(g, s, j, j + columns, origins);
+                    pack_transposed(dy, m, g.hw(), runs, columns, dy_panels);
+                    for (int64_t c = 0; c < m; c += gemm::nr) {
+                        const float* panel[gemm::nv];
+                        for (int v = 0; v < gemm::nv; ++v) panel[v] = dy_panels + c * columns + v * simd::lanes;
+                        for (int64_t i = 0; i < depth;) {
+                            const int rows = gemm::next_rows(depth - i);
+                            for (int r = 0; r < rows; ++r) rows_of_x[r] = s.data + offsets[size_t(i + r)];
+                            gemm::tile(rows, columns, rows_of_x, gemm::Table{origins.data()}, panel,
+                                       gemm::Strided<gemm::nr>{}, sum + i * padded_m + c, padded_m,
+                                       j != groups.begin(group));
+                            i += rows;
+                        }
                     }
                 }
-                first = false;
             }
         }
-        if (first) std::fill(sum, sum + depth * padded_m, 0.0f);
     }
-    add_transposed(partial.data(), threads, depth, m, padded_m, dweight);
+    add_transposed(partial.data(), groups.count, depth, m, padded_m, dweight);
 }
 
 }  // namespace mpnet::cpu::conv
