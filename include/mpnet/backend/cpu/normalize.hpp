@@ -3,54 +3,76 @@
 // Forward saves one denominator per group (eps + rms), so backward needs only x and those:
 //   dx = dy / s - y * sum(dy * y) / (M * rms),   s = eps + rms, y = x / s.
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <span>
 #include <vector>
 
 #include "mpnet/backend/cpu/backend.hpp"
+#include "mpnet/backend/cpu/packet_math.hpp"
 #include "mpnet/ops/constants.hpp"
 #include "mpnet/ops/reduce_dims.hpp"
 
 namespace mpnet::cpu {
 
 namespace detail {
-// Calls f(group, element_offset) for each element of each group: contiguous layouts walk
-// [outer, reduced, inner] directly, general layouts go through group_of.
+// Calls f(group, element_offset) for each element of each group of a general (non-contiguous)
+// layout, through group_of.
 template <class F>
-void for_each_in_group(const ops::ReductionLayout& L, int64_t o, F&& f) {
-    for (int64_t r = 0; r < L.reduced; ++r)
-        for (int64_t i = 0; i < L.inner; ++i) f(o * L.inner + i, (o * L.reduced + r) * L.inner + i);
+void for_each_grouped(const ops::ReductionLayout& L, int64_t numel, F&& f) {
+    for (int64_t e = 0; e < numel; ++e) f(L.group_of[size_t(e)], e);
+}
+
+// acc[i] = sum_r a[r, i] b[r, i] over a [reduced, inner] slab: vectorised across i, each
+// lane its own accumulator, so no reassociation is needed.
+template <class T>
+void sum_products(const T* a, const T* b, int64_t reduced, int64_t inner, T* acc) {
+    std::fill(acc, acc + inner, T(0));
+    for (int64_t r = 0; r < reduced; ++r)
+        for (int64_t i = 0; i < inner; ++i) acc[i] += a[r * inner + i] * b[r * inner + i];
 }
 }  // namespace detail
 
 // y = normalize(x); `scale` (optional, one per group) receives eps + rms for backward.
+// Contiguous layouts [outer, reduced, inner] accumulate in T: at most a few thousand terms
+// per group, well inside float's accuracy for the tolerances the golden tests hold.
 template <Scalar T>
 void normalize_forward(CpuBackend, const CpuTensor<T>& x, ops::Dims dims, CpuTensor<T>& y,
                        CpuTensor<T>* scale = nullptr) {
     check_same_shape(x, y, "normalize_forward");
     const auto L = ops::reduction_layout(x.shape(), dims);
-    std::vector<double> s(static_cast<std::size_t>(L.groups()), 0.0);
+    CpuTensor<T> s(Shape{L.groups()});
     const T* px = x.data();
-    T* py = y.data();
+    T *py = y.data(), *ps = s.data();
+    const int64_t R = L.reduced, I = L.inner;
+    const auto M = double(R);
     if (L.contiguous()) {
 #pragma omp parallel for schedule(static) if (x.numel() > parallel_grain)
-        for (int64_t o = 0; o < L.outer; ++o)
-            detail::for_each_in_group(L, o, [&](int64_t g, int64_t e) { s[size_t(g)] += double(px[e]) * px[e]; });
+        for (int64_t o = 0; o < L.outer; ++o) {
+            const T* xo = px + o * R * I;
+            T *yo = py + o * R * I, *so = ps + o * I;
+            if (I == 1) {
+                so[0] = T(ops::normalize_eps + std::sqrt(double(packet::dot(xo, xo, R)) / M));
+                const T inv = T(1) / so[0];
+                for (int64_t r = 0; r < R; ++r) yo[r] = xo[r] * inv;
+                continue;
+            }
+            T* inv = detail::thread_scratch<T>(size_t(I));
+            detail::sum_products(xo, xo, R, I, so);
+            for (int64_t i = 0; i < I; ++i) {
+                so[i] = T(ops::normalize_eps + std::sqrt(double(so[i]) / M));
+                inv[i] = T(1) / so[i];
+            }
+            for (int64_t r = 0; r < R; ++r)
+                for (int64_t i = 0; i < I; ++i) yo[r * I + i] = xo[r * I + i] * inv[i];
+        }
     } else {
-        for (int64_t e = 0; e < x.numel(); ++e) s[size_t(L.group_of[size_t(e)])] += double(px[e]) * px[e];
+        std::vector<double> acc(static_cast<std::size_t>(L.groups()), 0.0);
+        detail::for_each_grouped(L, x.numel(), [&](int64_t g, int64_t e) { acc[size_t(g)] += double(px[e]) * px[e]; });
+        for (size_t g = 0; g < acc.size(); ++g) ps[g] = T(ops::normalize_eps + std::sqrt(acc[g] / M));
+        detail::for_each_grouped(L, x.numel(), [&](int64_t g, int64_t e) { py[e] = px[e] / ps[g]; });
     }
-    for (double& v : s) v = ops::normalize_eps + std::sqrt(v / double(L.reduced));
-    if (L.contiguous()) {
-#pragma omp parallel for schedule(static) if (x.numel() > parallel_grain)
-        for (int64_t o = 0; o < L.outer; ++o)
-            detail::for_each_in_group(L, o, [&](int64_t g, int64_t e) { py[e] = T(px[e] / s[size_t(g)]); });
-    } else {
-        for (int64_t e = 0; e < x.numel(); ++e) py[e] = T(px[e] / s[size_t(L.group_of[size_t(e)])]);
-    }
-    if (scale) {
-        *scale = CpuTensor<T>(Shape{L.groups()});
-        for (size_t g = 0; g < s.size(); ++g) scale->data()[g] = T(s[g]);
-    }
+    if (scale) *scale = s;
 }
 
 // dx from x, the upstream dy and the per-group scale saved by forward.
@@ -63,30 +85,43 @@ void normalize_backward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T>& d
           L.groups(), " groups");
     const T *px = x.data(), *pdy = dy.data();
     T* pdx = dx.data();
-    const auto M = double(L.reduced);
-    // coef[g] = sum(dy * y) / (M * rms); y = x / s
-    std::vector<double> coef(scale.size(), 0.0);
-    auto group = [&](int64_t e) { return L.contiguous() ? -1 : L.group_of[size_t(e)]; };
-    if (L.contiguous()) {
-#pragma omp parallel for schedule(static) if (x.numel() > parallel_grain)
-        for (int64_t o = 0; o < L.outer; ++o)
-            detail::for_each_in_group(L, o, [&](int64_t g, int64_t e) { coef[size_t(g)] += double(pdy[e]) * px[e]; });
-    } else {
-        for (int64_t e = 0; e < x.numel(); ++e) coef[size_t(group(e))] += double(pdy[e]) * px[e];
-    }
-    for (size_t g = 0; g < coef.size(); ++g) {
-        const double s = scale[g], rms = s - ops::normalize_eps;
-        coef[g] = rms > 0 ? coef[g] / s / (M * rms) : 0.0;  // sum(dy*y)/(M rms)
-    }
-    auto apply = [&](int64_t g, int64_t e) {
-        const double s = scale[size_t(g)];
-        pdx[e] = T(pdy[e] / s - (px[e] / s) * coef[size_t(g)]);
+    const int64_t R = L.reduced, I = L.inner;
+    const auto M = double(R);
+    // With d = sum(dy * x) over the group: coef = d / (s M rms), where sum(dy * y) = d / s.
+    auto coef = [&](double d, double s) {
+        const double rms = s - ops::normalize_eps;
+        return rms > 0 ? d / s / (M * rms) : 0.0;
     };
     if (L.contiguous()) {
 #pragma omp parallel for schedule(static) if (x.numel() > parallel_grain)
-        for (int64_t o = 0; o < L.outer; ++o) detail::for_each_in_group(L, o, apply);
+        for (int64_t o = 0; o < L.outer; ++o) {
+            const T *xo = px + o * R * I, *dyo = pdy + o * R * I;
+            T* dxo = pdx + o * R * I;
+            if (I == 1) {
+                const double s = scale[size_t(o)];
+                const T c = T(coef(double(packet::dot(dyo, xo, R)), s)), inv = T(1 / s);
+                for (int64_t r = 0; r < R; ++r) dxo[r] = (dyo[r] - xo[r] * c) * inv;
+                continue;
+            }
+            T* c = detail::thread_scratch<T>(size_t(2 * I));
+            T* inv = c + I;
+            detail::sum_products(dyo, xo, R, I, c);
+            for (int64_t i = 0; i < I; ++i) {
+                const double s = scale[size_t(o * I + i)];
+                c[i] = T(coef(double(c[i]), s));
+                inv[i] = T(1 / s);
+            }
+            for (int64_t r = 0; r < R; ++r)
+                for (int64_t i = 0; i < I; ++i) dxo[r * I + i] = (dyo[r * I + i] - xo[r * I + i] * c[i]) * inv[i];
+        }
     } else {
-        for (int64_t e = 0; e < x.numel(); ++e) apply(group(e), e);
+        std::vector<double> d(scale.size(), 0.0);
+        detail::for_each_grouped(L, x.numel(), [&](int64_t g, int64_t e) { d[size_t(g)] += double(pdy[e]) * px[e]; });
+        for (size_t g = 0; g < d.size(); ++g) d[g] = coef(d[g], scale[g]);
+        detail::for_each_grouped(L, x.numel(), [&](int64_t g, int64_t e) {
+            const double s = scale[size_t(g)];
+            pdx[e] = T((pdy[e] - px[e] * d[size_t(g)]) / s);
+        });
     }
 }
 
