@@ -12,6 +12,7 @@
 #include "mpnet/core/rng.hpp"
 #include "mpnet/phema/profile.hpp"
 #include "mpnet/phema/reconstruct.hpp"
+#include "mpnet/phema/snapshot_files.hpp"
 #include "mpnet/train/ema.hpp"
 
 using namespace mpnet;
@@ -297,4 +298,24 @@ TEST_CASE("phema end to end: a 0.07 profile rebuilt from 0.05 and 0.10 snapshots
     CHECK(worst_identity <= 1e-12);  // the exact error formula holds to double rounding
     CHECK(worst_ratio <= 1.0);       // the trajectory-independent bound
     CHECK(r_l1 <= 1e-3);             // and the bound is tight enough to mean something
+}
+
+TEST_CASE("phema: snapshot file names") {
+    CHECK(phema::snapshot_file_name("network-snapshot", 256, 0.05) == "network-snapshot-0000256-0.050.safetensors");
+    const auto f = phema::parse_snapshot_file_name("/runs/00001-fmnist/network-snapshot-0012345-0.100.safetensors");
+    REQUIRE(f.has_value());
+    CHECK(f->prefix == "network-snapshot");
+    CHECK(f->kimg == 12345);
+    CHECK(f->time == 12345.0);
+    CHECK(f->sigma_rel == 0.1);
+    CHECK(f->path.filename() == "network-snapshot-0012345-0.100.safetensors");
+    CHECK(phema::parse_snapshot_file_name("a-b-12345678-0.25.safetensors")->prefix == "a-b");
+    for (const char* bad : {"network-snapshot-0000256-0.050.pkl", "network-snapshot-0000256-0,050.safetensors",
+                            "network-snapshot-00x0256-0.050.safetensors", "network-snapshot-0000256-.050.safetensors",
+                            "network-snapshot-0000256-0.safetensors", "-0000256-0.050.safetensors",
+                            "0000256-0.050.safetensors", "network-snapshot-99999999999999999999-0.050.safetensors",
+                            "training-state-0000256.safetensors"}) {
+        CAPTURE(bad);
+        CHECK_FALSE(phema::parse_snapshot_file_name(bad).has_value());
+    }
 }

@@ -344,7 +344,7 @@ TEST_CASE("mpnet-phema: bad input fails cleanly") {
         [](const fs::path& in) {
             edit_snapshot(snapshot_path(in, 120, 0.1), [](Snapshot& s) { s.tensors["unet.out_gain"].second[0] = NAN; });
         },
-        "--out-std 0.07,0.08 --batch 1", "tensor 'unet.out_gain', element 0 is not finite");
+        "--out-std 0.07,0.08 --batch 1", "network-snapshot-0000120-0.100.safetensors: tensor 'unet.out_gain', element 0 is not finite");
     expect_failure("an option given twice", none, "--out-std 0.07 --out-std 0.08", "--out-std: given twice", 2);
     expect_failure("missing --out-std", none, "", "--out-std is required", 2);
     expect_failure("unknown option", none, "--out-std 0.07 --bogus 1", "unknown option --bogus", 2);

@@ -55,15 +55,16 @@ inline std::string describe(const io::TensorInfo& t) {
 }
 
 inline void check_same_layout(const io::SafetensorsFile& f, const SnapshotLayout& layout, const std::string& first) {
-    const auto& tensors = f.tensors();
-    for (const io::TensorInfo& t : layout.tensors)
-        if (!f.contains(t.name)) fail(f.label(), ": has no tensor '", t.name, "', which ", first, " has");
-    for (const io::TensorInfo& t : tensors) {
-        const auto same = std::ranges::find_if(layout.tensors, [&](const io::TensorInfo& u) { return u.name == t.name; });
-        if (same == layout.tensors.end()) fail(f.label(), ": has tensor '", t.name, "', which ", first, " lacks");
-        if (same->dtype != t.dtype || same->shape != t.shape)
-            fail(f.label(), ": tensor '", t.name, "' is ", describe(t), ", but ", describe(*same), " in ", first);
+    for (const io::TensorInfo& want : layout.tensors) {
+        if (!f.contains(want.name)) fail(f.label(), ": has no tensor '", want.name, "', which ", first, " has");
+        const io::TensorInfo& t = f.info(want.name);
+        if (t.dtype != want.dtype || t.shape != want.shape)
+            fail(f.label(), ": tensor '", t.name, "' is ", describe(t), ", but ", describe(want), " in ", first);
     }
+    if (f.tensors().size() != layout.tensors.size())  // then it has a tensor the first file lacks
+        for (const io::TensorInfo& t : f.tensors())
+            if (std::ranges::none_of(layout.tensors, [&](const io::TensorInfo& u) { return u.name == t.name; }))
+                fail(f.label(), ": has tensor '", t.name, "', which ", first, " lacks");
     if (f.metadata_or("config", "") != layout.config)
         fail(f.label(), ": its network config differs from that of ", first, "; snapshots of different networks "
              "cannot be combined");
@@ -113,7 +114,8 @@ namespace detail {
 // One writer per column of coefficients (rows: files), holding every tensor in its stored dtype.
 // Floating-point tensors are accumulated in double; a tensor whose bytes are identical in every
 // snapshot (a fixed buffer such as the Fourier frequencies) is copied as is, since a combination
-// whose weights only nearly sum to 1 would perturb it. Other tensors must be floating-point.
+// whose weights only nearly sum to 1 would perturb it. Other tensors must be floating-point,
+// and every value finite: one NaN would spread to every output.
 class SnapshotCombiner {
 public:
     SnapshotCombiner(const std::vector<SnapshotFile>& files, const SnapshotLayout& layout,
@@ -162,6 +164,9 @@ private:
                 continue;
             }
             f.read_into(info.name, std::span<double>(scratch(info.numel())));
+            for (std::size_t e = 0; e < scratch_.size(); ++e)
+                if (!std::isfinite(scratch_[e]))
+                    fail(f.label(), ": tensor '", info.name, "', element ", e, " is not finite (", scratch_[e], ")");
             accumulate(row, offsets_[t], info.numel());
         }
     }
@@ -191,12 +196,7 @@ private:
                     out[j].add(info.name, info.dtype, info.shape, first.raw(info.name));
                     continue;
                 }
-                const std::span<const double> sum(sums_[j].data() + offsets_[t], info.numel());
-                for (std::size_t e = 0; e < sum.size(); ++e)
-                    if (!std::isfinite(sum[e]))
-                        fail("phema: output ", j, ", tensor '", info.name, "', element ", e,
-                             " is not finite: some snapshot holds non-finite values");
-                store(out[j], info, sum);
+                store(out[j], info, std::span<const double>(sums_[j].data() + offsets_[t], info.numel()));
             }
         return out;
     }
@@ -204,6 +204,8 @@ private:
     static void store(io::SafetensorsWriter& w, const io::TensorInfo& info, std::span<const double> sum) {
         if (info.dtype == io::DType::F64) return w.add<double>(info.name, info.shape, sum);
         const std::vector<float> f(sum.begin(), sum.end());
+        if (!std::ranges::all_of(f, [](float v) { return std::isfinite(v); }))
+            fail("phema: tensor '", info.name, "' of a reconstruction overflows float");
         if (info.dtype == io::DType::F32) return w.add<float>(info.name, info.shape, std::span<const float>(f));
         w.add_converted(info.name, info.shape, f, info.dtype);  // F16 and BF16 round from float
     }

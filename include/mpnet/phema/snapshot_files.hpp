@@ -40,7 +40,8 @@ inline bool all_digits(std::string_view s) {
 
 // nullopt unless the file name has the snapshot form (any prefix, any number of digits).
 inline std::optional<SnapshotFile> parse_snapshot_file_name(const std::filesystem::path& path) {
-    std::string_view name = path.filename().native();
+    const std::string filename = path.filename().string();
+    std::string_view name = filename;
     if (!name.ends_with(snapshot_extension)) return std::nullopt;
     name.remove_suffix(snapshot_extension.size());
     const std::size_t dash_std = name.rfind('-');
