@@ -32,8 +32,6 @@ public:
         return net_->forward(x, sigma_, labels, nn::ForwardMode{}, false).D;
     }
 
-    [[nodiscard]] nn::Precond<T, B>& network() const { return *net_; }
-
 private:
     nn::Precond<T, B>* net_;
     Tensor<T, B> sigma_;

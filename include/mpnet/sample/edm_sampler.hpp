@@ -23,7 +23,7 @@
 
 namespace mpnet::sample {
 
-// The substream purpose of churn noise (distinct from the purposes mpnet-generate uses).
+// The substream purpose of churn noise (distinct from seeds.hpp's label_purpose).
 inline constexpr uint64_t churn_purpose = 0x636875726eULL;  // "churn"
 
 struct SampleProgress {
