@@ -184,8 +184,11 @@ void linear_forward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T>& weigh
     const int64_t n = x.size(0), in = weight.size(1), out = weight.size(0);
     check(x.numel() == n * in && y.numel() == n * out, "linear_forward: input ", x.shape().str(), ", weight ",
           weight.shape().str(), ", output ", y.shape().str());
-    MatMap<T>(y.data(), n, out).noalias() =
-        ConstMatMap<T>(x.data(), n, in) * ConstMatMap<T>(weight.data(), out, in).transpose();
+    // Row by row: Eigen picks its product kernel by the row count, so one product over the
+    // whole batch would make a sample's result depend (in the last bit) on the batch size.
+    const ConstMatMap<T> X(x.data(), n, in), W(weight.data(), out, in);
+    MatMap<T> Y(y.data(), n, out);
+    for (int64_t i = 0; i < n; ++i) Y.row(i).noalias() = X.row(i) * W.transpose();
 }
 
 template <Scalar T>
