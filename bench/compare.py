@@ -6,10 +6,12 @@ faster), and mpnet's achieved rate with its fraction of the machine's measured p
   python3 bench/compare.py --build build                      # the CPU suite, fmnist-s shapes
   python3 bench/compare.py --build build --filter 'mpconv3x3/fwd'
   python3 bench/compare.py --build build --preset edm2-img64-xs --filter block
-  python3 bench/compare.py --build build --backend cuda        # the CUDA suite (mpnet only)
+  python3 bench/compare.py --build build --backend cuda --python python3   # the GPU suite
 
 Times are medians over --repetitions runs. The network benchmarks run one per process on
-both sides, so that each process's resident-set growth is that benchmark's own.
+both sides, so that each process's memory figures are that benchmark's own. On the GPU,
+layers with matrix work run in each math mode (names ending /fp32, /fp16, /bf16); PyTorch
+runs float32 without TF32 and is paired with the /fp32 rows.
 """
 import argparse
 import json
@@ -22,6 +24,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 PRESETS = ("fmnist-s", "edm2-img64-xs")
 SUFFIX = re.compile(r"(/iterations:\d+|/real_time|/manual_time)+$")
+MATH_MODE = re.compile(r"/(fp32|fp16|bf16)$")
 
 
 def posix_alternation(names):
@@ -39,7 +42,7 @@ def select(names, pattern, preset):
     keep = []
     for n in names:
         parts = n.split("/")
-        in_preset = n.startswith("peak/") or preset == "all" or (len(parts) > 2 and parts[2] == preset)
+        in_preset = n.startswith("peak/") or preset == "all" or (len(parts) > 2 and preset in parts[2:4])
         if in_preset and re.search(pattern, n):
             keep.append(n)
     return keep
@@ -71,16 +74,23 @@ def run_mpnet(binary, names, args):
     return results
 
 
+def torch_name(name):
+    """The PyTorch counterpart's name: float32 rows only, without the math-mode suffix."""
+    mode = MATH_MODE.search(name)
+    return None if name.startswith("peak/") or (mode and mode.group(1) != "fp32") else MATH_MODE.sub("", name)
+
+
 def run_torch(names, args):
     """{name: (time_ms, extra)} from bench/torch_layers.py, network cases one per process."""
     results = {}
-    layers = [n for n in names if not n.startswith(("network/", "peak/"))]
+    names = list(dict.fromkeys(t for t in map(torch_name, names) if t))
+    layers = [n for n in names if not n.startswith("network/")]
     groups = [layers] + [[n] for n in names if n.startswith("network/")]
     for group in filter(None, groups):
         with tempfile.NamedTemporaryFile(suffix=".json") as out:
             regex = "^(" + "|".join(re.escape(n) for n in group) + ")$"
             cmd = [args.python, os.path.join(HERE, "torch_layers.py"), "--filter", regex, "--json", out.name,
-                   "--threads", str(args.threads), "--min-time", str(args.min_time),
+                   "--device", args.backend, "--threads", str(args.threads), "--min-time", str(args.min_time),
                    "--repetitions", str(args.repetitions)]
             for p in PRESETS:
                 if all(f"/{p}/" in n for n in group):
@@ -93,7 +103,7 @@ def run_torch(names, args):
                 json.dump(data, f)
                 f.write("\n")
         for b in data["benchmarks"]:
-            results[b["name"]] = (b["time_ms"], {k: v for k, v in b.items() if k == "rss_growth_MiB"})
+            results[b["name"]] = (b["time_ms"], {k: v for k, v in b.items() if k in ("rss_growth_MiB", "peak_MiB")})
     return results
 
 
@@ -120,7 +130,7 @@ def print_table(names, mp, th, markdown):
         if n not in mp:
             continue
         t_mp, counters = mp[n]
-        t_th = th.get(n, (None, {}))[0]
+        t_th = th.get(torch_name(n), (None, {}))[0]
         ratio = f"{t_th / t_mp:.2f}" if t_th else "-"
         rows.append([n, fmt_time(t_mp), fmt_time(t_th), ratio, rate(counters)])
     if markdown:
@@ -142,12 +152,14 @@ def print_network(names, mp, th):
     for n in names:
         if n.startswith("network/") and n in mp:
             t_mp, c = mp[n]
-            t_th, extra = th.get(n, (None, {}))
+            t_th, extra = th.get(torch_name(n), (None, {}))
             mem = f"mpnet pool peak {c.get('peak_MiB', 0):.0f} MiB"
             if "rss_growth_MiB" in c:
                 mem += f", RSS growth {c['rss_growth_MiB']:.0f} MiB"
             if extra.get("rss_growth_MiB") is not None:
                 mem += f"; PyTorch RSS growth {extra['rss_growth_MiB']:.0f} MiB"
+            if extra.get("peak_MiB") is not None:
+                mem += f"; PyTorch peak allocated {extra['peak_MiB']:.0f} MiB"
             speed = f"{t_th / t_mp:.2f}x PyTorch's speed" if t_th else "no PyTorch time"
             print(f"{n}: mpnet {fmt_time(t_mp)} ms, PyTorch {fmt_time(t_th)} ms ({speed}); {mem}")
 
@@ -169,18 +181,13 @@ def main():
     ap.add_argument("--torch-json", help="append the PyTorch script's JSON output to this file")
     args = ap.parse_args()
 
-    if args.backend == "cuda":
-        binary = os.path.join(args.build, "bench", "cuda", "bench_cuda_layers")
-        subprocess.run([binary, f"--benchmark_filter={args.filter}", "--benchmark_format=json"] +
-                       [f"--benchmark_repetitions={args.repetitions}", "--benchmark_report_aggregates_only=true"],
-                       check=True)
-        return
-    binary = os.path.join(args.build, "bench", "mpnet_bench")
+    target = "bench_cuda_layers" if args.backend == "cuda" else "mpnet_bench"
+    binary = os.path.join(args.build, "bench", *(["cuda"] if args.backend == "cuda" else []), target)
     if not os.path.exists(binary):
-        sys.exit(f"{binary} not found: build it with  cmake --build {args.build} --target mpnet_bench")
+        sys.exit(f"{binary} not found: build it with  cmake --build {args.build} --target {target}")
     names = select(list_benchmarks(binary), args.filter, args.preset)
     if not names:
-        sys.exit("no benchmark matches")
+        sys.exit("no benchmark matches (the CUDA suite lists nothing without a GPU)")
     mp = run_mpnet(binary, names, args)
     th = {} if args.no_torch else run_torch(names, args)
     print()

@@ -14,6 +14,9 @@ runs. Each benchmark has the name of its mpnet_bench counterpart
       non-finite gradients zeroed, torch.optim.Adam step).
 
 Run with Debian's PyTorch:  /usr/bin/python3 bench/torch_layers.py --filter 'mp_silu' --threads 2
+On a GPU (--device cuda) every call is followed by torch.cuda.synchronize(), TF32 is off
+(float32 as mpnet's fp32 mode computes it), and the network cases report
+torch.cuda.max_memory_allocated.
 """
 import argparse
 import json
@@ -26,6 +29,8 @@ import time
 
 import numpy as np
 import torch
+
+DEVICE = torch.device("cpu")  # set by --device
 
 # ---- the networks (the presets of include/mpnet/nn/presets.hpp) ---------------------------
 
@@ -256,7 +261,7 @@ class Precond(torch.nn.Module):
 
 
 def edm2_loss(net, images, labels, P_mean, P_std, sigma_data=0.5):
-    rnd_normal = torch.randn([images.shape[0], 1, 1, 1])
+    rnd_normal = torch.randn([images.shape[0], 1, 1, 1], device=images.device)
     sigma = (rnd_normal * P_std + P_mean).exp()
     weight = (sigma ** 2 + sigma_data ** 2) / (sigma * sigma_data) ** 2
     noise = torch.randn_like(images) * sigma
@@ -281,7 +286,7 @@ def build_precond(cfg):
     with torch.no_grad():  # weights ~ N(0, 1), gains 0, as the reference initialises them
         for name, p in net.named_parameters():
             p.copy_(torch.zeros_like(p) if name.endswith("gain") else torch.randn_like(p))
-    return net
+    return net.to(DEVICE)
 
 
 def dims(shape):
@@ -338,7 +343,7 @@ def layer_cases(cases, preset_name):
     cblock = [cfg["model_channels"] * m for m in cfg["channel_mult"]]
     cemb, cnoise, res_top = max(cblock), cblock[0], cfg["img_resolution"]
     add = lambda layer, shape, make: cases.add_pair(layer, preset_name, shape, make, expensive)  # noqa: E731
-    rand = torch.randn
+    rand = lambda *shape: torch.randn(*shape, device=DEVICE)  # noqa: E731
 
     for level, c in enumerate(cblock):
         r = res_top >> level
@@ -374,7 +379,7 @@ def layer_cases(cases, preset_name):
 
     for ch in dict.fromkeys([cnoise, cfg["logvar_channels"]]):
         def make(ch=ch):
-            f = MPFourier(ch)
+            f = MPFourier(ch).to(DEVICE)
             return f, [rand(n)], []
         add("mp_fourier", f"{n}->{ch}", make)
 
@@ -420,7 +425,7 @@ def layer_cases(cases, preset_name):
         xs = (n, cin, r, r) if k else (n, cin)
 
         def make(cin=cin, cout=cout, k=k, xs=xs):
-            m = MPConv(cin, cout, kernel=[k, k] if k else []).eval()
+            m = MPConv(cin, cout, kernel=[k, k] if k else []).to(DEVICE).eval()
             return m, [rand(xs)], list(m.parameters())
         add(layer, f"{dims(xs)}->{cout}", make)
 
@@ -446,14 +451,15 @@ def network_cases(cases, preset_name):
     cfg, n, expensive, t = spec["net"], spec["batch"], spec["expensive"], spec["train"]
 
     def data():
-        images = torch.randn(n, cfg["img_channels"], cfg["img_resolution"], cfg["img_resolution"]) * 0.5
-        labels = torch.nn.functional.one_hot(torch.arange(n) % cfg["label_dim"], cfg["label_dim"]).float()
+        images = torch.randn(n, cfg["img_channels"], cfg["img_resolution"], cfg["img_resolution"], device=DEVICE) * 0.5
+        labels = torch.nn.functional.one_hot(torch.arange(n, device=DEVICE) % cfg["label_dim"], cfg["label_dim"])
+        labels = labels.float()
         return images, labels
 
     def inference():
         net = build_precond(cfg).eval()
         images, labels = data()
-        sigma = (torch.randn(n) * 1.2 - 1.2).exp()
+        sigma = (torch.randn(n, device=DEVICE) * 1.2 - 1.2).exp()
 
         def run():
             with torch.no_grad():
@@ -496,20 +502,29 @@ def max_rss_mib():
 
 
 def time_case(setup, expensive, min_time, repetitions):
-    """Seconds per call, one value per repetition (median taken by the caller)."""
+    """Seconds per call, one value per repetition (median taken by the caller), and the
+    memory the case took: RSS growth on the CPU, peak allocated bytes on a GPU (MiB)."""
+    cuda = DEVICE.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     rss_before, peak_before = rss_mib(), max_rss_mib()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     fn = setup()
-    fn()  # warm-up: allocator caches, oneDNN primitive creation
+    fn()  # warm-up: allocator caches, oneDNN primitive creation, cuDNN heuristics
+    sync()
     times = []
     for _ in range(repetitions):
         iters, start = 0, time.perf_counter()
         while True:
             fn()
+            sync()
             iters += 1
             elapsed = time.perf_counter() - start
             if expensive or elapsed >= min_time:
                 break
         times.append(elapsed / iters)
+    if cuda:
+        return times, torch.cuda.max_memory_allocated() / 2**20
     # RSS growth is meaningful only while this case set the process's high-water mark.
     growth = max_rss_mib() - rss_before if max_rss_mib() > peak_before else None
     return times, growth
@@ -520,13 +535,18 @@ def main():
     ap.add_argument("--filter", default=".", help="regex on benchmark names (default: all)")
     ap.add_argument("--preset", default="all", choices=["all", *PRESETS], help="which network's shapes")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--min-time", type=float, default=0.2, help="seconds per repetition (default 0.2)")
     ap.add_argument("--repetitions", type=int, default=3, help="repetitions; the median is reported")
     ap.add_argument("--json", help="write the results to this file")
     ap.add_argument("--list", action="store_true", help="list the benchmark names and exit")
     args = ap.parse_args()
 
+    global DEVICE
+    DEVICE = torch.device(args.device)
     torch.set_num_threads(args.threads)
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
     torch.manual_seed(0)
     cases = Cases()
     for p in PRESETS if args.preset == "all" else [args.preset]:
@@ -542,10 +562,10 @@ def main():
         times, growth = time_case(setup, expensive, args.min_time, args.repetitions)
         row = {"name": name, "time_ms": statistics.median(times) * 1e3, "times_ms": [t * 1e3 for t in times]}
         if name.startswith("network/"):
-            row["rss_growth_MiB"] = growth
+            row["peak_MiB" if DEVICE.type == "cuda" else "rss_growth_MiB"] = growth
         results.append(row)
         print(f"{name:60s} {row['time_ms']:10.3f} ms", file=sys.stderr, flush=True)
-    out = {"context": {"torch": torch.__version__, "threads": torch.get_num_threads(),
+    out = {"context": {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(DEVICE),
                        "parallel_info": torch.__config__.parallel_info()}, "benchmarks": results}
     if args.json:
         with open(args.json, "w") as f:
