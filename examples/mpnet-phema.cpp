@@ -11,6 +11,7 @@
 #include <map>
 #include <set>
 #include <string>
+#include <string_view>
 #include <system_error>
 #include <vector>
 
@@ -126,6 +127,9 @@ std::vector<double> parse_std_list(const std::string& option, const std::string&
     return values;
 }
 
+constexpr std::string_view value_options[] = {"--indir",   "--outdir",  "--prefix",   "--out-prefix",
+                                              "--in-std",  "--out-std", "--out-kimg", "--batch"};
+
 Options parse_args(int argc, char** argv) {
     Options o;
     std::set<std::string> seen;
@@ -140,24 +144,25 @@ Options parse_args(int argc, char** argv) {
             continue;
         }
         if (!arg.starts_with("--")) throw UsageError("unexpected argument '" + arg + "'");
-        if (const auto eq = arg.find('='); eq != std::string::npos) {
+        const auto eq = arg.find('=');
+        const std::string name = arg.substr(0, eq);
+        if (std::ranges::find(value_options, name) == std::end(value_options))
+            throw UsageError("unknown option " + name);
+        if (eq != std::string::npos)
             value = arg.substr(eq + 1);
-            arg.resize(eq);
-        } else if (i + 1 < argc) {
+        else if (i + 1 < argc)
             value = argv[++i];
-        } else {
-            throw UsageError(arg + ": missing value");
-        }
-        if (!seen.insert(arg).second) throw UsageError(arg + ": given twice");
-        if (arg == "--indir") o.indir = value;
-        else if (arg == "--outdir") o.outdir = value;
-        else if (arg == "--prefix") o.prefix = value;
-        else if (arg == "--out-prefix") o.out_prefix = value;
-        else if (arg == "--in-std") o.in_std = parse_std_list(arg, value);
-        else if (arg == "--out-std") o.out_std = parse_std_list(arg, value);
-        else if (arg == "--out-kimg") o.out_kimg = parse_number<std::int64_t>(arg, value);
-        else if (arg == "--batch") o.batch = parse_number<std::size_t>(arg, value);
-        else throw UsageError("unknown option " + arg);
+        else
+            throw UsageError(name + ": missing value");
+        if (!seen.insert(name).second) throw UsageError(name + ": given twice");
+        if (name == "--indir") o.indir = value;
+        else if (name == "--outdir") o.outdir = value;
+        else if (name == "--prefix") o.prefix = value;
+        else if (name == "--out-prefix") o.out_prefix = value;
+        else if (name == "--in-std") o.in_std = parse_std_list(name, value);
+        else if (name == "--out-std") o.out_std = parse_std_list(name, value);
+        else if (name == "--out-kimg") o.out_kimg = parse_number<std::int64_t>(name, value);
+        else o.batch = parse_number<std::size_t>(name, value);  // --batch, the last of value_options
     }
     if (o.help) return o;
     if (o.indir.empty()) throw UsageError("--indir is required");
