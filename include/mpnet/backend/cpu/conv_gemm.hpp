@@ -114,15 +114,25 @@ inline void multiply_panel(const float* a, int64_t lda, int64_t m, int64_t depth
     }
 }
 
+// The rows an in-place panel at batch column j reads for `depth` window offsets, fetched
+// while an earlier panel computes: the hardware prefetcher does not follow the offset table.
+inline void prefetch_panel(const Staged& s, const Images& g, int64_t j, const int32_t* offsets, int64_t depth) {
+    const float* origin = s.data + s.origin(g, j / g.hw(), j % g.hw());
+    for (int64_t t = 0; t < depth; ++t) simd::prefetch(origin + offsets[t]);
+}
+
 // y[n, m, h, w] = sum_q a[m, q] X(q, .) over the images g; a has rows of g.depth() floats.
 inline void output_product(const Images& g, const float* a, int64_t m, float* y) {
     const int64_t depth = g.depth(), total = g.n * g.hw();
     const Units units = units_of(total);
-    const std::vector<int32_t> offsets = window_offsets(g, units.size);
+    // In place, planes a multiple of 4 KiB apart would put all rows of a panel into the
+    // same L1 sets.
+    const Stager stager(g, g.hw() % 1024 == 0);
+    const std::vector<int32_t> offsets = stager.window_offsets(units.size);
 #pragma omp parallel num_threads(threads_for(total * m * depth, units))
     {
-        ScratchCarver scratch(staged_size(g, units.size) + out_depth * gemm::nr + gemm::mr * gemm::nr);
-        float* staging = scratch.take(staged_size(g, units.size));
+        ScratchCarver scratch(stager.buffer_size(units.size) + out_depth * gemm::nr + gemm::mr * gemm::nr);
+        float* staging = scratch.take(stager.buffer_size(units.size));
         float* packed = scratch.take(out_depth * gemm::nr);
         float* edge = scratch.take(gemm::mr * gemm::nr);
         std::vector<Run> runs;
@@ -132,13 +142,15 @@ inline void output_product(const Images& g, const float* a, int64_t m, float* y)
 #pragma omp for schedule(dynamic)
         for (int64_t u = 0; u < units.count; ++u) {
             const int64_t end = std::min(total, (u + 1) * units.size);
-            const Staged s = stage(g, u * units.size, end, staging);
+            const Staged s = stager.stage(u * units.size, end, staging);
             for (int64_t j0 = u * units.size; j0 < end; j0 += out_chunk) {
                 const int64_t j1 = std::min(end, j0 + out_chunk);
                 for (int64_t q = 0; q < depth; q += block) {
                     const int64_t q1 = std::min(depth, q + block);
                     for (int64_t j = j0; j < j1; j += gemm::nr) {
                         const int64_t width = std::min<int64_t>(gemm::nr, j1 - j);
+                        if (j + 2 * gemm::nr < end && contiguous_panel(g, j + 2 * gemm::nr))
+                            prefetch_panel(s, g, j + 2 * gemm::nr, offsets.data() + q, q1 - q);
                         if (width == gemm::nr && contiguous_panel(g, j)) {
                             const float* in_place[gemm::nv];
                             for (int v = 0; v < gemm::nv; ++v)
@@ -198,12 +210,13 @@ inline void weight_product(const Images& g, const float* dy, int64_t m, float* d
     const Groups groups = weight_groups(total, depth * padded_m);
     const int threads =
         total * m * depth < parallel_work ? 1 : int(std::min<int64_t>(omp_get_max_threads(), groups.count));
-    const std::vector<int32_t> offsets = window_offsets(g, max_unit);
+    const Stager stager(g, false);  // X is the broadcast side here: its rows stream
+    const std::vector<int32_t> offsets = stager.window_offsets(max_unit);
     CpuTensor<float> partial(Shape{groups.count, depth, padded_m});
 #pragma omp parallel num_threads(threads)
     {
-        ScratchCarver scratch(staged_size(g, max_unit) + padded_m * weight_chunk);
-        float* staging = scratch.take(staged_size(g, max_unit));
+        ScratchCarver scratch(stager.buffer_size(max_unit) + padded_m * weight_chunk);
+        float* staging = scratch.take(stager.buffer_size(max_unit));
         float* dy_panels = scratch.take(padded_m * weight_chunk);
         std::vector<Run> runs;
         std::vector<int32_t> origins;
@@ -214,7 +227,7 @@ inline void weight_product(const Images& g, const float* dy, int64_t m, float* d
             if (groups.begin(group) == groups.begin(group + 1)) std::fill(sum, sum + depth * padded_m, 0.0f);
             for (int64_t u = groups.begin(group); u < groups.begin(group + 1); u += max_unit) {
                 const int64_t end = std::min(groups.begin(group + 1), u + max_unit);
-                const Staged s = stage(g, u, end, staging);
+                const Staged s = stager.stage(u, end, staging);
                 for (int64_t j = u; j < end; j += weight_chunk) {
                     const int64_t columns = std::min(weight_chunk, end - j);
                     column_runs(g, j, j + columns, runs);

@@ -2,10 +2,11 @@
 //
 // A "same" k x k convolution sums over q = (c, ky, kx); the operand X(q, col) of output
 // column col = (image n, pixel y W + x) is img[n, c, y + ky - k/2, x + kx - k/2], zero
-// outside. The image rows a chunk of columns needs are copied (streaming, so the
+// outside. The image rows a unit of columns needs are copied (streaming, so the
 // prefetcher keeps up) into a staging buffer with a zero border, after which
-// X(q, col) = staged[origin(col) + offset(q)]: the operands are read in place through
-// these two index tables, and nothing is unfolded. Only where a vector of columns is not
+// X(q, col) = staged[origin(col) + offset(q)]; for k = 1 the tensor itself mostly serves
+// as the staged images. The operands are read through these two index tables, and
+// nothing is unfolded. Only where a vector of columns is not
 // contiguous in the staged images (rows narrower than a vector, a panel crossing an
 // image) is a panel of X copied out.
 #pragma once
@@ -40,59 +41,71 @@ struct Staged {
     }
 };
 
-// Planes whose stride is a multiple of 1 KiB would put the rows a panel reads from
-// successive channels into a few L1 sets; one extra cache line apart they spread out.
-inline int64_t staged_plane(const Images& g) {
-    const int64_t plane = (g.h + 2 * g.border()) * (g.w + 2 * g.border());
-    return plane % 256 == 0 ? plane + 16 : plane;
-}
+// How a product reads the images: copied into a staging buffer with a zero border
+// (always for k > 1), or in place (k = 1, where the copy would be one more pass over
+// memory that the kernel cannot overlap with its arithmetic).
+class Stager {
+public:
+    Stager(const Images& g, bool copy) : g_(g), copy_(copy || g.k > 1) {}
 
-// The most images `columns` consecutive batch columns touch.
-inline int64_t images_spanned(const Images& g, int64_t columns) { return std::min(g.n, columns / g.hw() + 2); }
+    // Copied planes whose stride would be a multiple of 1 KiB get one more cache line, so
+    // that the rows a panel reads from successive channels spread over the L1 sets.
+    [[nodiscard]] int64_t plane() const {
+        const int64_t plane = (g_.h + 2 * g_.border()) * (g_.w + 2 * g_.border());
+        return copy_ && plane % 256 == 0 ? plane + 16 : plane;
+    }
 
-// Floats stage() needs for chunks of up to `columns` columns.
-inline int64_t staged_size(const Images& g, int64_t columns) {
-    return images_spanned(g, columns) * g.channels * staged_plane(g);
-}
+    // Floats stage() needs for units of up to `columns` columns.
+    [[nodiscard]] int64_t buffer_size(int64_t columns) const {
+        return copy_ ? std::min(g_.n, columns / g_.hw() + 2) * g_.channels * plane() : 0;
+    }
 
-// offsets[q] = offset(q) in the staged layout: c plane + ky row + kx. Offsets and
-// origins are 32-bit, which bounds the staging buffer of chunks of `columns` columns.
-inline std::vector<int32_t> window_offsets(const Images& g, int64_t columns) {
-    const int64_t row = g.w + 2 * g.border();
-    check(staged_size(g, columns) < (int64_t(1) << 31), "conv2d: ", g.channels, " channels of ", g.h, "x", g.w,
-          " images are too large for 32-bit staging offsets");
-    std::vector<int32_t> offsets;
-    for (int64_t c = 0; c < g.channels; ++c)
-        for (int64_t ky = 0; ky < g.k; ++ky)
-            for (int64_t kx = 0; kx < g.k; ++kx) offsets.push_back(int32_t(c * staged_plane(g) + ky * row + kx));
-    return offsets;
-}
+    // offsets[q] = offset(q): c plane + ky row + kx. Offsets and origins are 32-bit,
+    // which bounds the staging buffer of units of `columns` columns.
+    [[nodiscard]] std::vector<int32_t> window_offsets(int64_t columns) const {
+        const int64_t row = g_.w + 2 * g_.border();
+        const int64_t reach = copy_ ? buffer_size(columns) : g_.n * g_.channels * g_.hw();
+        check(reach < (int64_t(1) << 31), "conv2d: ", g_.n, " images of ", g_.channels, " channels of ", g_.h, "x",
+              g_.w, " are too large for 32-bit offsets");
+        std::vector<int32_t> offsets;
+        for (int64_t c = 0; c < g_.channels; ++c)
+            for (int64_t ky = 0; ky < g_.k; ++ky)
+                for (int64_t kx = 0; kx < g_.k; ++kx) offsets.push_back(int32_t(c * plane() + ky * row + kx));
+        return offsets;
+    }
 
-// Copies what batch columns [begin, end) read into buf (staged_size floats): the rows of
-// their windows in the staged layout, zero on the border. Other rows are left as they
-// are, so a chunk of a large image costs only its own rows and their halo.
-inline Staged stage(const Images& g, int64_t begin, int64_t end, float* buf) {
-    const int64_t p = g.border(), wp = g.w + 2 * p, first = begin / g.hw(), last = (end - 1) / g.hw();
-    const Staged s{buf, first, g.channels * staged_plane(g), staged_plane(g), wp};
-    for (int64_t n = first; n <= last; ++n) {
-        const int64_t pa = n == first ? begin % g.hw() : 0, pb = n == last ? (end - 1) % g.hw() + 1 : g.hw();
-        for (int64_t c = 0; c < g.channels; ++c) {
-            const float* src = g.data + (n * g.channels + c) * g.hw();
-            float* plane = buf + (n - first) * s.image + c * s.plane;
-            for (int64_t r = pa / g.w; r <= (pb - 1) / g.w + 2 * p; ++r) {  // padded rows
-                float* row = plane + r * wp;
-                if (r < p || r >= g.h + p) {
-                    std::fill(row, row + wp, 0.0f);
-                    continue;
+    // The images batch columns [begin, end) read. A copy holds only the rows of their
+    // windows, zero on the border (other rows of buf are left as they are), so a unit of
+    // a large image costs only its own rows and their halo.
+    Staged stage(int64_t begin, int64_t end, float* buf) const {
+        const int64_t first = begin / g_.hw(), last = (end - 1) / g_.hw();
+        if (!copy_) return {g_.data + first * g_.channels * g_.hw(), first, g_.channels * g_.hw(), g_.hw(), g_.w};
+        const int64_t p = g_.border(), wp = g_.w + 2 * p;
+        const Staged s{buf, first, g_.channels * plane(), plane(), wp};
+        for (int64_t n = first; n <= last; ++n) {
+            const int64_t pa = n == first ? begin % g_.hw() : 0, pb = n == last ? (end - 1) % g_.hw() + 1 : g_.hw();
+            for (int64_t c = 0; c < g_.channels; ++c) {
+                const float* src = g_.data + (n * g_.channels + c) * g_.hw();
+                float* plane = buf + (n - first) * s.image + c * s.plane;
+                for (int64_t r = pa / g_.w; r <= (pb - 1) / g_.w + 2 * p; ++r) {  // padded rows
+                    float* row = plane + r * wp;
+                    if (r < p || r >= g_.h + p) {
+                        std::fill(row, row + wp, 0.0f);
+                        continue;
+                    }
+                    std::fill(row, row + p, 0.0f);
+                    simd::copy(row + p, src + (r - p) * g_.w, g_.w);
+                    std::fill(row + p + g_.w, row + wp, 0.0f);
                 }
-                std::fill(row, row + p, 0.0f);
-                simd::copy(row + p, src + (r - p) * g.w, g.w);
-                std::fill(row + p + g.w, row + wp, 0.0f);
             }
         }
+        return s;
     }
-    return s;
-}
+
+private:
+    const Images& g_;
+    bool copy_;
+};
 
 // Columns [col, col + len) of a chunk that lie on one image row, never crossing a panel of nr.
 struct Run {

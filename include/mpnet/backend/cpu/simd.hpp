@@ -89,6 +89,9 @@ inline void swap_blocks(vec& lo, vec& hi) {
 
 #endif
 
+// Asks for the cache line holding p ahead of its use.
+inline void prefetch(const float* p) { _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T0); }
+
 // Transposes the lanes x lanes block held in r (row i in r[i]).
 inline void transpose(vec* r) {
     auto step = [r]<int b>() {
