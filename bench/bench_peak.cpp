@@ -3,6 +3,8 @@
 // fractions of the FMA peak and of the copy bandwidth (see peak.hpp).
 #include <benchmark/benchmark.h>
 
+#include <immintrin.h>
+
 #include <Eigen/Core>
 #include <vector>
 
@@ -21,6 +23,40 @@ void peak_fma(benchmark::State& state) {
     state.SetLabel(std::to_string(fma_lanes) + " lanes x " + std::to_string(omp_get_max_threads()) + " threads");
 }
 BENCHMARK(peak_fma)->Name("peak/fma")->UseRealTime();
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// The CPU's own FMA peak where it has AVX-512, whatever width this build targets: the
+// ceiling of libraries that pick their kernels at run time, as PyTorch's oneDNN does.
+__attribute__((target("avx512f"))) float fma_loop_avx512(int64_t rounds) {
+    float total = 0;
+#pragma omp parallel reduction(+ : total)
+    {
+        __m512 acc[fma_chains];
+        for (int c = 0; c < fma_chains; ++c) acc[c] = _mm512_set1_ps(float(c));
+        const __m512 a = _mm512_set1_ps(0.999f), b = _mm512_set1_ps(1e-3f);
+        for (int64_t r = 0; r < rounds; ++r)
+            for (int c = 0; c < fma_chains; ++c) acc[c] = _mm512_fmadd_ps(acc[c], a, b);
+        alignas(64) float lanes[16];
+        for (int c = 0; c < fma_chains; ++c) {
+            _mm512_store_ps(lanes, acc[c]);
+            for (float v : lanes) total += v;
+        }
+    }
+    return total;
+}
+
+void peak_fma_avx512(benchmark::State& state) {
+    if (!__builtin_cpu_supports("avx512f")) {
+        state.SkipWithError("this CPU has no AVX-512");
+        return;
+    }
+    const int64_t rounds = 1 << 20;
+    for (auto _ : state) benchmark::DoNotOptimize(fma_loop_avx512(rounds));
+    const double flops = 2.0 * fma_chains * 16 * double(rounds) * omp_get_max_threads();
+    state.counters["GFLOP/s"] = Counter(flops * 1e-9, Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(peak_fma_avx512)->Name("peak/fma_avx512")->UseRealTime();
+#endif
 
 void peak_sgemm(benchmark::State& state) {
     const auto n = Eigen::Index(state.range(0));

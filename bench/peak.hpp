@@ -45,7 +45,11 @@ inline float fma_loop(int64_t rounds) {
         const __m512 a = _mm512_set1_ps(0.999f), b = _mm512_set1_ps(1e-3f);
         for (int64_t r = 0; r < rounds; ++r)
             for (int c = 0; c < fma_chains; ++c) acc[c] = _mm512_fmadd_ps(acc[c], a, b);
-        for (int c = 0; c < fma_chains; ++c) total += _mm512_reduce_add_ps(acc[c]);
+        alignas(64) float lanes[16];  // (GCC 12 warns inside _mm512_reduce_add_ps)
+        for (int c = 0; c < fma_chains; ++c) {
+            _mm512_store_ps(lanes, acc[c]);
+            for (float v : lanes) total += v;
+        }
 #elif defined(__AVX2__) && defined(__FMA__)
         __m256 acc[fma_chains];
         for (int c = 0; c < fma_chains; ++c) acc[c] = _mm256_set1_ps(float(c));
