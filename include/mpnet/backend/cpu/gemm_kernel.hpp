@@ -38,42 +38,61 @@ struct Table {
     int64_t operator()(int64_t p) const { return table[p]; }
 };
 
+// One step p of the sum into acc: the vector-side row p times each row's element p.
+template <int rows, class AIndex, class BIndex>
+inline void step(int64_t p, const float* const* ar, AIndex ai, const float* const* br, BIndex bi,
+                 simd::vec (&acc)[rows][nv]) {
+    const int64_t bo = bi(p), ao = ai(p);
+    simd::vec bv[nv];
+#pragma GCC unroll 4
+    for (int v = 0; v < nv; ++v) bv[v] = simd::load(br[v] + bo);
+#pragma GCC unroll 16
+    for (int i = 0; i < rows; ++i) {
+        const simd::vec av = simd::broadcast(ar[i] + ao);
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; ++v) acc[i][v] = simd::fmadd(av, bv[v], acc[i][v]);
+    }
+}
+
 // C rows i < rows of the tile at c (row stride ldc); accumulate adds to what is there.
 // Kept out of line: inlined into a caller's loops, the row pointers no longer fit in the
 // general registers and spill inside the sum loop.
+//
+// Hiding the FMA latency takes about 8 independent accumulators; a tile of fewer rows
+// keeps `chains` sets of them, set u summing the steps p = u mod chains, added in order
+// at the end.
 template <int rows, class AIndex, class BIndex>
-[[gnu::noinline]] void tile(int64_t depth, const float* const* a, AIndex ai, const float* const* b, BIndex bi, float* c,
-                 int64_t ldc, bool accumulate) {
-    simd::vec acc[rows][nv];
+[[gnu::noinline]] void tile(int64_t depth, const float* const* a, AIndex ai, const float* const* b, BIndex bi,
+                            float* c, int64_t ldc, bool accumulate) {
+    constexpr int chains = rows * nv >= 8 ? 1 : 8 / (rows * nv);
+    simd::vec acc[chains][rows][nv];
+#pragma GCC unroll 8
+    for (int u = 0; u < chains; ++u)
 #pragma GCC unroll 16
-    for (int i = 0; i < rows; ++i)
+        for (int i = 0; i < rows; ++i)
 #pragma GCC unroll 4
-        for (int v = 0; v < nv; ++v) acc[i][v] = simd::zero();
+            for (int v = 0; v < nv; ++v) acc[u][i][v] = simd::zero();
     const float* ar[rows];
 #pragma GCC unroll 16
     for (int i = 0; i < rows; ++i) ar[i] = a[i];
     const float* br[nv];
 #pragma GCC unroll 4
     for (int v = 0; v < nv; ++v) br[v] = b[v];
+    int64_t p = 0;
 #pragma GCC unroll 2
-    for (int64_t p = 0; p < depth; ++p) {
-        const int64_t bo = bi(p), ao = ai(p);
-        simd::vec bv[nv];
-#pragma GCC unroll 4
-        for (int v = 0; v < nv; ++v) bv[v] = simd::load(br[v] + bo);
-#pragma GCC unroll 16
-        for (int i = 0; i < rows; ++i) {
-            const simd::vec av = simd::broadcast(ar[i] + ao);
-#pragma GCC unroll 4
-            for (int v = 0; v < nv; ++v) acc[i][v] = simd::fmadd(av, bv[v], acc[i][v]);
-        }
-    }
+    for (; p + chains <= depth; p += chains)
+#pragma GCC unroll 8
+        for (int u = 0; u < chains; ++u) step<rows>(p + u, ar, ai, br, bi, acc[u]);
+    for (; p < depth; ++p) step<rows>(p, ar, ai, br, bi, acc[0]);
 #pragma GCC unroll 16
     for (int i = 0; i < rows; ++i)
 #pragma GCC unroll 4
         for (int v = 0; v < nv; ++v) {
+            simd::vec sum = acc[0][i][v];
+#pragma GCC unroll 8
+            for (int u = 1; u < chains; ++u) sum = simd::add(sum, acc[u][i][v]);
             float* out = c + i * ldc + v * simd::lanes;
-            simd::store(out, accumulate ? simd::add(simd::load(out), acc[i][v]) : acc[i][v]);
+            simd::store(out, accumulate ? simd::add(simd::load(out), sum) : sum);
         }
 }
 
