@@ -69,6 +69,38 @@ TEST_CASE("fd: mp_silu, mp_sum, mp_cat, clip, channel scaling") {
     MPNET_CHECK_CLOSE(dc, numerical_gradient(c, cat_loss), fd_tol);
 }
 
+TEST_CASE("fd: the fused modulation + mp_silu and mp_silu's accumulating backward") {
+    // 5x3 planes: 15 elements, so the SIMD loops run their partial last packet too.
+    auto x = random_tensor({2, 3, 5, 3}, 21, 2.0), s = random_tensor({2, 3}, 22), dy = random_tensor({2, 3, 5, 3}, 23);
+    const auto loss = [&] {
+        D out(x.shape());
+        modulated_silu_forward(CpuBackend{}, x, s, out);
+        return dot(CpuBackend{}, out, dy);
+    };
+    D dx(x.shape()), ds(s.shape());
+    modulated_silu_backward(CpuBackend{}, x, s, dy, dx, ds);
+    MPNET_CHECK_CLOSE(dx, numerical_gradient(x, loss), fd_tol);
+    MPNET_CHECK_CLOSE(ds, numerical_gradient(s, loss), fd_tol);
+    D in_place = dy.clone();  // dx may alias dy, as Block uses it
+    modulated_silu_backward(CpuBackend{}, x, s, in_place, in_place, ds);
+    MPNET_CHECK_CLOSE(in_place, dx, 0.0);
+
+    // The fused forward is the composition of its parts.
+    D scaled(x.shape()), composed(x.shape()), fused(x.shape());
+    scale_channels_forward(CpuBackend{}, x, s, scaled);
+    mp_silu_forward(CpuBackend{}, scaled, composed);
+    modulated_silu_forward(CpuBackend{}, x, s, fused);
+    MPNET_CHECK_CLOSE(fused, composed, 1e-15);
+
+    // mp_silu_backward_add adds the gradient to what dx holds.
+    D acc = random_tensor(x.shape(), 24), plain(x.shape());
+    const D before = acc.clone();
+    mp_silu_backward_add(CpuBackend{}, x, dy, acc);
+    mp_silu_backward(CpuBackend{}, x, dy, plain);
+    axpby(CpuBackend{}, 1.0, before, 1.0, plain);
+    MPNET_CHECK_CLOSE(acc, plain, 1e-15);
+}
+
 TEST_CASE("fd: MPFourier") {
     nn::MPFourier<double, CpuBackend> f(12, 42);
     auto x = random_tensor({5}, 10, 0.5), dy = random_tensor({5, 12}, 11);

@@ -60,6 +60,9 @@ struct OnGpu<R (*)(A...)> {
                   #fn " differs between the CPU and CUDA backends")
 MPNET_SAME_SIGNATURE(mp_silu_forward);
 MPNET_SAME_SIGNATURE(mp_silu_backward);
+MPNET_SAME_SIGNATURE(mp_silu_backward_add);
+MPNET_SAME_SIGNATURE(modulated_silu_forward);
+MPNET_SAME_SIGNATURE(modulated_silu_backward);
 MPNET_SAME_SIGNATURE(mp_sum_forward);
 MPNET_SAME_SIGNATURE(mp_sum_backward);
 MPNET_SAME_SIGNATURE(mp_cat_forward);
@@ -106,7 +109,9 @@ TEST_CASE_TEMPLATE("cuda kernels: mp_silu, mp_sum, mp_cat, clip, dropout", T, fl
             mp_silu_forward(tag, in[0], y);
             mp_silu_forward(tag, inplace, inplace);
             mp_silu_backward(tag, in[0], in[2], dx);
-            return Outputs<T, decltype(tag)>{y, inplace, dx};
+            TT acc = in[1].clone();
+            mp_silu_backward_add(tag, in[0], in[2], acc);
+            return Outputs<T, decltype(tag)>{y, inplace, dx, acc};
         },
         gpu_grad_tol<T>, {x, b, dy});
     compare_backends<T>(
@@ -150,13 +155,16 @@ TEST_CASE_TEMPLATE("cuda kernels: channel scaling, ones channel, arithmetic, fil
             TT y(in[0].shape()), dx(in[0].shape()), ds(in[1].shape()), ones(Shape{3, 5, 6, 5});
             scale_channels_forward(tag, in[0], in[1], y);
             scale_channels_backward(tag, in[0], in[1], in[2], dx, ds);
+            TT my(in[0].shape()), mdx(in[0].shape()), mds(in[1].shape());
+            modulated_silu_forward(tag, in[0], in[1], my);
+            modulated_silu_backward(tag, in[0], in[1], in[2], mdx, mds);
             append_ones_channel(tag, in[0], ones);
             TT acc = in[2].clone(), aff(in[0].shape()), filled(in[0].shape());
             axpby(tag, T(0.7), in[0], T(-1.3), acc);
             affine(tag, in[0], T(2.5), T(-0.5), aff);
             affine(tag, aff, T(1), T(1), aff);  // in place, as Block adds 1 to its modulation
             fill(tag, filled, T(3.25));
-            return Outputs<T, decltype(tag)>{y, dx, ds, ones, acc, aff, filled};
+            return Outputs<T, decltype(tag)>{y, dx, ds, my, mdx, mds, ones, acc, aff, filled};
         },
         gpu_grad_tol<T>, {x, k, dy});
 }

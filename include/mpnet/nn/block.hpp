@@ -52,7 +52,6 @@ public:
         TensorT skipped, pn_scale;  // enc: pixel-norm input and its scales
         TensorT a0_in;              // input of the first mp_silu
         TensorT y0, c;              // conv_res0 output, modulation (emb_linear + 1)
-        TensorT ym;                 // input of the second mp_silu
         std::optional<uint64_t> dropout_seed;  // set when dropout ran
         ops::AttentionContext<T, B> attn;
         TensorT pre_clip;
@@ -84,11 +83,9 @@ public:
         s.emb_gain = emb_gain.value.to_host()[0];
         TensorT c = emb_linear.forward(emb, s.emb_gain, ctx ? &s.emb : nullptr);
         affine(B{}, c, T(1), T(1), c);
-        TensorT ym(y.shape());
-        scale_channels_forward(B{}, y, c, ym);
-        if (ctx) s.y0 = y, s.c = c, s.ym = ym;
-        TensorT a1 = ctx ? TensorT(ym.shape()) : ym;  // inference may overwrite ym in place
-        mp_silu_forward(B{}, ym, a1);
+        TensorT a1(y.shape());
+        modulated_silu_forward(B{}, y, c, a1);
+        if (ctx) s.y0 = y, s.c = c;
         if (mode.training && cfg_.dropout > 0) {
             s.dropout_seed = mode.dropout_seed;
             dropout_apply(B{}, a1, cfg_.dropout, *s.dropout_seed, a1);
@@ -105,9 +102,14 @@ public:
             mp_sum_forward(B{}, out, proj, cfg_.attn_balance, sum);
             out = sum;
         }
-        if (ctx) s.pre_clip = out.clone();
-        clip_forward(B{}, out, cfg_.clip_act, out);
-        return out;
+        if (!ctx) {
+            clip_forward(B{}, out, cfg_.clip_act, out);
+            return out;
+        }
+        s.pre_clip = out;
+        TensorT clipped(out.shape());
+        clip_forward(B{}, out, cfg_.clip_act, clipped);
+        return clipped;
     }
 
     // Returns dx; accumulates parameter gradients and adds this block's d(emb) into demb.
@@ -132,17 +134,14 @@ public:
         // residual branch
         TensorT dym = conv_res1.backward(dy, s.res1);
         if (s.dropout_seed) dropout_apply(B{}, dym, cfg_.dropout, *s.dropout_seed, dym);
-        mp_silu_backward(B{}, s.ym, dym, dym);
-        TensorT dy0(s.y0.shape()), dc(s.c.shape());
-        scale_channels_backward(B{}, s.y0, s.c, dym, dy0, dc);
+        TensorT dy0 = dym, dc(s.c.shape());  // in place over dym
+        modulated_silu_backward(B{}, s.y0, s.c, dym, dy0, dc);
         double dgain = 0;
         TensorT de = emb_linear.backward(dc, s.emb, &dgain);
         axpby(B{}, T(1), de, T(1), demb);
         add_scalar_grad(emb_gain, dgain);
         TensorT da = conv_res0.backward(dy0, s.res0);
-        TensorT dxa(da.shape());
-        mp_silu_backward(B{}, s.a0_in, da, dxa);
-        axpby(B{}, T(1), dxa, T(1), dx);  // x feeds both the residual branch and the skip path
+        mp_silu_backward_add(B{}, s.a0_in, da, dx);  // x feeds both the residual branch and the skip path
         if (spec_.encoder) {
             TensorT dn(dx.shape());
             normalize_backward(B{}, s.skipped, dx, ops::Dims{1}, s.pn_scale, dn);

@@ -53,22 +53,41 @@ void mp_silu_forward(CpuBackend, const CpuTensor<T>& x, CpuTensor<T>& y) {
     });
 }
 
+namespace detail {
+// g * d mp_silu(v) / dv = g s (1 + v (1 - s)) / 0.596 with s = sigmoid(v).
+template <class P>
+inline P mp_silu_grad(const P& v, const P& g) {
+    using namespace Eigen::internal;
+    using T = typename unpacket_traits<P>::type;
+    const P one = pset1<P>(T(1)), inv = pset1<P>(T(1 / ops::silu_scale));
+    const P s = sigmoid(v);
+    return pmul(pmul(pmul(g, s), pmadd(v, psub(one, s), one)), inv);
+}
+}  // namespace detail
+
 template <Scalar T>
 void mp_silu_backward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T>& dy, CpuTensor<T>& dx) {
     check_same_shape(x, dy, "mp_silu_backward");
-    using namespace Eigen::internal;
     using P = packet::Packet<T>;
     const T *px = x.data(), *pdy = dy.data();
     T* pdx = dx.data();
-    const P inv = pset1<P>(T(1 / ops::silu_scale)), one = pset1<P>(T(1));
+    detail::for_each_block(x.numel(), [&](int64_t b, int64_t n) {
+        packet::transform(n, pdx + b, [](P v, P g) { return detail::mp_silu_grad(v, g); }, px + b, pdy + b);
+    });
+}
+
+// dx += mp_silu'(x) dy: for an input that also feeds another path, without a temporary.
+template <Scalar T>
+void mp_silu_backward_add(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T>& dy, CpuTensor<T>& dx) {
+    check_same_shape(x, dy, "mp_silu_backward_add");
+    check_same_shape(x, dx, "mp_silu_backward_add");
+    using P = packet::Packet<T>;
+    const T *px = x.data(), *pdy = dy.data();
+    T* pdx = dx.data();
     detail::for_each_block(x.numel(), [&](int64_t b, int64_t n) {
         packet::transform(
-            n, pdx + b,
-            [&](P v, P g) {  // g s (1 + v (1 - s)) / 0.596
-                const P s = detail::sigmoid(v);
-                return pmul(pmul(pmul(g, s), pmadd(v, psub(one, s), one)), inv);
-            },
-            px + b, pdy + b);
+            n, pdx + b, [](P v, P g, P acc) { return Eigen::internal::padd(detail::mp_silu_grad(v, g), acc); },
+            px + b, pdy + b, pdx + b);
     });
 }
 
@@ -134,22 +153,29 @@ void mp_cat_backward(CpuBackend, const CpuTensor<T>& dy, double t, CpuTensor<T>&
 }
 
 // ---- clip ----------------------------------------------------------------------------
+// Written as min/max and a mask multiply so that the loops vectorise.
 template <Scalar T>
 void clip_forward(CpuBackend, const CpuTensor<T>& x, double limit, CpuTensor<T>& y) {
+    check_same_shape(x, y, "clip_forward");
     const T lo = T(-limit), hi = T(limit);
     const T* px = x.data();
     T* py = y.data();
-    detail::for_each_index(x.numel(), [&](int64_t i) { py[i] = std::clamp(px[i], lo, hi); });
+    detail::for_each_block(x.numel(), [&](int64_t b, int64_t n) {
+        for (int64_t i = b; i < b + n; ++i) py[i] = std::min(std::max(px[i], lo), hi);
+    });
 }
 
 // The gradient passes where the input lies inside [-limit, limit] (ends included).
 template <Scalar T>
 void clip_backward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T>& dy, double limit, CpuTensor<T>& dx) {
+    check_same_shape(x, dy, "clip_backward");
+    check_same_shape(x, dx, "clip_backward");
     const T lo = T(-limit), hi = T(limit);
     const T *px = x.data(), *pdy = dy.data();
     T* pdx = dx.data();
-    detail::for_each_index(x.numel(),
-                           [&](int64_t i) { pdx[i] = (px[i] >= lo && px[i] <= hi) ? pdy[i] : T(0); });
+    detail::for_each_block(x.numel(), [&](int64_t b, int64_t n) {
+        for (int64_t i = b; i < b + n; ++i) pdx[i] = (px[i] >= lo && px[i] <= hi) ? pdy[i] : T(0);
+    });
 }
 
 // ---- dropout: element i is kept iff uniform(seed, i) >= p; kept values scale by 1/(1-p).
@@ -187,6 +213,56 @@ void scale_channels_backward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<
         const T k = s.data()[i];
         T* pdx = dx.data() + i * inner;
         for (int64_t j = 0; j < inner; ++j) pdx[j] = pdy[j] * k;
+    }
+}
+
+// ---- y = mp_silu(x * s[n, c]): the Block's modulation and activation in one pass -------
+// Backward recomputes x * s, so the product is never stored.
+template <Scalar T>
+void modulated_silu_forward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T>& s, CpuTensor<T>& y) {
+    const int64_t nc = x.size(0) * x.size(1), inner = x.shape().numel_from(2);
+    check(s.numel() == nc && y.numel() == x.numel(), "modulated_silu_forward: scale ", s.shape().str(), " for ",
+          x.shape().str(), " -> ", y.shape().str());
+    using namespace Eigen::internal;
+    using P = packet::Packet<T>;
+    const P inv = pset1<P>(T(1 / ops::silu_scale));
+#pragma omp parallel for schedule(static) if (nc * inner > parallel_grain)
+    for (int64_t i = 0; i < nc; ++i) {
+        const P k = pset1<P>(s.data()[i]);
+        packet::transform(
+            inner, y.data() + i * inner,
+            [&](P v) {
+                const P m = pmul(v, k);
+                return pmul(pmul(m, detail::sigmoid(m)), inv);
+            },
+            x.data() + i * inner);
+    }
+}
+
+// With g = mp_silu'(x s) dy: dx = g s and ds[n, c] = sum over the plane of g x. dx may alias dy.
+template <Scalar T>
+void modulated_silu_backward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T>& s, const CpuTensor<T>& dy,
+                             CpuTensor<T>& dx, CpuTensor<T>& ds) {
+    const int64_t nc = x.size(0) * x.size(1), inner = x.shape().numel_from(2);
+    check(s.numel() == nc && ds.numel() == nc && dy.numel() == x.numel() && dx.numel() == x.numel(),
+          "modulated_silu_backward: scale ", s.shape().str(), " for ", x.shape().str());
+    using namespace Eigen::internal;
+    using P = packet::Packet<T>;
+#pragma omp parallel for schedule(static) if (nc * inner > parallel_grain)
+    for (int64_t i = 0; i < nc; ++i) {
+        const T *px = x.data() + i * inner, *pdy = dy.data() + i * inner;
+        T* pdx = dx.data() + i * inner;
+        const P k = pset1<P>(s.data()[i]);
+        P acc = pset1<P>(T(0));
+        packet::transform(
+            inner, pdx,
+            [&](P v, P d) {
+                const P g = detail::mp_silu_grad(pmul(v, k), d);
+                acc = pmadd(g, v, acc);  // the zero-padded tail adds nothing
+                return pmul(g, k);
+            },
+            px, pdy);
+        ds.data()[i] = predux(acc);
     }
 }
 

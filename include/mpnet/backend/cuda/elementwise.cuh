@@ -35,6 +35,16 @@ struct SiluBackward {
         dx[i] = dy[i] * s * (T(1) + x[i] * (T(1) - s)) * inv;
     }
 };
+template <class T>
+struct SiluBackwardAdd {
+    const T *x, *dy;
+    T* dx;
+    T inv;
+    __device__ void operator()(int64_t i) const {
+        const T s = sigmoid(x[i]);
+        dx[i] += dy[i] * s * (T(1) + x[i] * (T(1) - s)) * inv;
+    }
+};
 // y = wa a + wb b
 template <class T>
 struct WeightedSum {
@@ -215,6 +225,15 @@ void mp_silu_backward(CudaBackend, const CudaTensor<T>& x, const CudaTensor<T>& 
                      "mp_silu_backward on ", x.shape().str());
 }
 
+// dx += mp_silu'(x) dy.
+template <Scalar T>
+void mp_silu_backward_add(CudaBackend, const CudaTensor<T>& x, const CudaTensor<T>& dy, CudaTensor<T>& dx) {
+    check_same_shape(x, dy, "mp_silu_backward_add");
+    check_same_shape(x, dx, "mp_silu_backward_add");
+    detail::for_each(x.numel(), detail::SiluBackwardAdd<T>{x.data(), dy.data(), dx.data(), T(1 / ops::silu_scale)},
+                     "mp_silu_backward_add on ", x.shape().str());
+}
+
 // ---- mp_sum --------------------------------------------------------------------------
 template <Scalar T>
 void mp_sum_forward(CudaBackend, const CudaTensor<T>& a, const CudaTensor<T>& b, double t, CudaTensor<T>& y) {
@@ -304,6 +323,24 @@ void scale_channels_backward(CudaBackend, const CudaTensor<T>& x, const CudaTens
     detail::scale_channels_backward_kernel<<<unsigned(nc), detail::block_size, 0, current_stream()>>>(
         x.data(), s.data(), dy.data(), inner, dx.data(), ds.data());
     launch_check("scale_channels_backward on ", x.shape().str());
+}
+
+// ---- y = mp_silu(x * s[n, c]) -----------------------------------------------------------
+// Composed of the modulation and mp_silu kernels (two passes; the CPU backend fuses them).
+template <Scalar T>
+void modulated_silu_forward(CudaBackend, const CudaTensor<T>& x, const CudaTensor<T>& s, CudaTensor<T>& y) {
+    scale_channels_forward(CudaBackend{}, x, s, y);
+    mp_silu_forward(CudaBackend{}, y, y);
+}
+
+// With g = mp_silu'(x s) dy: dx = g s and ds[n, c] = sum over the plane of g x. dx may alias dy.
+template <Scalar T>
+void modulated_silu_backward(CudaBackend, const CudaTensor<T>& x, const CudaTensor<T>& s, const CudaTensor<T>& dy,
+                             CudaTensor<T>& dx, CudaTensor<T>& ds) {
+    CudaTensor<T> g(x.shape());
+    scale_channels_forward(CudaBackend{}, x, s, g);
+    mp_silu_backward(CudaBackend{}, g, dy, g);
+    scale_channels_backward(CudaBackend{}, x, s, g, dx, ds);
 }
 
 // ---- y = [x, 1]: appends a constant-one channel (the U-Net's input) ---------------------
