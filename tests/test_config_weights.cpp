@@ -13,11 +13,12 @@ namespace fs = std::filesystem;
 
 TEST_CASE("parameter counts of the reference presets equal the EDM2 paper's (millions, rounded)") {
     // EDM2 paper, Table 2 (parameters of ImageNet-512 and -64 models).
-    for (auto [name, millions] : {std::pair{"edm2-img512-xs", 125}, {"edm2-img512-s", 280}, {"edm2-img512-m", 498},
-                                  {"edm2-img512-l", 777}, {"edm2-img512-xl", 1119}, {"edm2-img512-xxl", 1523},
-                                  {"edm2-img64-s", 280}, {"edm2-img64-m", 498}, {"edm2-img64-l", 777},
-                                  {"edm2-img64-xl", 1119}}) {
-        CAPTURE(name);
+    for (const auto& preset : {std::pair{"edm2-img512-xs", 125}, {"edm2-img512-s", 280}, {"edm2-img512-m", 498},
+                               {"edm2-img512-l", 777}, {"edm2-img512-xl", 1119}, {"edm2-img512-xxl", 1523},
+                               {"edm2-img64-s", 280}, {"edm2-img64-m", 498}, {"edm2-img64-l", 777},
+                               {"edm2-img64-xl", 1119}}) {
+        const auto [name, millions] = preset;
+        CAPTURE(preset.first);  // CAPTURE is a lambda; clang 14 cannot capture a structured binding
         CHECK(std::llround(double(nn::network_cost(nn::find_preset(name).net).params) / 1e6) == millions);
     }
 }
@@ -67,7 +68,8 @@ TEST_CASE("weights save and load; F16/BF16 files load into float32; mismatches a
     CHECK(same(a, b, 0));
 
     // Half-precision copies of the same weights load with their rounding error only.
-    for (auto [dtype, tol] : {std::pair{io::DType::F16, 1e-3}, std::pair{io::DType::BF16, 8e-3}}) {
+    for (auto [dtype_, tol] : {std::pair{io::DType::F16, 1e-3}, std::pair{io::DType::BF16, 8e-3}}) {
+        const io::DType dtype = dtype_;  // captured below; clang 14 cannot capture a structured binding
         io::SafetensorsWriter w;
         nn::for_each_state_tensor(a, [&](const std::string& name, CpuTensor<float>& t) {
             const auto h = t.to_host();

@@ -19,7 +19,8 @@ CpuTensor<T> get(const std::string& name) {
 TEST_CASE_TEMPLATE("golden: normalize and pixel norm", T, float, double) {
     for (auto [name, dims] : {std::pair{std::string("normalize"), ops::Dims::all_but_first()},
                               std::pair{std::string("pixel_norm"), ops::Dims{1}}}) {
-        CAPTURE(name);
+        const std::string case_name = name;  // CAPTURE is a lambda; clang 14 cannot capture a structured binding
+        CAPTURE(case_name);
         auto x = get<T>(name + ".x"), dy = get<T>(name + ".dy");
         CpuTensor<T> y(x.shape()), dx(x.shape()), scale;
         normalize_forward(CpuBackend{}, x, dims, y, &scale);
@@ -70,7 +71,8 @@ TEST_CASE_TEMPLATE("golden: MPFourier", T, float, double) {
 TEST_CASE_TEMPLATE("golden: MPConv linear, 1x1 and 3x3", T, float, double) {
     for (auto [name, gain] : {std::pair{std::string("mpconv_linear"), 0.8}, std::pair{std::string("mpconv_1x1"), 1.0},
                               std::pair{std::string("mpconv_3x3"), 1.3}}) {
-        CAPTURE(name);
+        const std::string case_name = name;  // CAPTURE is a lambda; clang 14 cannot capture a structured binding
+        CAPTURE(case_name);
         auto w = get<T>(name + ".weight");
         const int64_t k = w.rank() == 4 ? w.size(2) : 0;
         nn::MPConv<T, CpuBackend> conv(w.size(1), w.size(0), k);

@@ -182,6 +182,38 @@ const std::string tiny_args = " --preset fmnist-xs --batch 8 --duration 96 --sta
 
 }  // namespace
 
+TEST_CASE("trainer: a loss that stays non-finite stops the run with an error and leaves the last checkpoint") {
+    const auto ds = bars_dataset();
+    const auto dir = fresh_dir("nan");
+    auto o = tiny_options(dir, 16);  // one good checkpoint at 16 images
+    train_to(ds, o);
+    const fs::path good = dir / "training-state-000000000016.safetensors";
+    REQUIRE(fs::exists(good));
+    const auto good_bytes = fs::file_size(good);
+
+    o.duration = 160;
+    o.checkpoint = 8;  // every step would write one, were the loss finite
+    o.max_nonfinite_steps = 3;
+    train::Trainer<float, CpuBackend> t(train::resolve(o, ds), ds, [](const std::string&) {});
+    REQUIRE(t.resume());
+    t.network().visit([](const std::string&, nn::Param<float, CpuBackend>& p) {
+        fill(CpuBackend{}, p.value, std::numeric_limits<float>::quiet_NaN());
+    });
+    std::string message;
+    try {
+        t.run();
+    } catch (const Error& e) {
+        message = e.what();
+    }
+    CHECK(message.find("training diverged: the loss was not finite for 3 consecutive steps") != std::string::npos);
+    CHECK(t.images_seen() == 16 + 3 * 8);
+    std::vector<fs::path> states;
+    for (const auto& entry : fs::directory_iterator(dir))
+        if (entry.path().filename().string().starts_with("training-state-")) states.push_back(entry.path());
+    CHECK(states == std::vector<fs::path>{good});
+    CHECK(fs::file_size(good) == good_bytes);
+}
+
 TEST_CASE("mpnet-train: a kill -9 while writing a checkpoint keeps the previous one, and the resumed run ends "
           "bit-identical to an uninterrupted one") {
     const auto data = bars_folder("data");

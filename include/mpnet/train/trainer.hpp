@@ -111,8 +111,14 @@ public:
                 interval = Timer{};
                 interval_start = nimg_, loss_sum = 0, loss_count = 0;
             }
-            if (crossed(o.snapshot) || done) write_snapshots();
-            if (crossed(o.checkpoint) || done) write_checkpoint();
+            const bool snapshot = crossed(o.snapshot) || done, checkpoint = crossed(o.checkpoint) || done;
+            if (nonfinite_ > 0 && (snapshot || checkpoint)) {
+                // Weights that give a non-finite loss are not worth saving: the last good files stay.
+                log_("not writing snapshots or a checkpoint: the last loss was not finite");
+                continue;
+            }
+            if (snapshot) write_snapshots();
+            if (checkpoint) write_checkpoint();
         }
     }
 
