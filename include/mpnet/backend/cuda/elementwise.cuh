@@ -25,25 +25,25 @@ struct SiluForward {
     T inv;
     __device__ void operator()(int64_t i) const { y[i] = x[i] * sigmoid(x[i]) * inv; }
 };
+// g * d mp_silu(v) / dv, with inv = 1 / 0.596.
+template <class T>
+__device__ inline T mp_silu_grad(T v, T g, T inv) {
+    const T s = sigmoid(v);
+    return g * s * (T(1) + v * (T(1) - s)) * inv;
+}
 template <class T>
 struct SiluBackward {
     const T *x, *dy;
     T* dx;
     T inv;
-    __device__ void operator()(int64_t i) const {
-        const T s = sigmoid(x[i]);
-        dx[i] = dy[i] * s * (T(1) + x[i] * (T(1) - s)) * inv;
-    }
+    __device__ void operator()(int64_t i) const { dx[i] = mp_silu_grad(x[i], dy[i], inv); }
 };
 template <class T>
 struct SiluBackwardAdd {
     const T *x, *dy;
     T* dx;
     T inv;
-    __device__ void operator()(int64_t i) const {
-        const T s = sigmoid(x[i]);
-        dx[i] += dy[i] * s * (T(1) + x[i] * (T(1) - s)) * inv;
-    }
+    __device__ void operator()(int64_t i) const { dx[i] += mp_silu_grad(x[i], dy[i], inv); }
 };
 // y = wa a + wb b
 template <class T>
