@@ -19,7 +19,7 @@ namespace mpnet::bench {
 
 using F = CpuTensor<float>;
 
-// The networks whose shapes are benchmarked, at the batches of issue 8. The 64x64 network's
+// The networks whose shapes are benchmarked, and their batches. The 64x64 network's
 // layers take seconds on two cores: they run one iteration per repetition.
 struct BenchPreset {
     const char* name;
