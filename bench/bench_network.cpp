@@ -60,6 +60,8 @@ struct Rss {
 void report_memory(State& st, std::size_t live_between_steps, const Rss& rss) {
     st.counters["peak_MiB"] = double(CpuBackend::peak_bytes()) / mib;
     st.counters["state_MiB"] = double(live_between_steps) / mib;
+    const auto& pool = cpu::MemoryPool::instance();
+    st.counters["pool_held_MiB"] = double(pool.bytes_in_use() + pool.bytes_cached()) / mib;
     // Only a benchmark that raised the process's high-water mark can say how far it raised it.
     const double high = max_resident_mib();
     if (high > rss.high_before) st.counters["rss_growth_MiB"] = high - rss.start;

@@ -61,6 +61,8 @@ public:
     }
     [[nodiscard]] std::size_t bytes_in_use() const { return in_use_; }
     [[nodiscard]] std::size_t peak_bytes() const { return peak_; }
+    // Freed blocks kept for reuse (held from the system but not in use).
+    [[nodiscard]] std::size_t bytes_cached() const { return cached_; }
     void reset_peak() {
         std::lock_guard lock(mutex_);
         peak_ = in_use_;
