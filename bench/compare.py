@@ -69,7 +69,7 @@ def run_mpnet(binary, names, args):
             name = SUFFIX.sub("", b.get("run_name", b["name"]))
             scale = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}[b.get("time_unit", "ns")]
             counters = {k: v for k, v in b.items() if k in ("GFLOP/s", "GB/s", "peak", "TFLOP/s", "img/s", "peak_MiB",
-                                                             "state_MiB", "rss_growth_MiB")}
+                                                             "state_MiB", "rss_growth_MiB", "pool_held_MiB")}
             results[name] = (b["real_time"] * scale, counters)
     return results
 
@@ -154,6 +154,8 @@ def print_network(names, mp, th):
             t_mp, c = mp[n]
             t_th, extra = th.get(torch_name(n), (None, {}))
             mem = f"mpnet pool peak {c.get('peak_MiB', 0):.0f} MiB"
+            if "pool_held_MiB" in c:
+                mem += f" (held {c['pool_held_MiB']:.0f} MiB)"
             if "rss_growth_MiB" in c:
                 mem += f", RSS growth {c['rss_growth_MiB']:.0f} MiB"
             if extra.get("rss_growth_MiB") is not None:
