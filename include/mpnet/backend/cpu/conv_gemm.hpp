@@ -127,7 +127,7 @@ inline void output_product(const Images& g, const float* a, int64_t m, float* y)
     const Units units = units_of(total);
     // In place, planes a multiple of 4 KiB apart would put all rows of a panel into the
     // same L1 sets.
-    const Stager stager(g, g.hw() % 1024 == 0);
+    const Stager stager(g, g.hw() % 1024 == 0, /*vectors=*/true);
     const std::vector<int32_t> offsets = stager.window_offsets(units.size);
 #pragma omp parallel num_threads(threads_for(total * m * depth, units))
     {
@@ -149,9 +149,9 @@ inline void output_product(const Images& g, const float* a, int64_t m, float* y)
                     const int64_t q1 = std::min(depth, q + block);
                     for (int64_t j = j0; j < j1; j += gemm::nr) {
                         const int64_t width = std::min<int64_t>(gemm::nr, j1 - j);
-                        if (j + 2 * gemm::nr < end && contiguous_panel(g, j + 2 * gemm::nr))
+                        if (j + 2 * gemm::nr < end && contiguous_panel(g, j + 2 * gemm::nr, stager.narrow()))
                             prefetch_panel(s, g, j + 2 * gemm::nr, offsets.data() + q, q1 - q);
-                        if (width == gemm::nr && contiguous_panel(g, j)) {
+                        if (width == gemm::nr && contiguous_panel(g, j, stager.narrow())) {
                             const float* in_place[gemm::nv];
                             for (int v = 0; v < gemm::nv; ++v)
                                 in_place[v] = s.data + s.origin(g, j / g.hw(), j % g.hw() + v * simd::lanes);

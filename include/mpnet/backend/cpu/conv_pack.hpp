@@ -28,6 +28,8 @@ struct Images {
     [[nodiscard]] int64_t hw() const { return h * w; }
     [[nodiscard]] int64_t border() const { return k / 2; }
     [[nodiscard]] int64_t depth() const { return channels * k * k; }
+    // Shifted copies per staged channel: k for narrow staging, else one.
+    [[nodiscard]] int64_t k_copies(bool narrow) const { return narrow ? k : 1; }
 };
 
 // Images [first, ...] as the kernels read them: planes of (h + 2 border) x (w + 2 border).
@@ -44,14 +46,31 @@ struct Staged {
 // How a product reads the images: copied into a staging buffer with a zero border
 // (always for k > 1), or in place (k = 1, where the copy would be one more pass over
 // memory that the kernel cannot overlap with its arithmetic).
+//
+// Rows narrower than a vector (8x8 images with 16-float vectors) would put two image rows
+// in one vector, which a bordered row cannot serve in place. For products that read
+// vectors of columns (`vectors`), such images are staged instead as k copies of each
+// channel shifted by kx - k/2, each with a zero row border but no column border and rows
+// of exactly w floats: X(q, col) = shifted[c, kx][y + ky][x] is then again
+// staged[origin(col) + offset(q)], and a vector of columns is contiguous.
 class Stager {
 public:
-    Stager(const Images& g, bool copy) : g_(g), copy_(copy || g.k > 1) {}
+    Stager(const Images& g, bool copy, bool vectors = false)
+        : g_(g),
+          copy_(copy || g.k > 1),
+          narrow_(vectors && g.k > 1 && g.w % simd::lanes != 0 && simd::lanes % g.w == 0) {}
 
-    // Copied planes whose stride would be a multiple of 1 KiB get one more cache line, so
-    // that the rows a panel reads from successive channels spread over the L1 sets.
+    // Whether images are staged as shifted copies with rows of w floats (see above).
+    [[nodiscard]] bool narrow() const { return narrow_; }
+
+    // Floats from one staged row to the next.
+    [[nodiscard]] int64_t row() const { return narrow_ ? g_.w : g_.w + 2 * g_.border(); }
+
+    // Floats per staged channel. Copied planes whose stride would be a multiple of 1 KiB
+    // get one more cache line, so that the rows a panel reads from successive channels
+    // spread over the L1 sets.
     [[nodiscard]] int64_t plane() const {
-        const int64_t plane = (g_.h + 2 * g_.border()) * (g_.w + 2 * g_.border());
+        const int64_t plane = g_.k_copies(narrow_) * (g_.h + 2 * g_.border()) * row();
         return copy_ && plane % 256 == 0 ? plane + 16 : plane;
     }
 
@@ -63,14 +82,15 @@ public:
     // offsets[q] = offset(q): c plane + ky row + kx. Offsets and origins are 32-bit,
     // which bounds the staging buffer of units of `columns` columns.
     [[nodiscard]] std::vector<int32_t> window_offsets(int64_t columns) const {
-        const int64_t row = g_.w + 2 * g_.border();
         const int64_t reach = copy_ ? buffer_size(columns) : g_.n * g_.channels * g_.hw();
         check(reach < (int64_t(1) << 31), "conv2d: ", g_.n, " images of ", g_.channels, " channels of ", g_.h, "x",
               g_.w, " are too large for 32-bit offsets");
+        const int64_t shifted = (g_.h + 2 * g_.border()) * row();  // narrow: from one kx copy to the next
         std::vector<int32_t> offsets;
         for (int64_t c = 0; c < g_.channels; ++c)
             for (int64_t ky = 0; ky < g_.k; ++ky)
-                for (int64_t kx = 0; kx < g_.k; ++kx) offsets.push_back(int32_t(c * plane() + ky * row + kx));
+                for (int64_t kx = 0; kx < g_.k; ++kx)
+                    offsets.push_back(int32_t(c * plane() + ky * row() + (narrow_ ? kx * shifted : kx)));
         return offsets;
     }
 
@@ -80,6 +100,7 @@ public:
     Staged stage(int64_t begin, int64_t end, float* buf) const {
         const int64_t first = begin / g_.hw(), last = (end - 1) / g_.hw();
         if (!copy_) return {g_.data + first * g_.channels * g_.hw(), first, g_.channels * g_.hw(), g_.hw(), g_.w};
+        if (narrow_) return stage_shifted(first, last, buf);
         const int64_t p = g_.border(), wp = g_.w + 2 * p;
         const Staged s{buf, first, g_.channels * plane(), plane(), wp};
         for (int64_t n = first; n <= last; ++n) {
@@ -103,8 +124,31 @@ public:
     }
 
 private:
+    // Narrow staging of whole images [first, last]: per channel, for each kx, the image
+    // shifted left by kx - border with zeros shifted in, below and above `border` zero rows.
+    Staged stage_shifted(int64_t first, int64_t last, float* buf) const {
+        const int64_t p = g_.border(), w = g_.w, rows = g_.h + 2 * p, shifted = rows * w;
+        const Staged s{buf, first, g_.channels * plane(), plane(), w};
+        for (int64_t n = first; n <= last; ++n)
+            for (int64_t c = 0; c < g_.channels; ++c) {
+                const float* src = g_.data + (n * g_.channels + c) * g_.hw();
+                float* plane = buf + (n - first) * s.image + c * s.plane;
+                for (int64_t kx = 0; kx < g_.k; ++kx) {
+                    float* out = plane + kx * shifted;
+                    std::fill(out, out + p * w, 0.0f);
+                    std::fill(out + (g_.h + p) * w, out + rows * w, 0.0f);
+                    for (int64_t y = 0; y < g_.h; ++y)
+                        for (int64_t x = 0; x < w; ++x) {
+                            const int64_t sx = x + kx - p;
+                            out[(y + p) * w + x] = sx >= 0 && sx < w ? src[y * w + sx] : 0.0f;
+                        }
+                }
+            }
+        return s;
+    }
+
     const Images& g_;
-    bool copy_;
+    bool copy_, narrow_;
 };
 
 // Columns [col, col + len) of a chunk that lie on one image row, never crossing a panel of nr.
@@ -132,10 +176,11 @@ inline void column_origins(const Images& g, const Staged& s, int64_t begin, int6
 }
 
 // Whether the nr columns from batch column j can be read in place: in one image, each
-// vector on one staged row (for k = 1 the rows of a plane follow each other unpadded).
-inline bool contiguous_panel(const Images& g, int64_t j) {
+// vector on one staged row (for k = 1, and for narrow staging, the rows of a plane follow
+// each other unpadded).
+inline bool contiguous_panel(const Images& g, int64_t j, bool narrow) {
     const int64_t pix = j % g.hw();
-    return pix + gemm::nr <= g.hw() && (g.k == 1 || (g.w % simd::lanes == 0 && pix % simd::lanes == 0));
+    return pix + gemm::nr <= g.hw() && (g.k == 1 || narrow || (g.w % simd::lanes == 0 && pix % simd::lanes == 0));
 }
 
 // Rows [q0, q1) of X for the `width` (<= nr) batch columns from j as one packed panel:
