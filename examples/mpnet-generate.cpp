@@ -3,7 +3,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <charconv>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -15,6 +14,7 @@
 #include <system_error>
 #include <vector>
 
+#include "cli.hpp"
 #include "mpnet/backend/cpu/cpu.hpp"
 #include "mpnet/io/image_grid.hpp"
 #include "mpnet/io/png.hpp"
@@ -24,6 +24,8 @@
 
 namespace fs = std::filesystem;
 using namespace mpnet;
+using cli::parse_number;
+using cli::UsageError;
 using Net = nn::Precond<float, CpuBackend>;
 using TensorF = CpuTensor<float>;
 
@@ -88,11 +90,6 @@ Exit status: 0 on success, 1 on bad input or a failed run, 2 on a command-line
 error.
 )";
 
-// A command-line error (exit status 2) as opposed to bad input data (exit status 1).
-struct UsageError : Error {
-    using Error::Error;
-};
-
 struct Options {
     fs::path net, gnet, outdir, grid, noise;
     double guidance = 1;
@@ -103,15 +100,6 @@ struct Options {
     int64_t batch = 32;
     bool quiet = false, help = false;
 };
-
-template <class T>
-T parse_number(const std::string& option, const std::string& text) {
-    T v{};
-    const auto r = std::from_chars(text.data(), text.data() + text.size(), v);
-    if (text.empty() || r.ec != std::errc{} || r.ptr != text.data() + text.size())
-        throw UsageError(option + ": '" + text + "' is not a valid number");
-    return v;
-}
 
 double parse_double(const std::string& option, const std::string& text) {
     if (text == "inf") return std::numeric_limits<double>::infinity();
@@ -400,19 +388,5 @@ void run(const Options& o) {
 }  // namespace
 
 int main(int argc, char** argv) {
-    try {
-        const Options o = parse_args(argc, argv);
-        if (o.help) {
-            std::fputs(usage_text, stdout);
-            return 0;
-        }
-        run(o);
-        return 0;
-    } catch (const UsageError& e) {
-        std::fprintf(stderr, "mpnet-generate: %s\nTry 'mpnet-generate --help'.\n", e.what());
-        return 2;
-    } catch (const std::exception& e) {
-        std::fprintf(stderr, "mpnet-generate: error: %s\n", e.what());
-        return 1;
-    }
+    return cli::run_main("mpnet-generate", usage_text, argc, argv, parse_args, run);
 }

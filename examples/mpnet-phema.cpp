@@ -3,7 +3,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -12,15 +11,17 @@
 #include <set>
 #include <string>
 #include <string_view>
-#include <system_error>
 #include <vector>
 
+#include "cli.hpp"
 #include "mpnet/phema/combine.hpp"
 #include "mpnet/phema/reconstruct.hpp"
 #include "mpnet/phema/snapshot_files.hpp"
 
 namespace fs = std::filesystem;
 using namespace mpnet;
+using cli::parse_number;
+using cli::UsageError;
 
 namespace {
 
@@ -67,11 +68,6 @@ Exit status: 0 on success, 1 on bad input or a failed reconstruction, 2 on a
 command-line error.
 )";
 
-// A command-line error (exit status 2) as opposed to bad input data (exit status 1).
-struct UsageError : Error {
-    using Error::Error;
-};
-
 struct Options {
     fs::path indir, outdir;
     std::string prefix = "network-snapshot";
@@ -83,15 +79,6 @@ struct Options {
     bool quiet = false;
     bool help = false;
 };
-
-template <class T>
-T parse_number(const std::string& option, const std::string& text) {
-    T v{};
-    const auto r = std::from_chars(text.data(), text.data() + text.size(), v);
-    if (r.ec != std::errc{} || r.ptr != text.data() + text.size())
-        throw UsageError(option + ": '" + text + "' is not a valid number");
-    return v;
-}
 
 // Values on a 1e-9 grid, so that 0.010 + 5 * 0.005 is stored as the double nearest 0.035.
 double tidy(double v) { return std::round(v * 1e9) / 1e9; }
@@ -302,19 +289,5 @@ void run(const Options& o) {
 }  // namespace
 
 int main(int argc, char** argv) {
-    try {
-        const Options o = parse_args(argc, argv);
-        if (o.help) {
-            std::fputs(usage_text, stdout);
-            return 0;
-        }
-        run(o);
-        return 0;
-    } catch (const UsageError& e) {
-        std::fprintf(stderr, "mpnet-phema: %s\nTry 'mpnet-phema --help'.\n", e.what());
-        return 2;
-    } catch (const std::exception& e) {
-        std::fprintf(stderr, "mpnet-phema: error: %s\n", e.what());
-        return 1;
-    }
+    return cli::run_main("mpnet-phema", usage_text, argc, argv, parse_args, run);
 }
