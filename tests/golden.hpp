@@ -11,8 +11,25 @@
 
 #include "mpnet/backend/cpu/cpu.hpp"
 #include "mpnet/io/safetensors.hpp"
+#include "mpnet/nn/config.hpp"
 
 namespace mpnet::test {
+
+// The network of the golden unet.safetensors and sampler.safetensors: 16x16 images of two
+// channels, 4 classes, two levels, attention at 8x8.
+inline nn::NetworkConfig golden_unet_config() {
+    nn::NetworkConfig c;
+    c.img_resolution = 16;
+    c.img_channels = 2;
+    c.label_dim = 4;
+    c.model_channels = 16;
+    c.channel_mult = {1, 2};
+    c.num_blocks = 1;
+    c.attn_resolutions = {8};
+    c.channels_per_head = 16;
+    c.logvar_channels = 16;
+    return c;
+}
 
 inline const io::SafetensorsFile& golden(const std::string& file) {
     static std::map<std::string, io::SafetensorsFile> cache;

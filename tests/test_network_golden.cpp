@@ -9,20 +9,6 @@ using test::load;
 
 namespace {
 
-nn::NetworkConfig golden_unet_config() {
-    nn::NetworkConfig c;
-    c.img_resolution = 16;
-    c.img_channels = 2;
-    c.label_dim = 4;
-    c.model_channels = 16;
-    c.channel_mult = {1, 2};
-    c.num_blocks = 1;
-    c.attn_resolutions = {8};
-    c.channels_per_head = 16;
-    c.logvar_channels = 16;
-    return c;
-}
-
 struct BlockCase {
     const char* name;
     bool encoder;
@@ -75,7 +61,7 @@ TEST_CASE_TEMPLATE("golden: Block forward and backward, all four cases", T, floa
 
 TEST_CASE_TEMPLATE("golden: Precond D, logvar and activations for three sigmas", T, float, double) {
     const auto& f = golden("unet.safetensors");
-    nn::Precond<T, CpuBackend> net(golden_unet_config());
+    nn::Precond<T, CpuBackend> net(test::golden_unet_config());
     nn::load_state(net, f, "", true);
     auto out = net.forward(load<T>(f, "x"), load<T>(f, "sigma"), load<T>(f, "labels"), {}, true);
     MPNET_CHECK_CLOSE(out.D, load<T>(f, "D"), test::fwd_tol<T>);
@@ -84,7 +70,7 @@ TEST_CASE_TEMPLATE("golden: Precond D, logvar and activations for three sigmas",
 
 TEST_CASE_TEMPLATE("golden: EDM2 loss and the gradient of every parameter", T, float, double) {
     const auto& f = golden("unet.safetensors");
-    nn::Precond<T, CpuBackend> net(golden_unet_config());
+    nn::Precond<T, CpuBackend> net(test::golden_unet_config());
     nn::load_state(net, f, "", true);
     auto x = load<T>(f, "x"), sigma = load<T>(f, "sigma"), noise = load<T>(f, "noise");
     // x_noisy = x + noise * sigma

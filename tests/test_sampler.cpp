@@ -16,16 +16,6 @@ using test::load;
 
 namespace {
 
-nn::NetworkConfig golden_unet_config() {
-    nn::NetworkConfig c = test::tiny_config(2, 4);
-    c.img_resolution = 16;
-    c.model_channels = 16;
-    c.attn_resolutions = {8};
-    c.channels_per_head = 16;
-    c.logvar_channels = 16;
-    return c;
-}
-
 // The golden README measured a plain float32 run of the sampler at 3.1e-6 of each tensor's
 // max-abs (values up to 308); 1e-4 leaves room for our summation orders. In double the only
 // difference from the stored float64 trajectory is its rounding to float32 (6e-8 relative).
@@ -84,7 +74,7 @@ TEST_CASE("sampler: the step schedule matches the reference's t_steps") {
 
 TEST_CASE_TEMPLATE("golden: Heun sampler, every network call and the output", T, float, double) {
     const auto& f = golden("sampler.safetensors");
-    nn::Precond<T, CpuBackend> net(golden_unet_config());
+    nn::Precond<T, CpuBackend> net(test::golden_unet_config());
     nn::load_state(net, golden("unet.safetensors"), "", true);
     test::Recorder<NetDenoiser<T>, T> rec{NetDenoiser<T>(net)};
     const auto result = sample::edm_sample(rec, nullptr, load<T>(f, "noise"), load<T>(f, "labels"), golden_options());
@@ -95,7 +85,7 @@ TEST_CASE_TEMPLATE("golden: Heun sampler, every network call and the output", T,
 
 TEST_CASE_TEMPLATE("golden: guided sampler (w = 1.7), both networks' calls and the output", T, float, double) {
     const auto& f = golden("sampler.safetensors");
-    nn::Precond<T, CpuBackend> net(golden_unet_config()), gnet(golden_unet_config());
+    nn::Precond<T, CpuBackend> net(test::golden_unet_config()), gnet(test::golden_unet_config());
     nn::load_state(net, golden("unet.safetensors"), "", true);
     nn::load_state(gnet, f, "gnet.", true);
     test::Recorder<NetDenoiser<T>, T> rec_net{NetDenoiser<T>(net)}, rec_gnet{NetDenoiser<T>(gnet)};

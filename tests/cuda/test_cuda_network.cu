@@ -24,20 +24,6 @@ namespace {
 template <class T>
 constexpr double net_grad_tol = std::is_same_v<T, float> ? 1e-4 : 1e-6;
 
-nn::NetworkConfig small_config() {
-    nn::NetworkConfig c;
-    c.img_resolution = 16;
-    c.img_channels = 2;
-    c.label_dim = 4;
-    c.model_channels = 16;
-    c.channel_mult = {1, 2};
-    c.num_blocks = 1;
-    c.attn_resolutions = {8};
-    c.channels_per_head = 16;
-    c.logvar_channels = 16;
-    return c;
-}
-
 struct BlockCase {
     const char* name;
     bool encoder;
@@ -87,7 +73,7 @@ TEST_CASE_TEMPLATE("cuda golden: Block forward and backward, all four cases", T,
 
 TEST_CASE_TEMPLATE("cuda golden: Precond D, logvar, EDM2 loss and every parameter gradient", T, float, double) {
     const auto& f = golden("unet.safetensors");
-    nn::Precond<T, CudaBackend> net(small_config());
+    nn::Precond<T, CudaBackend> net(test::golden_unet_config());
     nn::load_state(net, f, "", true);
     auto out = net.forward(gload<T>(f, "x"), gload<T>(f, "sigma"), gload<T>(f, "labels"), {}, true);
     MPNET_CHECK_GPU(out.D, test::load<T>(f, "D"), test::fwd_tol<T>);
@@ -115,7 +101,7 @@ TEST_CASE_TEMPLATE("cuda golden: Precond D, logvar, EDM2 loss and every paramete
 }
 
 TEST_CASE_TEMPLATE("cuda network: a training step matches the CPU's", T, float, double) {
-    auto cfg = small_config();
+    auto cfg = test::golden_unet_config();
     cfg.dropout = 0.1;
     // One set of weights for both: the CPU network's initial state.
     nn::Precond<T, CpuBackend> reference(cfg, 7);
@@ -165,7 +151,7 @@ TEST_CASE_TEMPLATE("cuda network: a training step matches the CPU's", T, float, 
 }
 
 TEST_CASE("cuda network: weights saved from the GPU load on the CPU") {
-    const auto cfg = small_config();
+    const auto cfg = test::golden_unet_config();
     nn::Precond<float, CudaBackend> net(cfg, 5);
     const auto path = std::filesystem::temp_directory_path() / "mpnet_cuda_weights_roundtrip.safetensors";
     nn::save_weights(net, path);
@@ -180,7 +166,7 @@ TEST_CASE("cuda network: weights saved from the GPU load on the CPU") {
 }
 
 TEST_CASE_TEMPLATE("cuda network: guided sampling with churn matches the CPU's", T, float, double) {
-    const auto cfg = small_config();
+    const auto cfg = test::golden_unet_config();
     nn::Precond<T, CpuBackend> net_ref(cfg, 11), guide_ref(cfg, 12);
     std::map<std::string, std::vector<T>> net_state, guide_state;
     nn::for_each_state_tensor(net_ref, [&](const std::string& n, CpuTensor<T>& t) { net_state[n] = t.to_host(); });
