@@ -375,13 +375,24 @@ TEST_CASE("safetensors: a well-formed hand-built file parses (baseline for the f
     const auto f = SafetensorsFile::from_bytes(
         file_bytes(one_tensor(R"({"dtype":"F32","shape":[2],"data_offsets":[0,8]})"), 8), "ok");
     CHECK(f.info("t").numel() == 2);
-    // Gaps between tensors are tolerated.
-    const auto gap = SafetensorsFile::from_bytes(
-        file_bytes(R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},)"
-                   R"("b":{"dtype":"U8","shape":[1],"data_offsets":[3,4]}})",
-                   4),
-        "gap");
-    CHECK(gap.tensors().size() == 2);
+}
+
+TEST_CASE("safetensors: tensors tile the data section in any header order, empty ones included") {
+    // The header lists them out of offset order; the empty tensor shares offset 4 with 'b'.
+    const auto f = SafetensorsFile::from_bytes(
+        file_bytes(R"({"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]},)"
+                   R"("e":{"dtype":"F32","shape":[0],"data_offsets":[4,4]},)"
+                   R"("a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})",
+                   8),
+        "tiled");
+    REQUIRE(f.tensors().size() == 3);
+    CHECK(f.tensors()[0].name == "a");
+    CHECK(f.tensors()[1].name == "e");
+    CHECK(f.tensors()[2].name == "b");
+    // A file of empty tensors has an empty data section.
+    const auto empty = SafetensorsFile::from_bytes(
+        file_bytes(one_tensor(R"({"dtype":"F32","shape":[0,3],"data_offsets":[0,0]})"), 0), "empty");
+    CHECK(empty.info("t").nbytes() == 0);
 }
 
 TEST_CASE("safetensors malformed: file shorter than 8 bytes") {
@@ -482,6 +493,31 @@ TEST_CASE("safetensors malformed: overlapping tensors") {
                             R"("b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
                             12),
                  "tensors 'a' [0, 8) and 'b' [4, 12) overlap");
+}
+
+TEST_CASE("safetensors malformed: unused bytes between tensors") {
+    expect_fault(file_bytes(R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},)"
+                            R"("b":{"dtype":"U8","shape":[1],"data_offsets":[3,4]}})",
+                            4),
+                 "tensor 'b' begins at byte 3, but 'a' ends at 1: 2 unused bytes between them");
+    // An empty tensor does not close a hole: 'b' still begins 2 bytes after 'a' ends.
+    expect_fault(file_bytes(R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},)"
+                            R"("e":{"dtype":"U8","shape":[0],"data_offsets":[2,2]},)"
+                            R"("b":{"dtype":"U8","shape":[1],"data_offsets":[3,4]}})",
+                            4),
+                 "tensor 'e' begins at byte 2, but 'a' ends at 1: 1 unused bytes between them");
+}
+
+TEST_CASE("safetensors malformed: unused bytes before the first tensor") {
+    expect_fault(file_bytes(one_tensor(R"({"dtype":"F32","shape":[2],"data_offsets":[8,16]})"), 16),
+                 "tensor 't' begins at byte 8: 8 unused bytes at the start of the data section");
+}
+
+TEST_CASE("safetensors malformed: an empty tensor inside another's range") {
+    expect_fault(file_bytes(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+                            R"("e":{"dtype":"F32","shape":[0],"data_offsets":[4,4]}})",
+                            8),
+                 "tensors 'a' [0, 8) and 'e' [4, 4) overlap");
 }
 
 TEST_CASE("safetensors malformed: duplicate names") {

@@ -7,9 +7,10 @@
 //
 // Files are untrusted input: every inconsistency is reported as an mpnet::Error whose message
 // starts with the file's path (or label) and names the fault; nothing is read out of bounds.
-// Gaps between tensors are accepted (some writers align data), but bytes after the last tensor
-// are rejected: they mean the header does not describe the file (a truncated header, or two
-// files concatenated).
+// As in the reference implementation, the tensors' byte ranges must tile the data section
+// exactly: no unused bytes before, between or after them, and no overlaps. Anything else means
+// the header does not describe the file (a truncated header, two files concatenated, or bytes
+// no tensor accounts for).
 #pragma once
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -330,21 +331,34 @@ private:
         return {static_cast<std::size_t>(begin), static_cast<std::size_t>(end)};
     }
 
-    // Sorts by offset; rejects overlaps and trailing bytes (gaps are allowed, see file comment).
+    // Sorts by offset, then requires each tensor to begin exactly where the previous one ends
+    // (the first at 0) and the last to end with the data section.
     void check_layout(std::vector<TensorInfo>& tensors) const {
         // Stable, so tensors sharing an offset (empty ones) keep the header's order.
         std::ranges::stable_sort(tensors, {}, [](const TensorInfo& t) { return std::pair(t.begin, t.end); });
-        for (std::size_t i = 1; i < tensors.size(); ++i) {
-            const TensorInfo& a = tensors[i - 1];
-            const TensorInfo& b = tensors[i];
-            if (a.end > b.begin)
-                fault("tensors ", quote_name(a.name), " [", a.begin, ", ", a.end, ") and ", quote_name(b.name),
-                      " [", b.begin, ", ", b.end, ") overlap");
+        const TensorInfo* previous = nullptr;
+        for (const TensorInfo& t : tensors) {
+            check_follows(previous, t);
+            previous = &t;
         }
         const std::size_t used = tensors.empty() ? 0 : tensors.back().end;
         if (used != data_size_)
             fault(data_size_ - used, " trailing bytes after the last tensor (data section is ",
                   data_size_, " bytes)");
+    }
+
+    // t must begin where previous ends, or at 0 when it is the first tensor.
+    void check_follows(const TensorInfo* previous, const TensorInfo& t) const {
+        const std::size_t expected = previous ? previous->end : 0;
+        if (t.begin == expected) return;
+        if (!previous)
+            fault("tensor ", quote_name(t.name), " begins at byte ", t.begin, ": ", t.begin,
+                  " unused bytes at the start of the data section");
+        if (t.begin > expected)
+            fault("tensor ", quote_name(t.name), " begins at byte ", t.begin, ", but ", quote_name(previous->name),
+                  " ends at ", expected, ": ", t.begin - expected, " unused bytes between them");
+        fault("tensors ", quote_name(previous->name), " [", previous->begin, ", ", previous->end, ") and ",
+              quote_name(t.name), " [", t.begin, ", ", t.end, ") overlap");
     }
 
     const std::string& label_;
