@@ -1,6 +1,7 @@
 // Named presets: the reference's EDM2 configurations (network and training recipe) and
 // small ones sized for a 2-core CPU.
 #pragma once
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -24,9 +25,15 @@ struct Preset {
     TrainingDefaults train;
 };
 
+// n Mi images (n * 2^20, the unit of the reference's table) in millions of images.
+constexpr double mebi_images(std::int64_t n) { return double(n << 20) / 1e6; }
+
 inline std::vector<Preset> presets() {
     std::vector<Preset> out;
-    auto edm2 = [&](std::string name, bool img512, int64_t channels, double lr, double dropout) {
+    // Settings not passed here keep the defaults of NetworkConfig and TrainingDefaults, which
+    // are the reference's (tests/test_presets.cpp compares every field with its table).
+    auto edm2 = [&](std::string name, bool img512, std::int64_t duration_mi, std::int64_t channels, double lr,
+                    double dropout) {
         NetworkConfig n;
         n.img_resolution = 64;
         n.img_channels = img512 ? 4 : 3;  // img512 runs in the 64x64x4 latent space
@@ -34,7 +41,7 @@ inline std::vector<Preset> presets() {
         n.model_channels = channels;
         n.dropout = dropout;
         TrainingDefaults t;
-        t.duration_mimg = img512 ? double(2048 << 20) / 1e6 : double(1024 << 20) / 1e6;
+        t.duration_mimg = mebi_images(duration_mi);
         t.batch = 2048;
         t.lr = lr;
         t.decay = img512 ? 70000 : 35000;
@@ -42,18 +49,19 @@ inline std::vector<Preset> presets() {
         t.P_std = img512 ? 1.0 : 1.6;
         out.push_back({std::move(name), n, t});
     };
-    edm2("edm2-img512-xxs", true, 64, 0.0170, 0.00);
-    edm2("edm2-img512-xs", true, 128, 0.0120, 0.00);
-    edm2("edm2-img512-s", true, 192, 0.0100, 0.00);
-    edm2("edm2-img512-m", true, 256, 0.0090, 0.10);
-    edm2("edm2-img512-l", true, 320, 0.0080, 0.10);
-    edm2("edm2-img512-xl", true, 384, 0.0070, 0.10);
-    edm2("edm2-img512-xxl", true, 448, 0.0065, 0.10);
-    edm2("edm2-img64-xs", false, 128, 0.0120, 0.00);
-    edm2("edm2-img64-s", false, 192, 0.0100, 0.00);
-    edm2("edm2-img64-m", false, 256, 0.0090, 0.10);
-    edm2("edm2-img64-l", false, 320, 0.0080, 0.10);
-    edm2("edm2-img64-xl", false, 384, 0.0070, 0.10);
+    // The reference's config_presets: name, duration (Mi images), channels, lr, dropout.
+    edm2("edm2-img512-xxs", true, 2048, 64, 0.0170, 0.00);
+    edm2("edm2-img512-xs", true, 2048, 128, 0.0120, 0.00);
+    edm2("edm2-img512-s", true, 2048, 192, 0.0100, 0.00);
+    edm2("edm2-img512-m", true, 2048, 256, 0.0090, 0.10);
+    edm2("edm2-img512-l", true, 1792, 320, 0.0080, 0.10);
+    edm2("edm2-img512-xl", true, 1280, 384, 0.0070, 0.10);
+    edm2("edm2-img512-xxl", true, 896, 448, 0.0065, 0.10);
+    edm2("edm2-img64-xs", false, 1024, 128, 0.0120, 0.00);
+    edm2("edm2-img64-s", false, 1024, 192, 0.0100, 0.00);
+    edm2("edm2-img64-m", false, 2048, 256, 0.0090, 0.10);
+    edm2("edm2-img64-l", false, 1024, 320, 0.0080, 0.10);
+    edm2("edm2-img64-xl", false, 640, 384, 0.0070, 0.10);
 
     // CPU presets for 32x32 data: three levels (32, 16, 8) with attention at 8x8.
     // fmnist-s has about 2 M parameters and 0.38 G multiply-adds per image; fmnist-xs is a
