@@ -9,7 +9,7 @@
 
 namespace mpnet::nn {
 
-// The training recipe of DESIGN.md section 4 (names as in the reference trainer).
+// The training recipe of docs/design.md section 4 (names as in the reference trainer).
 struct TrainingDefaults {
     double duration_mimg = 0;  // training length in millions of images
     int64_t batch = 2048;

@@ -21,8 +21,9 @@ inline constexpr double std_max = 0.30028310600077760789;
 
 namespace detail {
 
-// q(gamma) = sigma^2 (gamma+2)^2 (gamma+3) - (gamma+1): the cubic of DESIGN.md multiplied by
-// sigma^2, written in factored form so no coefficient of size sigma^-2 is ever formed.
+// q(gamma) = sigma^2 (gamma+2)^2 (gamma+3) - (gamma+1): the cubic of docs/design.md section 4.3
+// multiplied by sigma^2, written in factored form so no coefficient of size sigma^-2 is ever
+// formed.
 constexpr double cubic(double gamma, double s2) {
     const double g2 = gamma + 2;
     return s2 * g2 * g2 * (gamma + 3) - (gamma + 1);

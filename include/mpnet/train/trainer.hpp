@@ -1,4 +1,4 @@
-// The EDM2 training loop (DESIGN.md section 4): Precond with the learned-uncertainty loss,
+// The EDM2 training loop (docs/design.md section 4): Precond with the learned-uncertainty loss,
 // Adam with the EDM2 learning-rate schedule, forced weight normalisation, gradient
 // accumulation, power-function EMA, snapshots, checkpoints and exact resume.
 //
