@@ -27,9 +27,13 @@ template <class... Parts>
     throw Error(detail::concat(std::forward<Parts>(parts)...));
 }
 
+// Throws unless ok. The parts are streamed only on failure, so pass the values themselves
+// (a Shape, a number, a name), never a string built for the message: kernels check their
+// arguments on every call, and a check that passes must cost no more than its comparison.
 template <class... Parts>
 void check(bool ok, Parts&&... parts) {
-    if (!ok) fail(std::forward<Parts>(parts)...);
+    if (!ok) [[unlikely]]
+        fail(std::forward<Parts>(parts)...);
 }
 
 }  // namespace mpnet

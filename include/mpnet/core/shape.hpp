@@ -3,6 +3,7 @@
 #include <array>
 #include <cstdint>
 #include <initializer_list>
+#include <ostream>
 #include <span>
 #include <string>
 #include <vector>
@@ -39,10 +40,13 @@ public:
         s.dims_[static_cast<std::size_t>(i)] = extent;
         return s;
     }
-    [[nodiscard]] std::string str() const {
-        std::string s = "[";
-        for (int i = 0; i < rank_; ++i) s += (i ? "," : "") + std::to_string(dims_[static_cast<std::size_t>(i)]);
-        return s + "]";
+    // "[2,3,4]". Error messages stream the shape itself (operator<< below), so that the
+    // text is only built when a check fails.
+    [[nodiscard]] std::string str() const { return detail::concat(*this); }
+    friend std::ostream& operator<<(std::ostream& os, const Shape& s) {
+        os << '[';
+        for (int i = 0; i < s.rank_; ++i) os << (i ? "," : "") << s[i];
+        return os << ']';
     }
     friend constexpr bool operator==(const Shape& a, const Shape& b) {
         if (a.rank_ != b.rank_) return false;

@@ -39,7 +39,7 @@ public:
     }
     static Tensor from_host(Shape shape, std::span<const T> values) {
         check(values.size() == static_cast<std::size_t>(shape.numel()), "Tensor::from_host: ", values.size(),
-              " values for shape ", shape.str());
+              " values for shape ", shape);
         Tensor t(shape);
         if (!values.empty()) B::copy_from_host(t.data(), values.data(), t.bytes());
         return t;
@@ -56,7 +56,7 @@ public:
 
     // The same storage under another shape with as many elements.
     [[nodiscard]] Tensor view(Shape shape) const {
-        check(shape.numel() == numel(), "Tensor::view: ", shape_.str(), " cannot be viewed as ", shape.str());
+        check(shape.numel() == numel(), "Tensor::view: ", shape_, " cannot be viewed as ", shape);
         Tensor t = *this;
         t.shape_ = shape;
         return t;
@@ -64,7 +64,7 @@ public:
     // Rows [begin, end) of the first dimension, sharing storage.
     [[nodiscard]] Tensor slice(int64_t begin, int64_t end) const {
         check(rank() >= 1 && 0 <= begin && begin <= end && end <= shape_[0], "Tensor::slice: [", begin, ",", end,
-              ") out of ", shape_.str());
+              ") out of ", shape_);
         Tensor t = *this;
         t.shape_ = shape_.with(0, end - begin);
         t.data_ = data_ + begin * shape_.numel_from(1);
@@ -76,7 +76,7 @@ public:
         return t;
     }
     void copy_from(const Tensor& src) {
-        check(src.shape() == shape_, "Tensor::copy_from: shape ", src.shape().str(), " into ", shape_.str());
+        check(src.shape() == shape_, "Tensor::copy_from: shape ", src.shape(), " into ", shape_);
         if (numel()) B::copy(data(), src.data(), bytes());
     }
     void set_zero() {
@@ -97,7 +97,13 @@ private:
 // Requires two tensors to have the same shape, naming the operation when they do not.
 template <class TA, class TB>
 void check_same_shape(const TA& a, const TB& b, const char* what) {
-    check(a.shape() == b.shape(), what, ": shapes ", a.shape().str(), " and ", b.shape().str(), " differ");
+    check(a.shape() == b.shape(), what, ": shapes ", a.shape(), " and ", b.shape(), " differ");
+}
+
+// Requires two tensors to have as many elements (for kernels that read both flat).
+template <class TA, class TB>
+void check_same_size(const TA& a, const TB& b, const char* what) {
+    check(a.numel() == b.numel(), what, ": ", a.shape(), " and ", b.shape(), " differ in size");
 }
 
 }  // namespace mpnet
