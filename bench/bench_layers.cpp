@@ -162,7 +162,7 @@ void register_elementwise(const BenchPreset& p, const Cases& c, const nn::Networ
     // Resampling is named by its input; the traffic is the large side plus the small side.
     for (Resample mode : {Resample::down, Resample::up})
         for (const Shape& in : mode == Resample::down ? c.down_inputs : c.up_inputs) {
-            const Shape out = cpu::resampled_shape(in, mode);
+            const Shape out = ops::resampled_shape(in, mode);
             const double bytes = fsize * double(in.numel() + out.numel());
             const std::string layer = std::string("resample_") + std::string(ops::to_string(mode));
             const auto filter = cfg.resample_filter;

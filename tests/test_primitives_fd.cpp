@@ -133,7 +133,7 @@ TEST_CASE("fd: resample up and down with filters of length 2, 4 and 6") {
         for (auto mode : {ops::Resample::down, ops::Resample::up}) {
             CAPTURE(filter.size());
             auto x = random_tensor({2, 2, 6, 8}, 40);
-            const Shape ys = cpu::resampled_shape(x.shape(), mode);
+            const Shape ys = ops::resampled_shape(x.shape(), mode);
             auto dy = random_tensor(ys, 41);
             D dx(x.shape());
             resample_backward(CpuBackend{}, dy, filter, mode, dx);

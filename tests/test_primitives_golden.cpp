@@ -103,7 +103,7 @@ TEST_CASE_TEMPLATE("golden: resample", T, float, double) {
         const auto mode = name.find("down") != std::string::npos ? ops::Resample::down : ops::Resample::up;
         const std::vector<double> filter = name.ends_with("f2") ? std::vector<double>{1, 1} : std::vector<double>{1, 3, 3, 1};
         auto x = get<T>(name + ".x"), dy = get<T>(name + ".dy");
-        CpuTensor<T> y(cpu::resampled_shape(x.shape(), mode)), dx(x.shape());
+        CpuTensor<T> y(ops::resampled_shape(x.shape(), mode)), dx(x.shape());
         resample_forward(CpuBackend{}, x, filter, mode, y);
         MPNET_CHECK_CLOSE(y, get<T>(name + ".y"), test::fwd_tol<T>);
         resample_backward(CpuBackend{}, dy, filter, mode, dx);

@@ -235,7 +235,7 @@ void register_elementwise(const BenchPreset& p, const Cases& c, const nn::Networ
     }
     for (Resample mode : {Resample::down, Resample::up})
         for (const Shape& in : mode == Resample::down ? c.down_inputs : c.up_inputs) {
-            const Shape out = mpnet::cuda::resampled_shape(in, mode);
+            const Shape out = ops::resampled_shape(in, mode);
             const double bytes = fsize * double(in.numel() + out.numel());
             const std::string layer = std::string("resample_") + std::string(ops::to_string(mode));
             const auto filter = cfg.resample_filter;

@@ -104,7 +104,7 @@ TEST_CASE_TEMPLATE("cuda golden: resample", T, float, double) {
         const auto mode = name.find("down") != std::string::npos ? ops::Resample::down : ops::Resample::up;
         const std::vector<double> filter = name.ends_with("f2") ? std::vector<double>{1, 1} : std::vector<double>{1, 3, 3, 1};
         auto x = get<T>(name + ".x");
-        CudaTensor<T> y(mpnet::cuda::resampled_shape(x.shape(), mode)), dx(x.shape());
+        CudaTensor<T> y(ops::resampled_shape(x.shape(), mode)), dx(x.shape());
         resample_forward(CudaBackend{}, x, filter, mode, y);
         MPNET_CHECK_GPU(y, ref<T>(name + ".y"), test::fwd_tol<T>);
         resample_backward(CudaBackend{}, get<T>(name + ".dy"), filter, mode, dx);
@@ -183,7 +183,7 @@ TEST_CASE("cuda fd: mp_silu, conv2d 3x3, resample [1,3,3,1], MPFourier") {
 
     const std::vector<double> filter{1, 3, 3, 1};
     for (auto mode : {ops::Resample::down, ops::Resample::up}) {
-        const Shape out = mpnet::cuda::resampled_shape(x.shape(), mode);
+        const Shape out = ops::resampled_shape(x.shape(), mode);
         const auto dyr = test::random_tensor(out, 7);
         G dxr(x.shape());
         resample_backward(CudaBackend{}, to_gpu(dyr), filter, mode, dxr);

@@ -15,6 +15,7 @@
 #include "mpnet/nn/layout.hpp"
 #include "mpnet/nn/mpconv.hpp"
 #include "mpnet/ops/attention_context.hpp"
+#include "mpnet/ops/resample_mode.hpp"
 
 namespace mpnet::nn {
 
@@ -67,7 +68,7 @@ public:
         Context& s = ctx ? *ctx : local;
         s.dropout_seed.reset();
         s.x_shape = x_in.shape();
-        TensorT x(resampled(x_in.shape()));
+        TensorT x(ops::resampled_shape(x_in.shape(), spec_.resample));
         resample_forward(B{}, x_in, cfg_.resample_filter, spec_.resample, x);
         if (spec_.encoder) {
             if (conv_skip) x = conv_skip->forward(x, 1, ctx ? &s.skip : nullptr);
@@ -164,11 +165,6 @@ public:
     }
 
 private:
-    [[nodiscard]] Shape resampled(const Shape& s) const {
-        if (spec_.resample == ops::Resample::keep) return s;
-        return spec_.resample == ops::Resample::up ? Shape{s[0], s[1], 2 * s[2], 2 * s[3]}
-                                                   : Shape{s[0], s[1], s[2] / 2, s[3] / 2};
-    }
     template <class F>
     void for_each_conv(F&& f) {
         for (Conv* c : {&conv_res0, &emb_linear, &conv_res1}) f(*c);

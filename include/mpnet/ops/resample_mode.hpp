@@ -1,4 +1,5 @@
-// Resampling modes and the normalised 1-D filter shared by every backend.
+// What resampling is on any backend: the modes, the normalised 1-D filter and the shape
+// a resampled tensor has.
 #pragma once
 #include <numeric>
 #include <string>
@@ -6,6 +7,7 @@
 #include <vector>
 
 #include "mpnet/core/error.hpp"
+#include "mpnet/core/shape.hpp"
 
 namespace mpnet::ops {
 
@@ -29,6 +31,21 @@ inline std::vector<double> normalized_filter(const std::vector<double>& f) {
     std::vector<double> out(f);
     for (double& v : out) v /= s;
     return out;
+}
+
+// The shape of resample(x, mode) for an NCHW x of shape s: height and width doubled (up)
+// or halved (down).
+inline Shape resampled_shape(const Shape& s, Resample mode) {
+    if (mode == Resample::keep) return s;
+    const int64_t f = mode == Resample::up ? 2 : 1, d = mode == Resample::down ? 2 : 1;
+    return Shape{s[0], s[1], s[2] * f / d, s[3] * f / d};
+}
+
+// The argument check of resample_forward (x -> y) and resample_backward (dy -> dx): the
+// resampled side must be resampled_shape of the other.
+inline void check_resampled(const Shape& in, const Shape& out, Resample mode, const char* what) {
+    check((mode == Resample::keep || in.rank() == 4) && out == resampled_shape(in, mode), what, ": ", out,
+          " is not the ", to_string(mode), "-resampled shape of ", in);
 }
 
 }  // namespace mpnet::ops

@@ -4,12 +4,14 @@
 #include <cmath>
 
 #include "mpnet/backend/cpu/backend.hpp"
+#include "mpnet/ops/kernel_checks.hpp"
 
 namespace mpnet::cpu {
 
 template <Scalar T>
 void adam_step(CpuBackend, CpuTensor<T>& param, const CpuTensor<T>& grad, CpuTensor<T>& m, CpuTensor<T>& v, double lr,
                double beta1, double beta2, double eps, int64_t step) {
+    ops::check_adam(param.shape(), grad.shape(), m.shape(), v.shape());
     const double c1 = 1 - std::pow(beta1, double(step)), c2 = 1 - std::pow(beta2, double(step));
     T *p = param.data(), *pm = m.data(), *pv = v.data();
     const T* g = grad.data();

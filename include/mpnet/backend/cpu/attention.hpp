@@ -12,7 +12,7 @@
 
 #include "mpnet/backend/cpu/backend.hpp"
 #include "mpnet/backend/cpu/eigen.hpp"
-#include "mpnet/ops/attention_context.hpp"
+#include "mpnet/ops/attention_geometry.hpp"
 #include "mpnet/ops/constants.hpp"
 
 namespace mpnet::cpu {
@@ -54,9 +54,8 @@ void scatter_normalized_grad(const T* n, const T* scale, const T* dn, int64_t he
 template <Scalar T>
 void attention_forward(CpuBackend, const CpuTensor<T>& qkv, int64_t heads, CpuTensor<T>& y,
                        std::type_identity_t<ops::AttentionContext<T, CpuBackend>>* ctx) {
-    const int64_t n = qkv.size(0), C = qkv.size(1) / 3, hw = qkv.shape().numel_from(2), c = C / heads;
-    check(qkv.size(1) == 3 * C && C % heads == 0 && y.numel() == n * C * hw, "attention_forward: qkv ",
-          qkv.shape().str(), " with ", heads, " heads -> ", y.shape().str());
+    const auto g = ops::attention_geometry(qkv.shape(), heads, y.shape(), "attention_forward");
+    const int64_t n = g.n, C = g.channels, hw = g.hw, c = g.head_channels;
     ops::AttentionContext<T, CpuBackend> local;
     auto& s = ctx ? *ctx : local;
     const bool keep = ctx != nullptr;
@@ -90,8 +89,8 @@ void attention_forward(CpuBackend, const CpuTensor<T>& qkv, int64_t heads, CpuTe
 template <Scalar T>
 void attention_backward(CpuBackend, const ops::AttentionContext<T, CpuBackend>& s, int64_t heads,
                         const CpuTensor<T>& dy, CpuTensor<T>& dqkv) {
-    const int64_t n = dqkv.size(0), C = dqkv.size(1) / 3, hw = dqkv.shape().numel_from(2), c = C / heads;
-    check(s.weights.size(0) == n * heads, "attention_backward: forward was run without saving its context");
+    const auto g = ops::attention_backward_geometry(s, heads, dy.shape(), dqkv.shape());
+    const int64_t n = g.n, C = g.channels, hw = g.hw, c = g.head_channels;
     const T inv_sqrt_c = T(1 / std::sqrt(double(c)));
 #pragma omp parallel for schedule(static) if (n * heads > 1)
     for (int64_t job = 0; job < n * heads; ++job) {

@@ -15,28 +15,13 @@
 #include "mpnet/backend/cpu/backend.hpp"
 #include "mpnet/backend/cpu/conv_gemm.hpp"
 #include "mpnet/backend/cpu/eigen.hpp"
+#include "mpnet/ops/conv_geometry.hpp"
 
 namespace mpnet::cpu {
 
 namespace detail {
 
-struct ConvGeometry {
-    int64_t n, cin, cout, h, w, k;
-    [[nodiscard]] int64_t hw() const { return h * w; }
-    [[nodiscard]] int64_t patch() const { return cin * k * k; }
-};
-
-template <class T>
-ConvGeometry conv_geometry(const CpuTensor<T>& x, const CpuTensor<T>& weight, const CpuTensor<T>& y,
-                           const char* what) {
-    check(x.rank() == 4 && weight.rank() == 4 && y.rank() == 4, what, ": expects NCHW tensors and a 4-D weight");
-    const ConvGeometry g{x.size(0), x.size(1), weight.size(0), x.size(2), x.size(3), weight.size(2)};
-    check(weight.size(1) == g.cin && weight.size(3) == g.k && g.k % 2 == 1, what, ": weight ", weight.shape().str(),
-          " for input ", x.shape().str());
-    check(y.shape() == Shape{g.n, g.cout, g.h, g.w}, what, ": output ", y.shape().str(), " for input ",
-          x.shape().str(), " and weight ", weight.shape().str());
-    return g;
-}
+using ops::ConvGeometry;
 
 // cols[(c k + ky) k + kx, y W + x] = img[c, y + ky - k/2, x + kx - k/2], zero outside.
 template <class T>
@@ -158,7 +143,7 @@ inline void simd_conv_backward(const ConvGeometry& g, const CpuTensor<float>& x,
 
 template <Scalar T>
 void conv2d_forward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T>& weight, CpuTensor<T>& y) {
-    const auto g = detail::conv_geometry(x, weight, y, "conv2d_forward");
+    const auto g = ops::conv_geometry(x.shape(), weight.shape(), y.shape(), "conv2d_forward");
 #if MPNET_CPU_SIMD
     if constexpr (std::is_same_v<T, float>) detail::simd_conv_forward(g, x, weight, y);
     else
@@ -170,7 +155,7 @@ void conv2d_forward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T>& weigh
 template <Scalar T>
 void conv2d_backward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T>& weight, const CpuTensor<T>& dy,
                      CpuTensor<T>& dx, CpuTensor<T>& dweight) {
-    const auto g = detail::conv_geometry(x, weight, dy, "conv2d_backward");
+    const auto g = ops::conv_backward_geometry(x.shape(), weight.shape(), dy.shape(), dx.shape(), dweight.shape());
 #if MPNET_CPU_SIMD
     if constexpr (std::is_same_v<T, float>) detail::simd_conv_backward(g, x, weight, dy, dx, dweight);
     else
@@ -181,9 +166,7 @@ void conv2d_backward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T>& weig
 // y[N, out] = x[N, in] * weight[out, in]^T
 template <Scalar T>
 void linear_forward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T>& weight, CpuTensor<T>& y) {
-    const int64_t n = x.size(0), in = weight.size(1), out = weight.size(0);
-    check(x.numel() == n * in && y.numel() == n * out, "linear_forward: input ", x.shape().str(), ", weight ",
-          weight.shape().str(), ", output ", y.shape().str());
+    const auto [n, in, out] = ops::linear_extents(x.shape(), weight.shape(), y.shape());
     // Row by row: Eigen picks its product kernel by the row count, so one product over the
     // whole batch would make a sample's result depend (in the last bit) on the batch size.
     const ConstMatMap<T> X(x.data(), n, in), W(weight.data(), out, in);
@@ -194,7 +177,8 @@ void linear_forward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T>& weigh
 template <Scalar T>
 void linear_backward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T>& weight, const CpuTensor<T>& dy,
                      CpuTensor<T>& dx, CpuTensor<T>& dweight) {
-    const int64_t n = x.size(0), in = weight.size(1), out = weight.size(0);
+    const auto [n, in, out] =
+        ops::linear_backward_extents(x.shape(), weight.shape(), dy.shape(), dx.shape(), dweight.shape());
     const ConstMatMap<T> dY(dy.data(), n, out);
     MatMap<T>(dweight.data(), out, in).noalias() = dY.transpose() * ConstMatMap<T>(x.data(), n, in);
     if (!dx.empty()) MatMap<T>(dx.data(), n, in).noalias() = dY * ConstMatMap<T>(weight.data(), out, in);

@@ -8,7 +8,9 @@
 #include "mpnet/backend/cpu/backend.hpp"
 #include "mpnet/backend/cpu/packet_math.hpp"
 #include "mpnet/core/rng.hpp"
+#include "mpnet/ops/channel_planes.hpp"
 #include "mpnet/ops/constants.hpp"
+#include "mpnet/ops/kernel_checks.hpp"
 
 namespace mpnet::cpu {
 
@@ -68,6 +70,7 @@ inline P mp_silu_grad(const P& v, const P& g) {
 template <Scalar T>
 void mp_silu_backward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T>& dy, CpuTensor<T>& dx) {
     check_same_shape(x, dy, "mp_silu_backward");
+    check_same_shape(x, dx, "mp_silu_backward");
     using P = packet::Packet<T>;
     const T *px = x.data(), *pdy = dy.data();
     T* pdx = dx.data();
@@ -95,6 +98,7 @@ void mp_silu_backward_add(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T>&
 template <Scalar T>
 void mp_sum_forward(CpuBackend, const CpuTensor<T>& a, const CpuTensor<T>& b, double t, CpuTensor<T>& y) {
     check_same_shape(a, b, "mp_sum_forward");
+    check_same_shape(a, y, "mp_sum_forward");
     const auto w = ops::mp_sum_weights(t);
     const T wa = T(w.wa), wb = T(w.wb);
     const T *pa = a.data(), *pb = b.data();
@@ -105,6 +109,7 @@ void mp_sum_forward(CpuBackend, const CpuTensor<T>& a, const CpuTensor<T>& b, do
 // da and db may be empty when that gradient is not wanted.
 template <Scalar T>
 void mp_sum_backward(CpuBackend, const CpuTensor<T>& dy, double t, CpuTensor<T>& da, CpuTensor<T>& db) {
+    ops::check_mp_sum_backward(dy, da, db);
     const auto w = ops::mp_sum_weights(t);
     const T wa = T(w.wa), wb = T(w.wb);
     const T* pdy = dy.data();
@@ -120,9 +125,8 @@ void mp_sum_backward(CpuBackend, const CpuTensor<T>& dy, double t, CpuTensor<T>&
 // ---- mp_cat along channels (dim 1) ---------------------------------------------------
 template <Scalar T>
 void mp_cat_forward(CpuBackend, const CpuTensor<T>& a, const CpuTensor<T>& b, double t, CpuTensor<T>& y) {
-    const int64_t n = a.size(0), ca = a.size(1), cb = b.size(1), inner = a.shape().numel_from(2);
-    check(b.size(0) == n && b.shape().numel_from(2) == inner && y.size(1) == ca + cb, "mp_cat_forward: shapes ",
-          a.shape().str(), " + ", b.shape().str(), " -> ", y.shape().str());
+    const auto e = ops::cat_extents(a.shape(), b.shape(), y.shape(), "mp_cat_forward");
+    const int64_t n = e.n, ca = e.ca, cb = e.cb, inner = e.inner;
     const auto w = ops::mp_cat_weights(t, double(ca), double(cb));
     const T wa = T(w.wa), wb = T(w.wb);
     const int64_t sa = ca * inner, sb = cb * inner;
@@ -138,7 +142,8 @@ void mp_cat_forward(CpuBackend, const CpuTensor<T>& a, const CpuTensor<T>& b, do
 
 template <Scalar T>
 void mp_cat_backward(CpuBackend, const CpuTensor<T>& dy, double t, CpuTensor<T>& da, CpuTensor<T>& db) {
-    const int64_t n = da.size(0), ca = da.size(1), cb = db.size(1), inner = da.shape().numel_from(2);
+    const auto e = ops::cat_extents(da.shape(), db.shape(), dy.shape(), "mp_cat_backward");
+    const int64_t n = e.n, ca = e.ca, cb = e.cb, inner = e.inner;
     const auto w = ops::mp_cat_weights(t, double(ca), double(cb));
     const T wa = T(w.wa), wb = T(w.wb);
     const int64_t sa = ca * inner, sb = cb * inner;
@@ -182,6 +187,7 @@ void clip_backward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T>& dy, do
 // The mask is recomputed from (seed) in backward, so nothing is stored.
 template <Scalar T>
 void dropout_apply(CpuBackend, const CpuTensor<T>& x, double p, uint64_t seed, CpuTensor<T>& y) {
+    check_same_shape(x, y, "dropout_apply");
     const T keep_scale = T(1 / (1 - p));
     const T* px = x.data();
     T* py = y.data();
@@ -193,8 +199,8 @@ void dropout_apply(CpuBackend, const CpuTensor<T>& x, double p, uint64_t seed, C
 // ---- modulation: y[n, c, ...] = x[n, c, ...] * s[n, c] --------------------------------
 template <Scalar T>
 void scale_channels_forward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T>& s, CpuTensor<T>& y) {
-    const int64_t nc = x.size(0) * x.size(1), inner = x.shape().numel_from(2);
-    check(s.numel() == nc, "scale_channels_forward: scale ", s.shape().str(), " for ", x.shape().str());
+    const auto p = ops::channel_planes(x.shape(), s.shape(), y.shape(), "scale_channels_forward");
+    const int64_t nc = p.planes, inner = p.inner;
 #pragma omp parallel for schedule(static) if (nc * inner > parallel_grain)
     for (int64_t i = 0; i < nc; ++i) {
         const T k = s.data()[i];
@@ -205,7 +211,9 @@ void scale_channels_forward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T
 template <Scalar T>
 void scale_channels_backward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T>& s, const CpuTensor<T>& dy,
                              CpuTensor<T>& dx, CpuTensor<T>& ds) {
-    const int64_t nc = x.size(0) * x.size(1), inner = x.shape().numel_from(2);
+    const auto p =
+        ops::channel_planes(x.shape(), s.shape(), dy.shape(), dx.shape(), ds.shape(), "scale_channels_backward");
+    const int64_t nc = p.planes, inner = p.inner;
 #pragma omp parallel for schedule(static) if (nc * inner > parallel_grain)
     for (int64_t i = 0; i < nc; ++i) {
         const T *pdy = dy.data() + i * inner, *px = x.data() + i * inner;
@@ -220,9 +228,8 @@ void scale_channels_backward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<
 // Backward recomputes x * s, so the product is never stored.
 template <Scalar T>
 void modulated_silu_forward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T>& s, CpuTensor<T>& y) {
-    const int64_t nc = x.size(0) * x.size(1), inner = x.shape().numel_from(2);
-    check(s.numel() == nc && y.numel() == x.numel(), "modulated_silu_forward: scale ", s.shape().str(), " for ",
-          x.shape().str(), " -> ", y.shape().str());
+    const auto p = ops::channel_planes(x.shape(), s.shape(), y.shape(), "modulated_silu_forward");
+    const int64_t nc = p.planes, inner = p.inner;
     using namespace Eigen::internal;
     using P = packet::Packet<T>;
     const P inv = pset1<P>(T(1 / ops::silu_scale));
@@ -243,9 +250,9 @@ void modulated_silu_forward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T
 template <Scalar T>
 void modulated_silu_backward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T>& s, const CpuTensor<T>& dy,
                              CpuTensor<T>& dx, CpuTensor<T>& ds) {
-    const int64_t nc = x.size(0) * x.size(1), inner = x.shape().numel_from(2);
-    check(s.numel() == nc && ds.numel() == nc && dy.numel() == x.numel() && dx.numel() == x.numel(),
-          "modulated_silu_backward: scale ", s.shape().str(), " for ", x.shape().str());
+    const auto p =
+        ops::channel_planes(x.shape(), s.shape(), dy.shape(), dx.shape(), ds.shape(), "modulated_silu_backward");
+    const int64_t nc = p.planes, inner = p.inner;
     using namespace Eigen::internal;
     using P = packet::Packet<T>;
 #pragma omp parallel for schedule(static) if (nc * inner > parallel_grain)
@@ -269,9 +276,8 @@ void modulated_silu_backward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<
 // ---- y = [x, 1]: appends a constant-one channel (the U-Net's input) ---------------------
 template <Scalar T>
 void append_ones_channel(CpuBackend, const CpuTensor<T>& x, CpuTensor<T>& y) {
+    ops::check_append_ones(x.shape(), y.shape());
     const int64_t n = x.size(0), sx = x.shape().numel_from(1), plane = x.shape().numel_from(2);
-    check(y.size(1) == x.size(1) + 1 && y.numel() == n * (sx + plane), "append_ones_channel: ", x.shape().str(),
-          " -> ", y.shape().str());
     for (int64_t i = 0; i < n; ++i) {
         std::copy(x.data() + i * sx, x.data() + (i + 1) * sx, y.data() + i * (sx + plane));
         std::fill(y.data() + i * (sx + plane) + sx, y.data() + (i + 1) * (sx + plane), T(1));
@@ -291,6 +297,7 @@ void axpby(CpuBackend, T alpha, const CpuTensor<T>& x, T beta, CpuTensor<T>& y) 
 // y = alpha * x + beta (elementwise affine)
 template <Scalar T>
 void affine(CpuBackend, const CpuTensor<T>& x, T alpha, T beta, CpuTensor<T>& y) {
+    check_same_size(x, y, "affine");
     const T* px = x.data();
     T* py = y.data();
     detail::for_each_index(x.numel(), [&](int64_t i) { py[i] = alpha * px[i] + beta; });

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "mpnet/backend/cpu/backend.hpp"
+#include "mpnet/ops/kernel_checks.hpp"
 
 namespace mpnet::cpu {
 
@@ -15,10 +16,9 @@ template <Scalar T>
 double edm2_loss(CpuBackend, const CpuTensor<T>& D, const CpuTensor<T>& y, const CpuTensor<T>& sigma,
                  const CpuTensor<T>& logvar, double sigma_data, double scale, CpuTensor<T>& dD,
                  CpuTensor<T>& dlogvar) {
-    check_same_shape(D, y, "edm2_loss");
-    const int64_t n = D.size(0), inner = D.shape().numel_from(1);
-    check(sigma.numel() == n && logvar.numel() == n, "edm2_loss: sigma ", sigma.shape().str(), " and logvar ",
-          logvar.shape().str(), " for ", D.shape().str());
+    const auto e =
+        ops::loss_extents(D.shape(), y.shape(), sigma.shape(), logvar.shape(), dD.shape(), dlogvar.shape());
+    const int64_t n = e.n, inner = e.inner;
     std::vector<double> per_image(static_cast<std::size_t>(n));  // summed in order below: reproducible
 #pragma omp parallel for schedule(static) if (D.numel() > parallel_grain)
     for (int64_t i = 0; i < n; ++i) {

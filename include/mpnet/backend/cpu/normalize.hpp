@@ -11,7 +11,7 @@
 #include "mpnet/backend/cpu/backend.hpp"
 #include "mpnet/backend/cpu/packet_math.hpp"
 #include "mpnet/ops/constants.hpp"
-#include "mpnet/ops/reduce_dims.hpp"
+#include "mpnet/ops/normalize_layout.hpp"
 
 namespace mpnet::cpu {
 
@@ -39,8 +39,7 @@ void sum_products(const T* a, const T* b, int64_t reduced, int64_t inner, T* acc
 template <Scalar T>
 void normalize_forward(CpuBackend, const CpuTensor<T>& x, ops::Dims dims, CpuTensor<T>& y,
                        CpuTensor<T>* scale = nullptr) {
-    check_same_shape(x, y, "normalize_forward");
-    const auto L = ops::reduction_layout(x.shape(), dims);
+    const auto L = ops::normalize_forward_layout(x.shape(), y.shape(), dims);
     CpuTensor<T> s(Shape{L.groups()});
     const T* px = x.data();
     T *py = y.data(), *ps = s.data();
@@ -79,10 +78,8 @@ void normalize_forward(CpuBackend, const CpuTensor<T>& x, ops::Dims dims, CpuTen
 template <Scalar T>
 void normalize_backward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T>& dy, ops::Dims dims,
                         const CpuTensor<T>& scale_tensor, CpuTensor<T>& dx) {
-    const auto L = ops::reduction_layout(x.shape(), dims);
+    const auto L = ops::normalize_backward_layout(x.shape(), dy.shape(), dx.shape(), scale_tensor.numel(), dims);
     const std::span<const T> scale(scale_tensor.data(), size_t(scale_tensor.numel()));
-    check(scale.size() == size_t(L.groups()), "normalize_backward: ", scale.size(), " saved scales for ",
-          L.groups(), " groups");
     const T *px = x.data(), *pdy = dy.data();
     T* pdx = dx.data();
     const int64_t R = L.reduced, I = L.inner;

@@ -80,18 +80,10 @@ void per_channel(const CpuTensor<T>& a, F&& f) {
 
 }  // namespace detail
 
-// Output shape of resample(x) for x of shape s.
-inline Shape resampled_shape(const Shape& s, ops::Resample mode) {
-    if (mode == ops::Resample::keep) return s;
-    const int64_t f = mode == ops::Resample::up ? 2 : 1, d = mode == ops::Resample::down ? 2 : 1;
-    return Shape{s[0], s[1], s[2] * f / d, s[3] * f / d};
-}
-
 template <Scalar T>
 void resample_forward(CpuBackend, const CpuTensor<T>& x, const std::vector<double>& filter, ops::Resample mode,
                       CpuTensor<T>& y) {
-    check(y.shape() == resampled_shape(x.shape(), mode), "resample_forward: output ", y.shape().str(), " for ",
-          x.shape().str());
+    ops::check_resampled(x.shape(), y.shape(), mode, "resample_forward");
     if (mode == ops::Resample::keep) return y.copy_from(x);
     const auto f = ops::normalized_filter(filter);
     const int64_t H = y.size(2), W = y.size(3), h = x.size(2), w = x.size(3);
@@ -104,8 +96,7 @@ void resample_forward(CpuBackend, const CpuTensor<T>& x, const std::vector<doubl
 template <Scalar T>
 void resample_backward(CpuBackend, const CpuTensor<T>& dy, const std::vector<double>& filter, ops::Resample mode,
                        CpuTensor<T>& dx) {
-    check(dy.shape() == resampled_shape(dx.shape(), mode), "resample_backward: gradient ", dy.shape().str(),
-          " for input ", dx.shape().str());
+    ops::check_resampled(dx.shape(), dy.shape(), mode, "resample_backward");
     if (mode == ops::Resample::keep) return dx.copy_from(dy);
     const auto f = ops::normalized_filter(filter);
     const int64_t H = dy.size(2), W = dy.size(3), h = dx.size(2), w = dx.size(3);

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "mpnet/backend/cuda/launch.cuh"
+#include "mpnet/ops/kernel_checks.hpp"
 
 namespace mpnet::cuda {
 
@@ -29,13 +30,11 @@ struct AdamStep {
 template <Scalar T>
 void adam_step(CudaBackend, CudaTensor<T>& param, const CudaTensor<T>& grad, CudaTensor<T>& m, CudaTensor<T>& v,
                double lr, double beta1, double beta2, double eps, int64_t step) {
-    check(grad.numel() == param.numel() && m.numel() == param.numel() && v.numel() == param.numel(),
-          "adam_step: parameter ", param.shape().str(), ", gradient ", grad.shape().str(), ", moments ",
-          m.shape().str(), " and ", v.shape().str());
+    ops::check_adam(param.shape(), grad.shape(), m.shape(), v.shape());
     const double c1 = 1 - std::pow(beta1, double(step)), c2 = 1 - std::pow(beta2, double(step));
     detail::for_each(param.numel(),
                      detail::AdamStep<T>{param.data(), grad.data(), m.data(), v.data(), lr, beta1, beta2, eps, c1, c2},
-                     "adam_step on ", param.shape().str());
+                     "adam_step on ", param.shape());
 }
 
 }  // namespace mpnet::cuda

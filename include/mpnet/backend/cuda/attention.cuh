@@ -14,7 +14,7 @@
 
 #include "mpnet/backend/cuda/gemm.cuh"
 #include "mpnet/backend/cuda/launch.cuh"
-#include "mpnet/ops/attention_context.hpp"
+#include "mpnet/ops/attention_geometry.hpp"
 #include "mpnet/ops/constants.hpp"
 
 namespace mpnet::cuda {
@@ -121,10 +121,8 @@ inline unsigned row_grid(int64_t rows) { return unsigned(std::clamp<int64_t>(row
 template <Scalar T>
 void attention_forward(CudaBackend, const CudaTensor<T>& qkv, int64_t heads, CudaTensor<T>& y,
                        std::type_identity_t<ops::AttentionContext<T, CudaBackend>>* ctx) {
-    const int64_t n = qkv.size(0), C = qkv.size(1) / 3, hw = qkv.shape().numel_from(2);
-    check(heads > 0 && qkv.size(1) == 3 * C && C % heads == 0 && y.numel() == n * C * hw, "attention_forward: qkv ",
-          qkv.shape().str(), " with ", heads, " heads -> ", y.shape().str());
-    const int64_t c = C / heads, jobs = n * heads;
+    const auto g = ops::attention_geometry(qkv.shape(), heads, y.shape(), "attention_forward");
+    const int64_t c = g.head_channels, hw = g.hw, jobs = g.jobs();
     ops::AttentionContext<T, CudaBackend> local;
     auto& s = ctx ? *ctx : local;
     s.q = CudaTensor<T>(Shape{jobs, c, hw}), s.k = CudaTensor<T>(Shape{jobs, c, hw});
@@ -136,7 +134,7 @@ void attention_forward(CudaBackend, const CudaTensor<T>& qkv, int64_t heads, Cud
     detail::for_each(jobs * 3 * hw,
                      detail::GatherNormalized<T>{qkv.data(), heads, c, hw, {s.q.data(), s.k.data(), s.v.data()},
                                                  {s.q_scale.data(), s.k_scale.data(), s.v_scale.data()}},
-                     "attention_forward: normalising ", qkv.shape().str());
+                     "attention_forward: normalising ", qkv.shape());
     const double inv_sqrt_c = 1 / std::sqrt(double(c));
     detail::gemm<T>(hw, hw, c, inv_sqrt_c, {s.q.data(), hw, c * hw, true}, {s.k.data(), hw, c * hw}, 0,
                     s.weights.data(), hw, hw * hw, jobs, "attention_forward (scores)");
@@ -150,12 +148,8 @@ void attention_forward(CudaBackend, const CudaTensor<T>& qkv, int64_t heads, Cud
 template <Scalar T>
 void attention_backward(CudaBackend, const ops::AttentionContext<T, CudaBackend>& s, int64_t heads,
                         const CudaTensor<T>& dy, CudaTensor<T>& dqkv) {
-    const int64_t n = dqkv.size(0), C = dqkv.size(1) / 3, hw = dqkv.shape().numel_from(2);
-    check(heads > 0 && C % heads == 0 && dy.numel() == n * C * hw, "attention_backward: gradient ", dy.shape().str(),
-          " into ", dqkv.shape().str(), " with ", heads, " heads");
-    const int64_t c = C / heads, jobs = n * heads;
-    check(s.weights.numel() == jobs * hw * hw && s.q.numel() == jobs * c * hw,
-          "attention_backward: forward was run without saving its context");
+    const auto g = ops::attention_backward_geometry(s, heads, dy.shape(), dqkv.shape());
+    const int64_t c = g.head_channels, hw = g.hw, jobs = g.jobs();
     if (jobs == 0 || hw == 0) return;
     CudaTensor<T> dS(Shape{jobs, hw, hw}), dq(Shape{jobs, c, hw}), dk(Shape{jobs, c, hw}), dv(Shape{jobs, c, hw});
     const int64_t chw = c * hw, hw2 = hw * hw;
@@ -178,7 +172,7 @@ void attention_backward(CudaBackend, const ops::AttentionContext<T, CudaBackend>
                                                       c,
                                                       hw,
                                                       dqkv.data()},
-                     "attention_backward: normalisation gradient into ", dqkv.shape().str());
+                     "attention_backward: normalisation gradient into ", dqkv.shape());
 }
 
 }  // namespace mpnet::cuda

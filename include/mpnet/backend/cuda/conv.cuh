@@ -14,29 +14,13 @@
 
 #include "mpnet/backend/cuda/gemm.cuh"
 #include "mpnet/backend/cuda/launch.cuh"
+#include "mpnet/ops/conv_geometry.hpp"
 
 namespace mpnet::cuda {
 
 namespace detail {
 
-struct ConvGeometry {
-    int64_t n, cin, cout, h, w, k;
-    [[nodiscard]] int64_t hw() const { return h * w; }
-    [[nodiscard]] int64_t patch() const { return cin * k * k; }
-};
-
-template <class T>
-ConvGeometry conv_geometry(const CudaTensor<T>& x, const CudaTensor<T>& weight, const CudaTensor<T>& y,
-                           const char* what) {
-    check(x.rank() == 4 && weight.rank() == 4 && y.rank() == 4, what, ": expects NCHW tensors and a 4-D weight, got ",
-          x.shape().str(), ", ", weight.shape().str(), ", ", y.shape().str());
-    const ConvGeometry g{x.size(0), x.size(1), weight.size(0), x.size(2), x.size(3), weight.size(2)};
-    check(weight.size(1) == g.cin && weight.size(3) == g.k && g.k % 2 == 1, what, ": weight ", weight.shape().str(),
-          " for input ", x.shape().str());
-    check(y.shape() == Shape{g.n, g.cout, g.h, g.w}, what, ": output ", y.shape().str(), " for input ",
-          x.shape().str(), " and weight ", weight.shape().str());
-    return g;
-}
+using ops::ConvGeometry;
 
 // Unfolds `images` images of `channels` channels: element (i, p, pix), p = (c k + ky) k + kx,
 // is img[i, c, y + ky - k/2, x + kx - k/2] (zero outside) and goes to
@@ -102,7 +86,7 @@ void unfold(const T* img, int64_t images, int64_t channels, const ConvGeometry& 
 
 template <Scalar T>
 void conv2d_forward(CudaBackend, const CudaTensor<T>& x, const CudaTensor<T>& weight, CudaTensor<T>& y) {
-    const auto g = detail::conv_geometry(x, weight, y, "conv2d_forward");
+    const auto g = ops::conv_geometry(x.shape(), weight.shape(), y.shape(), "conv2d_forward");
     const detail::Operand<T> w{weight.data(), g.patch()};
     if (g.k == 1) {
         detail::gemm<T>(g.cout, g.hw(), g.cin, 1, w, {x.data(), g.hw(), g.cin * g.hw()}, 0, y.data(), g.hw(),
@@ -123,10 +107,7 @@ void conv2d_forward(CudaBackend, const CudaTensor<T>& x, const CudaTensor<T>& we
 template <Scalar T>
 void conv2d_backward(CudaBackend, const CudaTensor<T>& x, const CudaTensor<T>& weight, const CudaTensor<T>& dy,
                      CudaTensor<T>& dx, CudaTensor<T>& dweight) {
-    const auto g = detail::conv_geometry(x, weight, dy, "conv2d_backward");
-    check(dweight.shape() == weight.shape() && (dx.empty() || dx.shape() == x.shape()), "conv2d_backward: gradients ",
-          dx.shape().str(), ", ", dweight.shape().str(), " for input ", x.shape().str(), " and weight ",
-          weight.shape().str());
+    const auto g = ops::conv_backward_geometry(x.shape(), weight.shape(), dy.shape(), dx.shape(), dweight.shape());
     const int64_t hw = g.hw(), P = g.patch();
     // dcols (image-major) for dx, and channel-major cols and dy for dW, per chunk.
     const int64_t chunk = detail::images_per_chunk(g.n, (2 * P + g.cout) * hw, sizeof(T));
@@ -161,16 +142,14 @@ void conv2d_backward(CudaBackend, const CudaTensor<T>& x, const CudaTensor<T>& w
         detail::gemm<T>(P, hw, g.cout, 1, wt, {dy0, hw, g.cout * hw}, 0, dcols.data(), hw, P * hw, cn,
                         "conv2d_backward (input)");
         detail::for_each(cn * g.cin * hw, detail::Col2im<T>{dcols.data(), g.cin, g.h, g.w, g.k, dx0},
-                         "conv2d_backward: col2im of ", cn, " images ", x.shape().str());
+                         "conv2d_backward: col2im of ", cn, " images ", x.shape());
     }
 }
 
 // y[N, out] = x[N, in] * weight[out, in]^T
 template <Scalar T>
 void linear_forward(CudaBackend, const CudaTensor<T>& x, const CudaTensor<T>& weight, CudaTensor<T>& y) {
-    const int64_t n = x.size(0), in = weight.size(1), out = weight.size(0);
-    check(x.numel() == n * in && y.numel() == n * out, "linear_forward: input ", x.shape().str(), ", weight ",
-          weight.shape().str(), ", output ", y.shape().str());
+    const auto [n, in, out] = ops::linear_extents(x.shape(), weight.shape(), y.shape());
     detail::gemm<T>(n, out, in, 1, {x.data(), in}, {weight.data(), in, 0, true}, 0, y.data(), out, 0, 1,
                     "linear_forward");
 }
@@ -178,10 +157,8 @@ void linear_forward(CudaBackend, const CudaTensor<T>& x, const CudaTensor<T>& we
 template <Scalar T>
 void linear_backward(CudaBackend, const CudaTensor<T>& x, const CudaTensor<T>& weight, const CudaTensor<T>& dy,
                      CudaTensor<T>& dx, CudaTensor<T>& dweight) {
-    const int64_t n = x.size(0), in = weight.size(1), out = weight.size(0);
-    check(dy.numel() == n * out && dweight.numel() == out * in && (dx.empty() || dx.numel() == n * in),
-          "linear_backward: input ", x.shape().str(), ", weight ", weight.shape().str(), ", gradient ",
-          dy.shape().str());
+    const auto [n, in, out] =
+        ops::linear_backward_extents(x.shape(), weight.shape(), dy.shape(), dx.shape(), dweight.shape());
     detail::gemm<T>(out, in, n, 1, {dy.data(), out, 0, true}, {x.data(), in}, 0, dweight.data(), in, 0, 1,
                     "linear_backward (weight)");
     if (!dx.empty())

@@ -7,7 +7,9 @@
 
 #include "mpnet/backend/cuda/launch.cuh"
 #include "mpnet/core/rng.hpp"
+#include "mpnet/ops/channel_planes.hpp"
 #include "mpnet/ops/constants.hpp"
+#include "mpnet/ops/kernel_checks.hpp"
 
 namespace mpnet::cuda {
 
@@ -214,7 +216,7 @@ template <Scalar T>
 void mp_silu_forward(CudaBackend, const CudaTensor<T>& x, CudaTensor<T>& y) {
     check_same_shape(x, y, "mp_silu_forward");
     detail::for_each(x.numel(), detail::SiluForward<T>{x.data(), y.data(), T(1 / ops::silu_scale)},
-                     "mp_silu_forward on ", x.shape().str());
+                     "mp_silu_forward on ", x.shape());
 }
 
 template <Scalar T>
@@ -222,7 +224,7 @@ void mp_silu_backward(CudaBackend, const CudaTensor<T>& x, const CudaTensor<T>& 
     check_same_shape(x, dy, "mp_silu_backward");
     check_same_shape(x, dx, "mp_silu_backward");
     detail::for_each(x.numel(), detail::SiluBackward<T>{x.data(), dy.data(), dx.data(), T(1 / ops::silu_scale)},
-                     "mp_silu_backward on ", x.shape().str());
+                     "mp_silu_backward on ", x.shape());
 }
 
 // dx += mp_silu'(x) dy.
@@ -231,7 +233,7 @@ void mp_silu_backward_add(CudaBackend, const CudaTensor<T>& x, const CudaTensor<
     check_same_shape(x, dy, "mp_silu_backward_add");
     check_same_shape(x, dx, "mp_silu_backward_add");
     detail::for_each(x.numel(), detail::SiluBackwardAdd<T>{x.data(), dy.data(), dx.data(), T(1 / ops::silu_scale)},
-                     "mp_silu_backward_add on ", x.shape().str());
+                     "mp_silu_backward_add on ", x.shape());
 }
 
 // ---- mp_sum --------------------------------------------------------------------------
@@ -241,41 +243,37 @@ void mp_sum_forward(CudaBackend, const CudaTensor<T>& a, const CudaTensor<T>& b,
     check_same_shape(a, y, "mp_sum_forward");
     const auto w = ops::mp_sum_weights(t);
     detail::for_each(a.numel(), detail::WeightedSum<T>{a.data(), b.data(), T(w.wa), T(w.wb), y.data()},
-                     "mp_sum_forward on ", a.shape().str());
+                     "mp_sum_forward on ", a.shape());
 }
 
 // da and db may be empty when that gradient is not wanted.
 template <Scalar T>
 void mp_sum_backward(CudaBackend, const CudaTensor<T>& dy, double t, CudaTensor<T>& da, CudaTensor<T>& db) {
-    check((da.empty() || da.numel() == dy.numel()) && (db.empty() || db.numel() == dy.numel()),
-          "mp_sum_backward: gradient ", dy.shape().str(), " into ", da.shape().str(), " and ", db.shape().str());
+    ops::check_mp_sum_backward(dy, da, db);
     const auto w = ops::mp_sum_weights(t);
     detail::for_each(dy.numel(), detail::SplitScale<T>{dy.data(), T(w.wa), T(w.wb), da.data(), db.data()},
-                     "mp_sum_backward on ", dy.shape().str());
+                     "mp_sum_backward on ", dy.shape());
 }
 
 // ---- mp_cat along channels (dim 1) ---------------------------------------------------
 template <Scalar T>
 void mp_cat_forward(CudaBackend, const CudaTensor<T>& a, const CudaTensor<T>& b, double t, CudaTensor<T>& y) {
-    const int64_t n = a.size(0), ca = a.size(1), cb = b.size(1), inner = a.shape().numel_from(2);
-    check(b.size(0) == n && b.shape().numel_from(2) == inner && y.size(1) == ca + cb &&
-              y.numel() == n * (ca + cb) * inner,
-          "mp_cat_forward: shapes ", a.shape().str(), " + ", b.shape().str(), " -> ", y.shape().str());
-    const auto w = ops::mp_cat_weights(t, double(ca), double(cb));
+    const auto e = ops::cat_extents(a.shape(), b.shape(), y.shape(), "mp_cat_forward");
+    const auto w = ops::mp_cat_weights(t, double(e.ca), double(e.cb));
     detail::for_each(y.numel(),
-                     detail::CatForward<T>{a.data(), b.data(), T(w.wa), T(w.wb), ca * inner, cb * inner, y.data()},
-                     "mp_cat_forward on ", a.shape().str(), " + ", b.shape().str());
+                     detail::CatForward<T>{a.data(), b.data(), T(w.wa), T(w.wb), e.ca * e.inner, e.cb * e.inner,
+                                           y.data()},
+                     "mp_cat_forward on ", a.shape(), " + ", b.shape());
 }
 
 template <Scalar T>
 void mp_cat_backward(CudaBackend, const CudaTensor<T>& dy, double t, CudaTensor<T>& da, CudaTensor<T>& db) {
-    const int64_t n = da.size(0), ca = da.size(1), cb = db.size(1), inner = da.shape().numel_from(2);
-    check(dy.numel() == n * (ca + cb) * inner && db.numel() == n * cb * inner, "mp_cat_backward: gradient ",
-          dy.shape().str(), " into ", da.shape().str(), " + ", db.shape().str());
-    const auto w = ops::mp_cat_weights(t, double(ca), double(cb));
+    const auto e = ops::cat_extents(da.shape(), db.shape(), dy.shape(), "mp_cat_backward");
+    const auto w = ops::mp_cat_weights(t, double(e.ca), double(e.cb));
     detail::for_each(dy.numel(),
-                     detail::CatBackward<T>{dy.data(), T(w.wa), T(w.wb), ca * inner, cb * inner, da.data(), db.data()},
-                     "mp_cat_backward on ", dy.shape().str());
+                     detail::CatBackward<T>{dy.data(), T(w.wa), T(w.wb), e.ca * e.inner, e.cb * e.inner, da.data(),
+                                            db.data()},
+                     "mp_cat_backward on ", dy.shape());
 }
 
 // ---- clip ----------------------------------------------------------------------------
@@ -283,7 +281,7 @@ template <Scalar T>
 void clip_forward(CudaBackend, const CudaTensor<T>& x, double limit, CudaTensor<T>& y) {
     check_same_shape(x, y, "clip_forward");
     detail::for_each(x.numel(), detail::ClipForward<T>{x.data(), T(-limit), T(limit), y.data()}, "clip_forward on ",
-                     x.shape().str());
+                     x.shape());
 }
 
 // The gradient passes where the input lies inside [-limit, limit] (ends included).
@@ -292,7 +290,7 @@ void clip_backward(CudaBackend, const CudaTensor<T>& x, const CudaTensor<T>& dy,
     check_same_shape(x, dy, "clip_backward");
     check_same_shape(x, dx, "clip_backward");
     detail::for_each(x.numel(), detail::ClipBackward<T>{x.data(), dy.data(), T(-limit), T(limit), dx.data()},
-                     "clip_backward on ", x.shape().str());
+                     "clip_backward on ", x.shape());
 }
 
 // ---- dropout: element i is kept iff uniform(seed, i) >= p; kept values scale by 1/(1-p).
@@ -300,35 +298,33 @@ template <Scalar T>
 void dropout_apply(CudaBackend, const CudaTensor<T>& x, double p, uint64_t seed, CudaTensor<T>& y) {
     check_same_shape(x, y, "dropout_apply");
     detail::for_each(x.numel(), detail::Dropout<T>{x.data(), p, seed, T(1 / (1 - p)), y.data()}, "dropout_apply on ",
-                     x.shape().str());
+                     x.shape());
 }
 
 // ---- modulation: y[n, c, ...] = x[n, c, ...] * s[n, c] --------------------------------
 template <Scalar T>
 void scale_channels_forward(CudaBackend, const CudaTensor<T>& x, const CudaTensor<T>& s, CudaTensor<T>& y) {
-    const int64_t nc = x.size(0) * x.size(1), inner = x.shape().numel_from(2);
-    check(s.numel() == nc && y.numel() == x.numel(), "scale_channels_forward: scale ", s.shape().str(), " for ",
-          x.shape().str());
-    detail::for_each(x.numel(), detail::ScaleChannels<T>{x.data(), s.data(), inner, y.data()},
-                     "scale_channels_forward on ", x.shape().str());
+    const auto p = ops::channel_planes(x.shape(), s.shape(), y.shape(), "scale_channels_forward");
+    detail::for_each(x.numel(), detail::ScaleChannels<T>{x.data(), s.data(), p.inner, y.data()},
+                     "scale_channels_forward on ", x.shape());
 }
 
 template <Scalar T>
 void scale_channels_backward(CudaBackend, const CudaTensor<T>& x, const CudaTensor<T>& s, const CudaTensor<T>& dy,
                              CudaTensor<T>& dx, CudaTensor<T>& ds) {
-    const int64_t nc = x.size(0) * x.size(1), inner = x.shape().numel_from(2);
-    check(s.numel() == nc && ds.numel() == nc && dy.numel() == x.numel() && dx.numel() == x.numel(),
-          "scale_channels_backward: scale ", s.shape().str(), " for ", x.shape().str());
-    if (nc == 0) return;
-    detail::scale_channels_backward_kernel<<<unsigned(nc), detail::block_size, 0, current_stream()>>>(
-        x.data(), s.data(), dy.data(), inner, dx.data(), ds.data());
-    launch_check("scale_channels_backward on ", x.shape().str());
+    const auto p =
+        ops::channel_planes(x.shape(), s.shape(), dy.shape(), dx.shape(), ds.shape(), "scale_channels_backward");
+    if (p.planes == 0) return;
+    detail::scale_channels_backward_kernel<<<unsigned(p.planes), detail::block_size, 0, current_stream()>>>(
+        x.data(), s.data(), dy.data(), p.inner, dx.data(), ds.data());
+    launch_check("scale_channels_backward on ", x.shape());
 }
 
 // ---- y = mp_silu(x * s[n, c]) -----------------------------------------------------------
 // Composed of the modulation and mp_silu kernels (two passes; the CPU backend fuses them).
 template <Scalar T>
 void modulated_silu_forward(CudaBackend, const CudaTensor<T>& x, const CudaTensor<T>& s, CudaTensor<T>& y) {
+    ops::channel_planes(x.shape(), s.shape(), y.shape(), "modulated_silu_forward");
     scale_channels_forward(CudaBackend{}, x, s, y);
     mp_silu_forward(CudaBackend{}, y, y);
 }
@@ -337,6 +333,7 @@ void modulated_silu_forward(CudaBackend, const CudaTensor<T>& x, const CudaTenso
 template <Scalar T>
 void modulated_silu_backward(CudaBackend, const CudaTensor<T>& x, const CudaTensor<T>& s, const CudaTensor<T>& dy,
                              CudaTensor<T>& dx, CudaTensor<T>& ds) {
+    ops::channel_planes(x.shape(), s.shape(), dy.shape(), dx.shape(), ds.shape(), "modulated_silu_backward");
     CudaTensor<T> g(x.shape());
     scale_channels_forward(CudaBackend{}, x, s, g);
     mp_silu_backward(CudaBackend{}, g, dy, g);
@@ -346,11 +343,10 @@ void modulated_silu_backward(CudaBackend, const CudaTensor<T>& x, const CudaTens
 // ---- y = [x, 1]: appends a constant-one channel (the U-Net's input) ---------------------
 template <Scalar T>
 void append_ones_channel(CudaBackend, const CudaTensor<T>& x, CudaTensor<T>& y) {
-    const int64_t n = x.size(0), sx = x.shape().numel_from(1), plane = x.shape().numel_from(2);
-    check(y.size(1) == x.size(1) + 1 && y.numel() == n * (sx + plane), "append_ones_channel: ", x.shape().str(),
-          " -> ", y.shape().str());
+    ops::check_append_ones(x.shape(), y.shape());
+    const int64_t sx = x.shape().numel_from(1), plane = x.shape().numel_from(2);
     detail::for_each(y.numel(), detail::AppendOnes<T>{x.data(), sx, plane, y.data()}, "append_ones_channel on ",
-                     x.shape().str());
+                     x.shape());
 }
 
 // ---- arithmetic ----------------------------------------------------------------------
@@ -358,50 +354,50 @@ void append_ones_channel(CudaBackend, const CudaTensor<T>& x, CudaTensor<T>& y) 
 template <Scalar T>
 void axpby(CudaBackend, T alpha, const CudaTensor<T>& x, T beta, CudaTensor<T>& y) {
     check_same_shape(x, y, "axpby");
-    detail::for_each(x.numel(), detail::Axpby<T>{alpha, x.data(), beta, y.data()}, "axpby on ", x.shape().str());
+    detail::for_each(x.numel(), detail::Axpby<T>{alpha, x.data(), beta, y.data()}, "axpby on ", x.shape());
 }
 
 // y = alpha * x + beta (elementwise affine)
 template <Scalar T>
 void affine(CudaBackend, const CudaTensor<T>& x, T alpha, T beta, CudaTensor<T>& y) {
-    check(x.numel() == y.numel(), "affine: ", x.shape().str(), " into ", y.shape().str());
-    detail::for_each(x.numel(), detail::Affine<T>{x.data(), alpha, beta, y.data()}, "affine on ", x.shape().str());
+    check_same_size(x, y, "affine");
+    detail::for_each(x.numel(), detail::Affine<T>{x.data(), alpha, beta, y.data()}, "affine on ", x.shape());
 }
 
 // Sum over all elements, accumulated in double (synchronises the stream).
 template <Scalar T>
 double sum(CudaBackend, const CudaTensor<T>& x) {
-    return detail::reduce_sum(x.numel(), detail::Value<T>{x.data()}, "sum on ", x.shape().str());
+    return detail::reduce_sum(x.numel(), detail::Value<T>{x.data()}, "sum on ", x.shape());
 }
 
 template <Scalar T>
 double dot(CudaBackend, const CudaTensor<T>& a, const CudaTensor<T>& b) {
     check_same_shape(a, b, "dot");
-    return detail::reduce_sum(a.numel(), detail::Product<T>{a.data(), b.data()}, "dot on ", a.shape().str());
+    return detail::reduce_sum(a.numel(), detail::Product<T>{a.data(), b.data()}, "dot on ", a.shape());
 }
 
 // Replaces NaN and +-inf by zero; returns how many were replaced (synchronises the stream).
 template <Scalar T>
 int64_t zero_nonfinite(CudaBackend, CudaTensor<T>& x) {
     return static_cast<int64_t>(
-        detail::reduce_sum(x.numel(), detail::ZeroNonfinite<T>{x.data()}, "zero_nonfinite on ", x.shape().str()));
+        detail::reduce_sum(x.numel(), detail::ZeroNonfinite<T>{x.data()}, "zero_nonfinite on ", x.shape()));
 }
 
 // Fills x with N(mean, std^2) samples: element i is normal(seed, offset + i), the CPU's stream.
 template <Scalar T>
 void fill_normal(CudaBackend, CudaTensor<T>& x, uint64_t seed, uint64_t offset, double mean = 0, double std = 1) {
     detail::for_each(x.numel(), detail::FillNormal<T>{x.data(), seed, offset, mean, std}, "fill_normal on ",
-                     x.shape().str());
+                     x.shape());
 }
 
 template <Scalar T>
 void fill_uniform(CudaBackend, CudaTensor<T>& x, uint64_t seed, uint64_t offset) {
-    detail::for_each(x.numel(), detail::FillUniform<T>{x.data(), seed, offset}, "fill_uniform on ", x.shape().str());
+    detail::for_each(x.numel(), detail::FillUniform<T>{x.data(), seed, offset}, "fill_uniform on ", x.shape());
 }
 
 template <Scalar T>
 void fill(CudaBackend, CudaTensor<T>& x, T value) {
-    detail::for_each(x.numel(), detail::Fill<T>{x.data(), value}, "fill on ", x.shape().str());
+    detail::for_each(x.numel(), detail::Fill<T>{x.data(), value}, "fill on ", x.shape());
 }
 
 }  // namespace mpnet::cuda

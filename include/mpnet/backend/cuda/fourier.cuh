@@ -3,6 +3,7 @@
 #pragma once
 #include "mpnet/backend/cuda/launch.cuh"
 #include "mpnet/ops/constants.hpp"
+#include "mpnet/ops/kernel_checks.hpp"
 
 namespace mpnet::cuda {
 
@@ -40,25 +41,24 @@ __global__ void __launch_bounds__(block_size)
 template <Scalar T>
 void mp_fourier_forward(CudaBackend, const CudaTensor<T>& x, const CudaTensor<T>& freqs, const CudaTensor<T>& phases,
                         CudaTensor<T>& y) {
-    const int64_t n = x.numel(), c = freqs.numel();
-    check(phases.numel() == c && y.numel() == n * c, "mp_fourier_forward: output ", y.shape().str(), " for ", n,
-          " inputs x ", c, " channels");
+    const int64_t n = x.numel(), c = ops::fourier_channels(x.shape(), freqs.shape(), phases.shape(), y.shape(),
+                                                           "mp_fourier_forward");
     detail::for_each(n * c, detail::FourierForward<T>{x.data(), freqs.data(), phases.data(), c, y.data()},
-                     "mp_fourier_forward on ", x.shape().str(), " x ", c, " channels");
+                     "mp_fourier_forward on ", x.shape(), " x ", c, " channels");
 }
 
 // The buffers get no gradient.
 template <Scalar T>
 void mp_fourier_backward(CudaBackend, const CudaTensor<T>& x, const CudaTensor<T>& freqs,
                          const CudaTensor<T>& phases, const CudaTensor<T>& dy, CudaTensor<T>& dx) {
-    const int64_t n = x.numel(), c = freqs.numel();
-    check(phases.numel() == c && dy.numel() == n * c && dx.numel() == n, "mp_fourier_backward: gradient ",
-          dy.shape().str(), " for ", n, " inputs x ", c, " channels");
+    const int64_t n = x.numel(), c = ops::fourier_channels(x.shape(), freqs.shape(), phases.shape(), dy.shape(),
+                                                           "mp_fourier_backward");
+    check_same_size(x, dx, "mp_fourier_backward");
     if (n == 0) return;
     detail::fourier_backward_kernel<<<unsigned(std::min<int64_t>(n, int64_t{1} << 20)), detail::block_size, 0,
                                       current_stream()>>>(x.data(), freqs.data(), phases.data(), dy.data(), n, c,
                                                           dx.data());
-    launch_check("mp_fourier_backward on ", x.shape().str(), " x ", c, " channels");
+    launch_check("mp_fourier_backward on ", x.shape(), " x ", c, " channels");
 }
 
 }  // namespace mpnet::cuda

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "mpnet/backend/cuda/launch.cuh"
+#include "mpnet/ops/kernel_checks.hpp"
 
 namespace mpnet::cuda {
 
@@ -44,18 +45,15 @@ template <Scalar T>
 double edm2_loss(CudaBackend, const CudaTensor<T>& D, const CudaTensor<T>& y, const CudaTensor<T>& sigma,
                  const CudaTensor<T>& logvar, double sigma_data, double scale, CudaTensor<T>& dD,
                  CudaTensor<T>& dlogvar) {
-    check_same_shape(D, y, "edm2_loss");
-    check_same_shape(D, dD, "edm2_loss");
-    const int64_t n = D.size(0), inner = D.shape().numel_from(1);
-    check(sigma.numel() == n && logvar.numel() == n && dlogvar.numel() == n, "edm2_loss: sigma ",
-          sigma.shape().str(), ", logvar ", logvar.shape().str(), " and dlogvar ", dlogvar.shape().str(), " for ",
-          D.shape().str());
+    const auto e =
+        ops::loss_extents(D.shape(), y.shape(), sigma.shape(), logvar.shape(), dD.shape(), dlogvar.shape());
+    const int64_t n = e.n, inner = e.inner;
     if (n == 0) return 0;
     DeviceBuffer<double> totals(static_cast<std::size_t>(n));
     detail::edm2_loss_kernel<<<unsigned(std::min<int64_t>(n, int64_t{1} << 20)), detail::block_size, 0,
                                current_stream()>>>(D.data(), y.data(), sigma.data(), logvar.data(), sigma_data,
                                                    scale, n, inner, dD.data(), dlogvar.data(), totals.data());
-    launch_check("edm2_loss on ", D.shape().str());
+    launch_check("edm2_loss on ", D.shape());
     std::vector<double> host(static_cast<std::size_t>(n));
     cuda_check(cudaMemcpyAsync(host.data(), totals.data(), host.size() * sizeof(double), cudaMemcpyDeviceToHost,
                                current_stream()),

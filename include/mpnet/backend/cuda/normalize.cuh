@@ -11,7 +11,7 @@
 
 #include "mpnet/backend/cuda/launch.cuh"
 #include "mpnet/ops/constants.hpp"
-#include "mpnet/ops/reduce_dims.hpp"
+#include "mpnet/ops/normalize_layout.hpp"
 
 namespace mpnet::cuda {
 
@@ -130,8 +130,7 @@ void launch_blocks(int64_t groups, F&& launch) {
 template <Scalar T>
 void normalize_forward(CudaBackend, const CudaTensor<T>& x, ops::Dims dims, CudaTensor<T>& y,
                        CudaTensor<T>* scale = nullptr) {
-    check_same_shape(x, y, "normalize_forward");
-    const auto L = ops::reduction_layout(x.shape(), dims);
+    const auto L = ops::normalize_forward_layout(x.shape(), y.shape(), dims);
     T* s = nullptr;
     if (scale) {
         *scale = CudaTensor<T>(Shape{L.groups()});
@@ -141,7 +140,7 @@ void normalize_forward(CudaBackend, const CudaTensor<T>& x, ops::Dims dims, Cuda
     const cudaStream_t stream = current_stream();
     if (detail::use_columns(L)) {
         detail::for_each(L.groups(), detail::NormalizeForwardColumns<T>{x.data(), L.reduced, L.inner, y.data(), s},
-                         "normalize_forward on ", x.shape().str());
+                         "normalize_forward on ", x.shape());
         return;
     }
     DeviceBuffer<int64_t> members;
@@ -154,25 +153,21 @@ void normalize_forward(CudaBackend, const CudaTensor<T>& x, ops::Dims dims, Cuda
             detail::normalize_forward_blocks<<<grid, detail::block_size, 0, stream>>>(
                 x.data(), detail::ListIndex{members.data(), L.reduced}, L.groups(), L.reduced, y.data(), s);
     });
-    launch_check("normalize_forward on ", x.shape().str());
+    launch_check("normalize_forward on ", x.shape());
 }
 
 // dx from x, the upstream dy and the per-group scale saved by forward.
 template <Scalar T>
 void normalize_backward(CudaBackend, const CudaTensor<T>& x, const CudaTensor<T>& dy, ops::Dims dims,
                         const CudaTensor<T>& scale, CudaTensor<T>& dx) {
-    check_same_shape(x, dy, "normalize_backward");
-    check_same_shape(x, dx, "normalize_backward");
-    const auto L = ops::reduction_layout(x.shape(), dims);
-    check(scale.numel() == L.groups(), "normalize_backward: ", scale.numel(), " saved scales for ", L.groups(),
-          " groups of ", x.shape().str());
+    const auto L = ops::normalize_backward_layout(x.shape(), dy.shape(), dx.shape(), scale.numel(), dims);
     if (x.numel() == 0) return;
     const cudaStream_t stream = current_stream();
     if (detail::use_columns(L)) {
         detail::for_each(L.groups(),
                          detail::NormalizeBackwardColumns<T>{x.data(), dy.data(), scale.data(), L.reduced, L.inner,
                                                              dx.data()},
-                         "normalize_backward on ", x.shape().str());
+                         "normalize_backward on ", x.shape());
         return;
     }
     DeviceBuffer<int64_t> members;
@@ -186,7 +181,7 @@ void normalize_backward(CudaBackend, const CudaTensor<T>& x, const CudaTensor<T>
                 x.data(), dy.data(), scale.data(), detail::ListIndex{members.data(), L.reduced}, L.groups(),
                 L.reduced, dx.data());
     });
-    launch_check("normalize_backward on ", x.shape().str());
+    launch_check("normalize_backward on ", x.shape());
 }
 
 }  // namespace mpnet::cuda

@@ -95,41 +95,32 @@ struct Grow {
 
 }  // namespace detail
 
-// Output shape of resample(x) for x of shape s.
-inline Shape resampled_shape(const Shape& s, ops::Resample mode) {
-    if (mode == ops::Resample::keep) return s;
-    const int64_t f = mode == ops::Resample::up ? 2 : 1, d = mode == ops::Resample::down ? 2 : 1;
-    return Shape{s[0], s[1], s[2] * f / d, s[3] * f / d};
-}
-
 template <Scalar T>
 void resample_forward(CudaBackend, const CudaTensor<T>& x, const std::vector<double>& filter, ops::Resample mode,
                       CudaTensor<T>& y) {
-    check(y.shape() == resampled_shape(x.shape(), mode), "resample_forward: output ", y.shape().str(), " for ",
-          x.shape().str());
+    ops::check_resampled(x.shape(), y.shape(), mode, "resample_forward");
     if (mode == ops::Resample::keep) return y.copy_from(x);
     const auto f = detail::make_filter(filter);
     if (mode == ops::Resample::down)
         detail::for_each(y.numel(), detail::Shrink<T>{x.data(), x.size(2), x.size(3), f, 1.0, y.data()},
-                         "resample_forward (down) on ", x.shape().str());
+                         "resample_forward (down) on ", x.shape());
     else
         detail::for_each(y.numel(), detail::Grow<T>{x.data(), y.size(2), y.size(3), f, 4.0, y.data()},
-                         "resample_forward (up) on ", x.shape().str());
+                         "resample_forward (up) on ", x.shape());
 }
 
 template <Scalar T>
 void resample_backward(CudaBackend, const CudaTensor<T>& dy, const std::vector<double>& filter, ops::Resample mode,
                        CudaTensor<T>& dx) {
-    check(dy.shape() == resampled_shape(dx.shape(), mode), "resample_backward: gradient ", dy.shape().str(),
-          " for input ", dx.shape().str());
+    ops::check_resampled(dx.shape(), dy.shape(), mode, "resample_backward");
     if (mode == ops::Resample::keep) return dx.copy_from(dy);
     const auto f = detail::make_filter(filter);
     if (mode == ops::Resample::down)
         detail::for_each(dx.numel(), detail::Grow<T>{dy.data(), dx.size(2), dx.size(3), f, 1.0, dx.data()},
-                         "resample_backward (down) on ", dx.shape().str());
+                         "resample_backward (down) on ", dx.shape());
     else
         detail::for_each(dx.numel(), detail::Shrink<T>{dy.data(), dy.size(2), dy.size(3), f, 4.0, dx.data()},
-                         "resample_backward (up) on ", dx.shape().str());
+                         "resample_backward (up) on ", dx.shape());
 }
 
 }  // namespace mpnet::cuda
