@@ -1,5 +1,6 @@
 // Every CUDA kernel against the CPU kernel on the same random inputs, in float and double;
-// the RNG streams; the math modes; memory, streams and error reporting.
+// the RNG streams; the math modes; memory, streams and error reporting. (That both
+// backends declare the same kernels is asserted by their headers: backend/kernels.hpp.)
 #include "cuda_test.cuh"
 
 using namespace mpnet;
@@ -17,84 +18,6 @@ template <class T, class Tag>
 using TensorOf = Tensor<T, Tag>;
 template <class T, class Tag>
 using Outputs = std::vector<Tensor<T, Tag>>;
-
-// The type of a CPU kernel with every CPU backend type replaced by its CUDA counterpart.
-template <class X>
-struct OnGpu {
-    using type = X;
-};
-template <>
-struct OnGpu<CpuBackend> {
-    using type = CudaBackend;
-};
-template <class T>
-struct OnGpu<CpuTensor<T>> {
-    using type = CudaTensor<T>;
-};
-template <class T>
-struct OnGpu<ops::AttentionContext<T, CpuBackend>> {
-    using type = ops::AttentionContext<T, CudaBackend>;
-};
-template <class X>
-struct OnGpu<const X> {
-    using type = const typename OnGpu<X>::type;
-};
-template <class X>
-struct OnGpu<X&> {
-    using type = typename OnGpu<X>::type&;
-};
-template <class X>
-struct OnGpu<X*> {
-    using type = typename OnGpu<X>::type*;
-};
-template <class R, class... A>
-struct OnGpu<R (*)(A...)> {
-    using type = typename OnGpu<R>::type (*)(typename OnGpu<A>::type...);
-};
-
-// Every kernel of the CPU backend has a CUDA twin with the same parameters, so that the
-// layers instantiate on either backend.
-#define MPNET_SAME_SIGNATURE(fn)                                                                               \
-    static_assert(std::is_same_v<OnGpu<decltype(&cpu::fn<float>)>::type, decltype(&mpnet::cuda::fn<float>)> && \
-                      std::is_same_v<OnGpu<decltype(&cpu::fn<double>)>::type, decltype(&mpnet::cuda::fn<double>)>, \
-                  #fn " differs between the CPU and CUDA backends")
-MPNET_SAME_SIGNATURE(mp_silu_forward);
-MPNET_SAME_SIGNATURE(mp_silu_backward);
-MPNET_SAME_SIGNATURE(mp_silu_backward_add);
-MPNET_SAME_SIGNATURE(modulated_silu_forward);
-MPNET_SAME_SIGNATURE(modulated_silu_backward);
-MPNET_SAME_SIGNATURE(mp_sum_forward);
-MPNET_SAME_SIGNATURE(mp_sum_backward);
-MPNET_SAME_SIGNATURE(mp_cat_forward);
-MPNET_SAME_SIGNATURE(mp_cat_backward);
-MPNET_SAME_SIGNATURE(clip_forward);
-MPNET_SAME_SIGNATURE(clip_backward);
-MPNET_SAME_SIGNATURE(dropout_apply);
-MPNET_SAME_SIGNATURE(scale_channels_forward);
-MPNET_SAME_SIGNATURE(scale_channels_backward);
-MPNET_SAME_SIGNATURE(append_ones_channel);
-MPNET_SAME_SIGNATURE(axpby);
-MPNET_SAME_SIGNATURE(affine);
-MPNET_SAME_SIGNATURE(sum);
-MPNET_SAME_SIGNATURE(dot);
-MPNET_SAME_SIGNATURE(zero_nonfinite);
-MPNET_SAME_SIGNATURE(fill_normal);
-MPNET_SAME_SIGNATURE(fill_uniform);
-MPNET_SAME_SIGNATURE(fill);
-MPNET_SAME_SIGNATURE(normalize_forward);
-MPNET_SAME_SIGNATURE(normalize_backward);
-MPNET_SAME_SIGNATURE(conv2d_forward);
-MPNET_SAME_SIGNATURE(conv2d_backward);
-MPNET_SAME_SIGNATURE(linear_forward);
-MPNET_SAME_SIGNATURE(linear_backward);
-MPNET_SAME_SIGNATURE(resample_forward);
-MPNET_SAME_SIGNATURE(resample_backward);
-MPNET_SAME_SIGNATURE(attention_forward);
-MPNET_SAME_SIGNATURE(attention_backward);
-MPNET_SAME_SIGNATURE(mp_fourier_forward);
-MPNET_SAME_SIGNATURE(mp_fourier_backward);
-MPNET_SAME_SIGNATURE(edm2_loss);
-MPNET_SAME_SIGNATURE(adam_step);
 
 }  // namespace
 

@@ -13,7 +13,9 @@ concept Scalar = std::same_as<T, float> || std::same_as<T, double>;
 // A backend owns memory and the primitive kernels. Memory is reached through the static
 // functions below; kernels are free functions found by argument-dependent lookup on the
 // backend's tag type (`mp_silu_forward(B{}, x, y)`), so each backend keeps its kernels in
-// its own namespace and headers, and the layers never name a backend.
+// its own namespace and headers, and the layers never name a backend. Their list is the
+// Kernels concept of backend/kernels.hpp, which needs the types of ops/ and so lives above
+// this layer.
 template <class B>
 concept Backend = std::default_initializable<B> &&
     requires(std::size_t bytes, void* dst, const void* src) {

@@ -9,3 +9,6 @@
 #include "mpnet/backend/cpu/loss.hpp"
 #include "mpnet/backend/cpu/normalize.hpp"
 #include "mpnet/backend/cpu/resample.hpp"
+#include "mpnet/backend/kernels.hpp"
+
+static_assert(mpnet::Kernels<mpnet::CpuBackend>, "a CPU kernel of backend/kernels.hpp is missing or has another signature");

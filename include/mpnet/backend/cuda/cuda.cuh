@@ -10,3 +10,6 @@
 #include "mpnet/backend/cuda/loss.cuh"
 #include "mpnet/backend/cuda/normalize.cuh"
 #include "mpnet/backend/cuda/resample.cuh"
+#include "mpnet/backend/kernels.hpp"
+
+static_assert(mpnet::Kernels<mpnet::CudaBackend>, "a CUDA kernel of backend/kernels.hpp is missing or has another signature");
