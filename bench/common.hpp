@@ -1,5 +1,5 @@
-// What the CPU benchmarks share: the benchmarked presets, random inputs, registration and
-// the rate counters with their fraction of the machine's measured peak.
+// What the CPU benchmarks share: random inputs, registration and the rate counters with
+// their fraction of the machine's measured peak (the presets: presets.hpp).
 //
 // Names are <layer>/<fwd|bwd>/<preset>/<shape> (or network/<what>/<preset>/<batch>);
 // bench/torch_layers.py times the PyTorch equivalent of each under the same name, which is
@@ -14,32 +14,13 @@
 #include "mpnet/backend/cpu/cpu.hpp"
 #include "mpnet/nn/presets.hpp"
 #include "peak.hpp"
+#include "presets.hpp"
 
 namespace mpnet::bench {
 
 using F = CpuTensor<float>;
 
-// The networks whose shapes are benchmarked, and their batches. The 64x64 network's
-// layers take seconds on two cores: they run one iteration per repetition.
-struct BenchPreset {
-    const char* name;
-    int64_t batch;
-    bool expensive;
-};
-inline constexpr BenchPreset bench_presets[] = {{"fmnist-s", 64, false}, {"edm2-img64-xs", 32, true}};
-
-inline F filled(Shape s, uint64_t seed, double stddev = 1) {
-    F t(s);
-    fill_normal(CpuBackend{}, t, seed, 0, 0, stddev);
-    return t;
-}
-
-// "64x32x32x32"
-inline std::string dims(const Shape& s) {
-    std::string out;
-    for (int i = 0; i < s.rank(); ++i) out += (i ? "x" : "") + std::to_string(s[i]);
-    return out;
-}
+inline F filled(Shape s, uint64_t seed, double stddev = 1) { return filled<CpuBackend>(s, seed, stddev); }
 
 inline void add(const std::string& name, const BenchPreset& p, std::function<void(benchmark::State&)> fn) {
     auto* b = benchmark::RegisterBenchmark(name.c_str(), std::move(fn))->UseRealTime()->Unit(benchmark::kMillisecond);
