@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <limits>
@@ -24,168 +25,119 @@
 
 namespace fs = std::filesystem;
 using namespace mpnet;
-using cli::parse_number;
 using cli::UsageError;
 using Net = nn::Precond<float, CpuBackend>;
 using TensorF = CpuTensor<float>;
 
 namespace {
 
-constexpr const char* usage_text = R"(Usage: mpnet-generate --net FILE (--outdir DIR | --grid FILE.png) [options]
+struct Options {
+    fs::path net, gnet, outdir, grid, noise;
+    double guidance = 1;
+    std::optional<std::vector<uint64_t>> seeds;
+    std::optional<int64_t> cls;
+    std::optional<std::vector<std::string>> class_names;
+    sample::SamplerOptions sampler;
+    int64_t batch = 32;
+    bool quiet = false;
+};
 
-Samples images from an EDM2 network with the EDM sampler (Heun's 2nd-order
+cli::Parser make_parser(Options& o) {
+    auto& s = o.sampler;
+    cli::Parser p("mpnet-generate --net FILE (--outdir DIR | --grid FILE.png) [options]",
+                  R"(Samples images from an EDM2 network with the EDM sampler (Heun's 2nd-order
 method, Karras et al. 2022) as EDM2 uses it, optionally guided by a second
 network: D = g + w (net - g).
 
 Image i starts from the noise normal(seed_i) over one image and, when churn is
 on, draws its extra noise from seed_i's own stream, so an image depends only on
-its seed and the options: never on --batch or the thread count (OMP_NUM_THREADS).
-
-Networks:
-  --net FILE        weights file (safetensors with the network configuration in
-                    its metadata, as mpnet-train and mpnet-phema write them)
-  --gnet FILE       guiding network: same image shape; the same label_dim, or
-                    unconditional (label_dim 0) for classifier-free guidance
-  --guidance W      guidance weight w (default 1: the guide is not evaluated)
-
-Images:
-  --seeds LIST      seeds, one image each: numbers and inclusive ranges, e.g.
-                    0-63,100 (default 0-63)
-  --class K         class label of every image (conditional networks); without
-                    it each image gets a class drawn from its seed's own stream
-  --class-names L   comma-separated class names for the grid labels (default:
-                    the weights file's `class_names` metadata, a JSON list, if any)
-  --noise FILE      start from the tensor `noise` [N, C, H, W] of a safetensors
-                    file instead of seeded noise; labels come from --class, else
-                    from its tensor `labels` [N, label_dim] if present, else from
-                    the seeds. --seeds, if given, names the N images (default 0..N-1)
-
-Sampler:
-  --steps N         number of noise levels (default 32; 2N-1 network evaluations)
-  --sigma-min S     lowest noise level (default 0.002)
-  --sigma-max S     highest noise level (default 80)
-  --rho R           schedule exponent (default 7)
-  --S-churn C       stochasticity (default 0: deterministic)
-  --S-min S, --S-max S   churn only for noise levels in [S-min, S-max]
-                    (defaults 0 and inf)
-  --S-noise S       scale of the churn noise (default 1)
-  --euler           first-order steps only (N network evaluations)
-  --batch N         images per network call (default 32); changes speed and
-                    memory, never the images
-
-Output (at least one of):
-  --outdir DIR      one PNG per seed: DIR/<seed/1000*1000, 6 digits>/<seed, 6
-                    digits>.png, e.g. DIR/000000/000123.png
-  --grid FILE.png   all images in one PNG: rows by class, each labelled with its
-                    class number (and name), for a conditional network; a plain
-                    near-square grid otherwise
-
-  --quiet           no progress line or summary, only errors
-  -h, --help        print this help
-
-Pixels are uint8(clip(x * 127.5 + 128, 0, 255)): 1 channel is written as a
-grayscale PNG, 3 channels as RGB. Every file is written atomically.
+its seed and the options: never on --batch or the thread count (OMP_NUM_THREADS).)");
+    p.section("Networks")
+        .value("--net", "FILE", "weights file (safetensors with the network configuration in\nits metadata, as mpnet-train and mpnet-phema write them)",
+               [&](const std::string& v) { o.net = v; })
+        .value("--gnet", "FILE", "guiding network: same image shape; the same label_dim, or\nunconditional (label_dim 0) for classifier-free guidance",
+               [&](const std::string& v) { o.gnet = v; })
+        .value("--guidance", "W", "guidance weight w (default 1: the guide is not evaluated)",
+               [&](const std::string& v) { o.guidance = cli::parse_real("--guidance", v); });
+    p.section("Images")
+        .value("--seeds", "LIST", "seeds, one image each: numbers and inclusive ranges, e.g.\n0-63,100 (default 0-63)",
+               [&](const std::string& v) {
+                   try {
+                       o.seeds = sample::parse_seeds(v);
+                   } catch (const Error& e) {
+                       throw UsageError(std::string("--seeds: ") + e.what());
+                   }
+               })
+        .value("--class", "K", "class label of every image (conditional networks); without\nit each image gets a class drawn from its seed's own stream",
+               [&](const std::string& v) { o.cls = cli::parse_integer<int64_t>("--class", v, 0); })
+        .value("--class-names", "L", "comma-separated class names for the grid labels (default:\nthe weights file's `class_names` metadata, a JSON list, if any)",
+               [&](const std::string& v) { o.class_names = cli::split_commas(v); })
+        .value("--noise", "FILE", "start from the tensor `noise` [N, C, H, W] of a safetensors\nfile instead of seeded noise; labels come from --class, else\nfrom its tensor `labels` [N, label_dim] if present, else from\nthe seeds. --seeds, if given, names the N images (default 0..N-1)",
+               [&](const std::string& v) { o.noise = v; });
+    p.section("Sampler")
+        .value("--steps", "N", "number of noise levels (default 32; 2N-1 network evaluations)",
+               [&](const std::string& v) { s.steps = cli::parse_integer<int>("--steps", v); })
+        .value("--sigma-min", "S", "lowest noise level (default 0.002)",
+               [&](const std::string& v) { s.sigma_min = cli::parse_real("--sigma-min", v, cli::positive); })
+        .value("--sigma-max", "S", "highest noise level (default 80)",
+               [&](const std::string& v) { s.sigma_max = cli::parse_real("--sigma-max", v, cli::positive); })
+        .value("--rho", "R", "schedule exponent (default 7)",
+               [&](const std::string& v) { s.rho = cli::parse_real("--rho", v, cli::positive); })
+        .value("--S-churn", "C", "stochasticity (default 0: deterministic)",
+               [&](const std::string& v) { s.S_churn = cli::parse_real("--S-churn", v, cli::non_negative); })
+        .value("--S-min", "S", "churn only for noise levels in [S-min, S-max] (default 0)",
+               [&](const std::string& v) { s.S_min = cli::parse_real("--S-min", v, cli::non_negative); })
+        .value("--S-max", "S", "(default inf: no upper limit)",
+               [&](const std::string& v) {
+                   s.S_max = cli::parse_real("--S-max", v, {0, std::numeric_limits<double>::infinity()});
+               })
+        .value("--S-noise", "S", "scale of the churn noise (default 1)",
+               [&](const std::string& v) { s.S_noise = cli::parse_real("--S-noise", v, cli::non_negative); })
+        .flag("--euler", "first-order steps only (N network evaluations)", [&] { s.euler = true; })
+        .value("--batch", "N", "images per network call (default 32); changes speed and\nmemory, never the images",
+               [&](const std::string& v) { o.batch = cli::parse_integer<int64_t>("--batch", v, 1, 1 << 16); });
+    p.section("Output (at least one of)")
+        .value("--outdir", "DIR", "one PNG per seed: DIR/<seed/1000*1000, 6 digits>/<seed, 6\ndigits>.png, e.g. DIR/000000/000123.png",
+               [&](const std::string& v) { o.outdir = v; })
+        .value("--grid", "FILE.png", "all images in one PNG: rows by class, each labelled with its\nclass number (and name), for a conditional network; a plain\nnear-square grid otherwise",
+               [&](const std::string& v) { o.grid = v; })
+        .flag("--quiet", "no progress line or summary, only errors", [&] { o.quiet = true; });
+    p.epilog(R"(Pixels are uint8(clip(x * 127.5 + 128, 0, 255)): 1 channel is written as a
+grayscale PNG, 3 channels as RGB. Every file is written atomically. A run whose
+network gives non-finite values (NaN weights, overflow) fails instead of writing
+black images.
 
 Exit status: 0 on success, 1 on bad input or a failed run, 2 on a command-line
-error.
-)";
-
-struct Options {
-    fs::path net, gnet, outdir, grid, noise;
-    double guidance = 1;
-    std::optional<std::string> seeds;
-    std::optional<int64_t> cls;
-    std::optional<std::vector<std::string>> class_names;
-    sample::SamplerOptions sampler;
-    int64_t batch = 32;
-    bool quiet = false, help = false;
-};
-
-double parse_double(const std::string& option, const std::string& text) {
-    if (text == "inf") return std::numeric_limits<double>::infinity();
-    return parse_number<double>(option, text);
-}
-
-std::vector<std::string> split_commas(const std::string& text) {
-    std::vector<std::string> parts;
-    std::size_t begin = 0;
-    while (begin <= text.size()) {
-        const std::size_t end = std::min(text.find(',', begin), text.size());
-        parts.push_back(text.substr(begin, end - begin));
-        begin = end + 1;
-    }
-    return parts;
-}
-
-// Sets one option that takes a value; false if `arg` is not one of them.
-bool set_value(Options& o, const std::string& arg, const std::string& v) {
-    auto& s = o.sampler;
-    if (arg == "--net") o.net = v;
-    else if (arg == "--gnet") o.gnet = v;
-    else if (arg == "--guidance") o.guidance = parse_double(arg, v);
-    else if (arg == "--seeds") o.seeds = v;
-    else if (arg == "--class") o.cls = parse_number<int64_t>(arg, v);
-    else if (arg == "--class-names") o.class_names = split_commas(v);
-    else if (arg == "--noise") o.noise = v;
-    else if (arg == "--steps") s.steps = parse_number<int>(arg, v);
-    else if (arg == "--sigma-min") s.sigma_min = parse_double(arg, v);
-    else if (arg == "--sigma-max") s.sigma_max = parse_double(arg, v);
-    else if (arg == "--rho") s.rho = parse_double(arg, v);
-    else if (arg == "--S-churn") s.S_churn = parse_double(arg, v);
-    else if (arg == "--S-min") s.S_min = parse_double(arg, v);
-    else if (arg == "--S-max") s.S_max = parse_double(arg, v);
-    else if (arg == "--S-noise") s.S_noise = parse_double(arg, v);
-    else if (arg == "--batch") o.batch = parse_number<int64_t>(arg, v);
-    else if (arg == "--outdir") o.outdir = v;
-    else if (arg == "--grid") o.grid = v;
-    else return false;
-    return true;
+error.)");
+    return p;
 }
 
 Options parse_args(int argc, char** argv) {
     Options o;
-    std::set<std::string> seen;
-    for (int i = 1; i < argc; ++i) {
-        std::string arg = argv[i], value;
-        if (arg == "-h" || arg == "--help") o.help = true;
-        else if (arg == "--quiet") o.quiet = true;
-        else if (arg == "--euler") o.sampler.euler = true;
-        else {
-            if (!arg.starts_with("--")) throw UsageError("unexpected argument '" + arg + "'");
-            if (const auto eq = arg.find('='); eq != std::string::npos) {
-                value = arg.substr(eq + 1);
-                arg.resize(eq);
-            } else if (i + 1 < argc) {
-                value = argv[++i];
-            } else {
-                throw UsageError(arg + ": missing value");
-            }
-            if (!seen.insert(arg).second) throw UsageError(arg + ": given twice");
-            if (!set_value(o, arg, value)) throw UsageError("unknown option " + arg);
-        }
-    }
-    if (o.help) return o;
+    cli::Parser parser = make_parser(o);
+    parser.parse(argc, argv);
     if (o.net.empty()) throw UsageError("--net is required");
     if (o.outdir.empty() && o.grid.empty()) throw UsageError("give --outdir or --grid (or both)");
-    if (o.batch < 1) throw UsageError("--batch must be at least 1");
     o.sampler.guidance = o.guidance;
-    try {
-        o.sampler.validate();
-    } catch (const Error& e) {
-        throw UsageError(e.what());
-    }
+    cli::as_usage_error([&] { o.sampler.validate(); });
     if (o.guidance != 1 && o.gnet.empty()) throw UsageError("--guidance needs a guiding network (--gnet)");
-    if (o.seeds) try {
-            (void)sample::parse_seeds(*o.seeds);
-        } catch (const Error& e) {
-            throw UsageError(std::string("--seeds: ") + e.what());
-        }
     return o;
+}
+
+// NaN or infinite inputs give black images, never an error of their own: they are refused here.
+void check_finite(const TensorF& t, const std::string& what) {
+    const float* v = t.data();
+    for (int64_t i = 0; i < t.numel(); ++i)
+        check(std::isfinite(v[i]), what, ", element ", i, " is not finite (", v[i], ")");
 }
 
 Net load_net(const fs::path& path, const char* option) {
     try {
-        return nn::load_network<float, CpuBackend>(path);
+        Net net = nn::load_network<float, CpuBackend>(path);
+        net.visit([&](const std::string& name, nn::Param<float, CpuBackend>& p) {
+            check_finite(p.value, path.string() + ": tensor '" + name + "'");
+        });
+        return net;
     } catch (const Error& e) {
         const std::string msg = e.what();
         // Messages from the reader name the file already; others get it here.
@@ -233,8 +185,9 @@ Plan make_plan(const Options& o, const nn::NetworkConfig& cfg) {
         check(p.noise->rank() == 4 && p.noise->shape() == want, o.noise.string(), ": noise ", p.noise->shape().str(),
               " does not fit the network's ", cfg.img_channels, "x", cfg.img_resolution, "x", cfg.img_resolution,
               " images");
+        check_finite(*p.noise, o.noise.string() + ": tensor 'noise'");
         const int64_t n = p.noise->size(0);
-        p.seeds = o.seeds ? sample::parse_seeds(*o.seeds) : sample::parse_seeds("0-" + std::to_string(n - 1));
+        p.seeds = o.seeds ? *o.seeds : sample::parse_seeds("0-" + std::to_string(n - 1));
         check(int64_t(p.seeds.size()) == n, "--seeds names ", p.seeds.size(), " images, ", o.noise.string(), " holds ",
               n);
         if (cfg.label_dim && !o.cls && file.contains("labels")) {
@@ -243,7 +196,7 @@ Plan make_plan(const Options& o, const nn::NetworkConfig& cfg) {
                   p.labels->shape().str(), " do not fit ", n, " images of ", cfg.label_dim, " classes");
         }
     } else {
-        p.seeds = sample::parse_seeds(o.seeds.value_or("0-63"));
+        p.seeds = o.seeds ? *o.seeds : sample::parse_seeds("0-63");
     }
     if (o.cls) {
         check(cfg.label_dim > 0, "--class: the network is unconditional");
@@ -278,6 +231,7 @@ void prepare_outputs(const Options& o, const Plan& p) {
         }
     }
     if (!o.grid.empty()) {
+        check(!fs::is_directory(o.grid), "--grid ", o.grid.string(), " is a folder, not a file name");
         const fs::path dir = o.grid.parent_path().empty() ? fs::path(".") : o.grid.parent_path();
         check(fs::is_directory(dir), "--grid ", o.grid.string(), ": folder ", dir.string(), " does not exist");
         check(::access(dir.c_str(), W_OK) == 0, "--grid ", o.grid.string(), ": folder ", dir.string(),
@@ -323,9 +277,8 @@ std::vector<std::string> class_names(const Options& o) {
     }
 }
 
-io::Image make_grid(const Options& o, const Plan& p, const std::vector<io::Image>& images) {
+io::Image make_grid(const Plan& p, const std::vector<std::string>& names, const std::vector<io::Image>& images) {
     if (p.classes.empty()) return io::square_grid(images);
-    const std::vector<std::string> names = class_names(o);
     std::map<int64_t, io::GridRow> rows;
     for (std::size_t i = 0; i < images.size(); ++i) {
         io::GridRow& row = rows[p.classes[i]];
@@ -338,6 +291,15 @@ io::Image make_grid(const Options& o, const Plan& p, const std::vector<io::Image
     std::vector<io::GridRow> ordered;
     for (auto& [k, row] : rows) ordered.push_back(std::move(row));
     return io::labelled_grid(ordered);
+}
+
+// A sampler output that is not finite would be written as black or saturated pixels.
+void check_sampled(const TensorF& images, std::span<const uint64_t> seeds, const fs::path& net) {
+    const int64_t per_image = images.numel() / images.size(0);
+    const float* v = images.data();
+    for (int64_t i = 0; i < images.numel(); ++i)
+        check(std::isfinite(v[i]), "the image of seed ", seeds[size_t(i / per_image)],
+              " came out non-finite: the network ", net.string(), " or the sampler settings overflow");
 }
 
 void run(const Options& o) {
@@ -353,6 +315,7 @@ void run(const Options& o) {
     check(cfg.img_channels == 1 || cfg.img_channels == 3, "--net ", o.net.string(), ": ", cfg.img_channels,
           "-channel images cannot be written as PNG (need 1 or 3 channels)");
     const Plan p = make_plan(o, cfg);
+    const std::vector<std::string> names = o.grid.empty() ? std::vector<std::string>{} : class_names(o);
     prepare_outputs(o, p);
 
     sample::NetworkDenoiser<float, CpuBackend> d_net(net);
@@ -375,18 +338,19 @@ void run(const Options& o) {
         sample::SampleHooks hooks{seeds, [&](const sample::SampleProgress& s) { progress.step(begin, seeds.size(), s); }};
         const auto result = sample::edm_sample(d_net, d_guide ? &*d_guide : nullptr, noise, labels, o.sampler, hooks);
         nfe = result.nfe;
+        check_sampled(result.images, seeds, o.net);
         std::vector<io::Image> images = io::images_from_batch(result.images);
         for (std::size_t i = 0; i < images.size(); ++i) {
             if (!o.outdir.empty()) io::write_png(image_path(o.outdir, seeds[i]), images[i]);
             if (!o.grid.empty()) all.push_back(std::move(images[i]));
         }
     }
-    if (!o.grid.empty()) io::write_png(o.grid, make_grid(o, p, all));
+    if (!o.grid.empty()) io::write_png(o.grid, make_grid(p, names, all));
     progress.finish(nfe);
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-    return cli::run_main("mpnet-generate", usage_text, argc, argv, parse_args, run);
+    return cli::run_main("mpnet-generate", argc, argv, parse_args, run);
 }

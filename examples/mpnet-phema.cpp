@@ -10,7 +10,6 @@
 #include <map>
 #include <set>
 #include <string>
-#include <string_view>
 #include <vector>
 
 #include "cli.hpp"
@@ -20,53 +19,9 @@
 
 namespace fs = std::filesystem;
 using namespace mpnet;
-using cli::parse_number;
 using cli::UsageError;
 
 namespace {
-
-constexpr const char* usage_text = R"(Usage: mpnet-phema --indir DIR --out-std STDS --outdir DIR [options]
-
-Post-hoc EMA reconstruction (EDM2): forms EMA profiles of new relative widths
-sigma_rel from the power-function EMA snapshots written during training.
-
-Input snapshots are the files DIR/<prefix>-<kimg>-<sigma_rel>.safetensors (kimg
-zero-padded to 7 digits, sigma_rel with 3 decimals), e.g.
-network-snapshot-0000256-0.050.safetensors. They must hold the same tensors
-(names, dtypes, shapes) and the same `config` metadata. A snapshot's time is
-its kimg, from its `kimg` metadata where present (it may hold fractions), else
-from its name; only ratios of times matter. Snapshots at time 0 or after the
-output time are not used. `sigma_rel` metadata likewise refines the name's.
-
-Options:
-  --indir DIR       directory of the input snapshots (required)
-  --prefix NAME     file name prefix of the input snapshots
-                    (default: network-snapshot)
-  --in-std STDS     use only the snapshots of these sigma_rel values, compared
-                    at 3 decimals (default: all)
-  --out-std STDS    sigma_rel of the profiles to reconstruct (required), each in
-                    (0, 0.3003]: a list 0.05,0.07,0.09 or a range
-                    START:STOP:STEP with STOP included, e.g. 0.010:0.250:0.005;
-                    lists and ranges may be mixed: 0.02,0.05:0.07:0.01
-  --out-kimg KIMG   time of the reconstruction; must be the kimg of some input
-                    snapshot (default: the latest)
-  --outdir DIR      directory for the outputs, created if missing (required)
-  --out-prefix NAME file name prefix of the outputs (default: phema); each output
-                    is <outdir>/<out-prefix>-<kimg>-<sigma_rel>.safetensors
-  --batch N         outputs formed per pass over the snapshots (default: 8);
-                    memory is about N x model size x 8 bytes
-  --quiet           print only errors and warnings
-  -h, --help        print this help
-
-Each output holds every tensor of the snapshots in its stored dtype: tensors
-that are byte-identical in all snapshots (fixed buffers) are copied, the others
-are sum_i X[i] snapshot_i accumulated in double. Its metadata keeps the
-snapshots' `config` and records `sigma_rel` and `kimg`. Outputs are written
-atomically: a failed run leaves no partial file.
-
-Exit status: 0 on success, 1 on bad input or a failed reconstruction, 2 on a
-command-line error.
-)";
 
 struct Options {
     fs::path indir, outdir;
@@ -77,7 +32,6 @@ struct Options {
     std::optional<std::int64_t> out_kimg;
     std::size_t batch = 8;
     bool quiet = false;
-    bool help = false;
 };
 
 // Values on a 1e-9 grid, so that 0.010 + 5 * 0.005 is stored as the double nearest 0.035.
@@ -87,9 +41,9 @@ void append_range(const std::string& option, const std::string& item, std::vecto
     const auto c1 = item.find(':'), c2 = item.find(':', c1 + 1);
     if (c2 == std::string::npos || item.find(':', c2 + 1) != std::string::npos)
         throw UsageError(option + ": range '" + item + "' is not START:STOP:STEP");
-    const double start = parse_number<double>(option, item.substr(0, c1));
-    const double stop = parse_number<double>(option, item.substr(c1 + 1, c2 - c1 - 1));
-    const double step = parse_number<double>(option, item.substr(c2 + 1));
+    const double start = cli::parse_real(option, item.substr(0, c1));
+    const double stop = cli::parse_real(option, item.substr(c1 + 1, c2 - c1 - 1));
+    const double step = cli::parse_real(option, item.substr(c2 + 1));
     if (!(step > 0) || !(stop >= start))
         throw UsageError(option + ": range '" + item + "' needs STEP > 0 and STOP >= START");
     const double count = std::floor((stop - start) / step + 1e-9) + 1;
@@ -106,7 +60,7 @@ std::vector<double> parse_std_list(const std::string& option, const std::string&
         if (item.find(':') != std::string::npos)
             append_range(option, item, values);
         else
-            values.push_back(parse_number<double>(option, item));
+            values.push_back(cli::parse_real(option, item));
         begin = end + 1;
     }
     std::ranges::sort(values);
@@ -114,48 +68,52 @@ std::vector<double> parse_std_list(const std::string& option, const std::string&
     return values;
 }
 
-constexpr std::string_view value_options[] = {"--indir",   "--outdir",  "--prefix",   "--out-prefix",
-                                              "--in-std",  "--out-std", "--out-kimg", "--batch"};
+cli::Parser make_parser(Options& o) {
+    cli::Parser p("mpnet-phema --indir DIR --out-std STDS --outdir DIR [options]",
+                  R"(Post-hoc EMA reconstruction (EDM2): forms EMA profiles of new relative widths
+sigma_rel from the power-function EMA snapshots written during training.
+
+Input snapshots are the files DIR/<prefix>-<kimg>-<sigma_rel>.safetensors (kimg
+zero-padded to 7 digits, sigma_rel with 3 decimals), e.g.
+network-snapshot-0000256-0.050.safetensors. They must hold the same tensors
+(names, dtypes, shapes) and the same `config` metadata. A snapshot's time is
+its kimg, from its `kimg` metadata where present (it may hold fractions), else
+from its name; only ratios of times matter. Snapshots at time 0 or after the
+output time are not used. `sigma_rel` metadata likewise refines the name's.)");
+    p.section("Options")
+        .value("--indir", "DIR", "directory of the input snapshots (required)", [&](const std::string& v) { o.indir = v; })
+        .value("--prefix", "NAME", "file name prefix of the input snapshots\n(default: network-snapshot)",
+               [&](const std::string& v) { o.prefix = v; })
+        .value("--in-std", "STDS", "use only the snapshots of these sigma_rel values, compared\nat 3 decimals (default: all)",
+               [&](const std::string& v) { o.in_std = parse_std_list("--in-std", v); })
+        .value("--out-std", "STDS", "sigma_rel of the profiles to reconstruct (required), each in\n(0, 0.3003]: a list 0.05,0.07,0.09 or a range\nSTART:STOP:STEP with STOP included, e.g. 0.010:0.250:0.005;\nlists and ranges may be mixed: 0.02,0.05:0.07:0.01",
+               [&](const std::string& v) { o.out_std = parse_std_list("--out-std", v); })
+        .value("--out-kimg", "KIMG", "time of the reconstruction; must be the kimg of some input\nsnapshot (default: the latest)",
+               [&](const std::string& v) { o.out_kimg = cli::parse_integer<std::int64_t>("--out-kimg", v, 0); })
+        .value("--outdir", "DIR", "directory for the outputs, created if missing (required)",
+               [&](const std::string& v) { o.outdir = v; })
+        .value("--out-prefix", "NAME", "file name prefix of the outputs (default: phema); each output\nis <outdir>/<out-prefix>-<kimg>-<sigma_rel>.safetensors",
+               [&](const std::string& v) { o.out_prefix = v; })
+        .value("--batch", "N", "outputs formed per pass over the snapshots (default: 8);\nmemory is about N x model size x 8 bytes",
+               [&](const std::string& v) { o.batch = cli::parse_integer<std::size_t>("--batch", v, 1); })
+        .flag("--quiet", "print only errors and warnings", [&] { o.quiet = true; });
+    p.epilog(R"(Each output holds every tensor of the snapshots in its stored dtype: tensors
+that are byte-identical in all snapshots (fixed buffers) are copied, the others
+are sum_i X[i] snapshot_i accumulated in double. Its metadata keeps the
+snapshots' `config` and records `sigma_rel` and `kimg`. Outputs are written
+atomically: a failed run leaves no partial file.
+
+Exit status: 0 on success, 1 on bad input or a failed reconstruction, 2 on a
+command-line error.)");
+    return p;
+}
 
 Options parse_args(int argc, char** argv) {
     Options o;
-    std::set<std::string> seen;
-    for (int i = 1; i < argc; ++i) {
-        std::string arg = argv[i], value;
-        if (arg == "-h" || arg == "--help") {
-            o.help = true;
-            continue;
-        }
-        if (arg == "--quiet") {
-            o.quiet = true;
-            continue;
-        }
-        if (!arg.starts_with("--")) throw UsageError("unexpected argument '" + arg + "'");
-        const auto eq = arg.find('=');
-        const std::string name = arg.substr(0, eq);
-        if (std::ranges::find(value_options, name) == std::end(value_options))
-            throw UsageError("unknown option " + name);
-        if (eq != std::string::npos)
-            value = arg.substr(eq + 1);
-        else if (i + 1 < argc)
-            value = argv[++i];
-        else
-            throw UsageError(name + ": missing value");
-        if (!seen.insert(name).second) throw UsageError(name + ": given twice");
-        if (name == "--indir") o.indir = value;
-        else if (name == "--outdir") o.outdir = value;
-        else if (name == "--prefix") o.prefix = value;
-        else if (name == "--out-prefix") o.out_prefix = value;
-        else if (name == "--in-std") o.in_std = parse_std_list(name, value);
-        else if (name == "--out-std") o.out_std = parse_std_list(name, value);
-        else if (name == "--out-kimg") o.out_kimg = parse_number<std::int64_t>(name, value);
-        else o.batch = parse_number<std::size_t>(name, value);  // --batch, the last of value_options
-    }
-    if (o.help) return o;
+    make_parser(o).parse(argc, argv);
     if (o.indir.empty()) throw UsageError("--indir is required");
     if (o.outdir.empty()) throw UsageError("--outdir is required");
     if (o.out_std.empty()) throw UsageError("--out-std is required");
-    if (o.batch == 0) throw UsageError("--batch must be at least 1");
     if (o.prefix.empty() || o.out_prefix.empty()) throw UsageError("prefixes must not be empty");
     return o;
 }
@@ -265,10 +223,12 @@ void run(const Options& o) {
                      targets.size() == 1 ? "" : "s", static_cast<long long>(out_kimg), inputs.size());
 
     const Progress progress(o.quiet);
-    const std::size_t passes = (targets.size() + o.batch - 1) / o.batch;
+    // At most one pass per output: a --batch beyond the output count changes nothing.
+    const std::size_t per_pass = std::min(o.batch, targets.size());
+    const std::size_t passes = (targets.size() + per_pass - 1) / per_pass;
     for (std::size_t pass = 0; pass < passes; ++pass) {
-        const auto first = static_cast<Eigen::Index>(pass * o.batch);
-        const auto count = std::min<Eigen::Index>(static_cast<Eigen::Index>(o.batch), x.cols() - first);
+        const auto first = static_cast<Eigen::Index>(pass * per_pass);
+        const auto count = std::min<Eigen::Index>(static_cast<Eigen::Index>(per_pass), x.cols() - first);
         const Eigen::MatrixXd batch = x.middleCols(first, count);
         std::vector<io::SafetensorsWriter> outputs = phema::combine_snapshots(
             inputs, layout, batch, [&](std::size_t done, std::size_t total, const phema::SnapshotFile& f) {
@@ -289,5 +249,5 @@ void run(const Options& o) {
 }  // namespace
 
 int main(int argc, char** argv) {
-    return cli::run_main("mpnet-phema", usage_text, argc, argv, parse_args, run);
+    return cli::run_main("mpnet-phema", argc, argv, parse_args, run);
 }

@@ -360,4 +360,22 @@ TEST_CASE("mpnet-phema: refuses to overwrite its inputs") {
     CHECK(r.status == 1);
     CHECK(r.output.find("output would overwrite an input snapshot") != std::string::npos);
 }
+TEST_CASE("mpnet-phema: a --batch beyond the number of outputs forms them all in one pass") {
+    for (const char* batch : {"18446744073709551615", "9223372036854775808"}) {
+        CAPTURE(batch);
+        TempDir tmp;
+        const fs::path in = tmp.path() / "in", out = tmp.path() / "out";
+        fs::create_directories(in);
+        write_toy_run(in);
+        const Result r = run_phema("--indir " + q(in) + " --outdir " + q(out) + " --out-std 0.07,0.08 --batch " + batch);
+        CAPTURE(r.output);
+        CHECK(r.status == 0);
+        CHECK(r.output.find("pass 1/1") != std::string::npos);
+        CHECK(count_outputs(out) == 2);
+    }
+    const Result r = run_phema("--indir x --outdir y --out-std 0.07 --batch 18446744073709551616");
+    CHECK(r.status == 2);
+    CHECK(r.output.find("--batch: 18446744073709551616 is out of range") != std::string::npos);
+}
+
 #endif

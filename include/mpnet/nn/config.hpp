@@ -2,6 +2,7 @@
 // Precond, UNet and Block, with JSON round-trip and the named presets.
 #pragma once
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -50,8 +51,28 @@ struct NetworkConfig {
         return std::find(attn_resolutions.begin(), attn_resolutions.end(), res) != attn_resolutions.end();
     }
 
+    // Bounds far above any EDM2 network (the largest, img512-xxl, has 448 channels and
+    // multipliers up to 4) that keep every parameter count and shape product inside int64,
+    // so that a corrupt configuration is refused here instead of overflowing or exhausting
+    // memory when the network is built.
+    static constexpr int64_t max_channels = 1 << 16, max_mult = 64, max_blocks = 64, max_resolution = 1 << 14,
+                             max_labels = 1 << 24;
+
     // Throws naming the first setting that no network can be built with.
     void validate() const {
+        check(img_resolution <= max_resolution && img_channels <= max_channels && label_dim <= max_labels &&
+                  model_channels <= max_channels && num_blocks <= max_blocks && logvar_channels <= max_channels &&
+                  channels_per_head <= max_channels * max_mult && channel_mult_noise >= 0 &&
+                  channel_mult_noise <= max_mult && channel_mult_emb >= 0 && channel_mult_emb <= max_mult,
+              "network config: a size is beyond the supported range (channels <= ", max_channels,
+              ", multipliers <= ", max_mult, ", blocks <= ", max_blocks, ", resolution <= ", max_resolution,
+              ", labels <= ", max_labels, ")");
+        for (auto m : channel_mult) check(m <= max_mult, "network config: channel_mult entry ", m, " exceeds ", max_mult);
+        for (const double v : {label_balance, concat_balance, res_balance, attn_balance})
+            check(v >= 0 && v <= 1, "network config: balances must lie in [0, 1] (got ", v, ")");
+        check(clip_act > 0 && std::isfinite(clip_act), "network config: clip_act must be positive and finite");
+        check(std::isfinite(sigma_data), "network config: sigma_data must be finite");
+        for (const double v : resample_filter) check(std::isfinite(v), "network config: resample_filter must be finite");
         check(img_resolution > 0 && (img_resolution & (img_resolution - 1)) == 0, "network config: img_resolution ",
               img_resolution, " is not a power of two");
         check(!channel_mult.empty() && img_resolution >> (channel_mult.size() - 1) >= 1, "network config: ",
@@ -82,7 +103,20 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(NetworkConfig, img_resolution, i
 
 inline std::string to_json(const NetworkConfig& c) { return nlohmann::json(c).dump(); }
 
-// Parses a configuration; unknown keys are an error, so that a typo is never ignored.
+// Brings a configuration as the reference implementation writes it to mpnet's keys (None
+// means "derive"; use_fp16 is a precision choice of its trainer, not part of the network)
+// and refuses unknown keys, so that a typo is never ignored. Keys may be missing.
+inline void normalize_config_json(nlohmann::json& j) {
+    check(j.is_object(), "network config must be a JSON object");
+    j.erase("use_fp16");
+    for (const char* k : {"channel_mult_noise", "channel_mult_emb"})
+        if (j.contains(k) && j[k].is_null()) j[k] = 0;
+    const nlohmann::json known = nlohmann::json(NetworkConfig{});
+    for (const auto& [key, value] : j.items())
+        check(known.contains(key), "network config: unknown setting '", key, "'");
+}
+
+// Parses and validates a configuration; missing keys take their defaults.
 inline NetworkConfig config_from_json(const std::string& text) {
     nlohmann::json j;
     try {
@@ -90,15 +124,7 @@ inline NetworkConfig config_from_json(const std::string& text) {
     } catch (const nlohmann::json::exception& e) {
         fail("network config is not valid JSON: ", e.what());
     }
-    check(j.is_object(), "network config must be a JSON object");
-    // The reference implementation's own config: None means "derive", and use_fp16 is a
-    // precision choice of its trainer, not part of the network.
-    j.erase("use_fp16");
-    for (const char* k : {"channel_mult_noise", "channel_mult_emb"})
-        if (j.contains(k) && j[k].is_null()) j[k] = 0;
-    const nlohmann::json known = nlohmann::json(NetworkConfig{});
-    for (const auto& [key, value] : j.items())
-        check(known.contains(key), "network config: unknown setting '", key, "'");
+    normalize_config_json(j);
     try {
         auto c = j.get<NetworkConfig>();
         c.validate();

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "mpnet/io/safetensors.hpp"
+#include "mpnet/nn/layout.hpp"
 #include "mpnet/nn/precond.hpp"
 
 namespace mpnet::nn {
@@ -85,11 +86,29 @@ void load_weights(Precond<T, B>& net, const std::filesystem::path& path) {
     load_state(net, file);
 }
 
+// Values a network of this configuration stores: its parameters and the two Fourier
+// embeddings' frequencies and phases.
+inline int64_t state_numel(const NetworkConfig& c) {
+    return network_cost(c).params + 2 * (c.cnoise() + c.logvar_channels);
+}
+
+// A configuration must describe the tensors the file holds before a network of that size is
+// allocated: a corrupt or hostile `config` would otherwise decide how much memory is taken.
+inline void check_config_fits(const io::SafetensorsFile& file, const NetworkConfig& c) {
+    int64_t stored = 0;
+    for (const auto& t : file.tensors()) stored += int64_t(t.numel());
+    const int64_t wanted = state_numel(c);
+    check(stored == wanted, file.label(), ": the network configuration in its metadata has ", wanted,
+          " values, the file holds ", stored);
+}
+
 // Builds the network a weights file describes and loads it.
 template <Scalar T, Backend B>
 Precond<T, B> load_network(const std::filesystem::path& path) {
     const auto file = io::SafetensorsFile::open(path);
-    Precond<T, B> net(read_config(file));
+    const NetworkConfig config = read_config(file);
+    check_config_fits(file, config);
+    Precond<T, B> net(config);
     load_state(net, file);
     return net;
 }

@@ -20,13 +20,25 @@ struct SamplerOptions {
     bool euler = false;           // first order only: N evaluations instead of 2N - 1
     double guidance = 1;          // w in D = g + w (net - g); 1 leaves the guide unused
 
-    // Throws naming the first setting the sampler cannot run with.
+    // The most noise levels a run may ask for: far beyond any useful schedule (EDM2 uses
+    // 32-64), small enough that the schedule always fits in memory.
+    static constexpr int max_steps = 100'000;
+
+    // Throws naming the first setting the sampler cannot run with: every value finite (S_max
+    // may be +inf), and a schedule whose levels are all finite and positive.
     void validate() const {
-        check(steps >= 1, "sampler: steps must be at least 1 (got ", steps, ")");
-        check(sigma_min > 0 && sigma_max >= sigma_min, "sampler: need 0 < sigma_min <= sigma_max (got ", sigma_min,
-              ", ", sigma_max, ")");
-        check(rho > 0, "sampler: rho must be positive (got ", rho, ")");
-        check(S_churn >= 0 && S_noise >= 0, "sampler: S_churn and S_noise must be non-negative");
+        check(steps >= 1 && steps <= max_steps, "sampler: steps must be at least 1 and at most ", max_steps,
+              " (got ", steps, ")");
+        check(sigma_min > 0 && std::isfinite(sigma_max) && sigma_max >= sigma_min,
+              "sampler: need 0 < sigma_min <= sigma_max < inf (got ", sigma_min, ", ", sigma_max, ")");
+        check(rho > 0 && std::isfinite(rho), "sampler: rho must be positive and finite (got ", rho, ")");
+        const double a = std::pow(sigma_max, 1 / rho), b = std::pow(sigma_min, 1 / rho);
+        check(std::isfinite(a) && std::pow(b, rho) > 0, "sampler: rho ", rho, " makes the noise levels between ",
+              sigma_min, " and ", sigma_max, " overflow or vanish in double precision");
+        check(S_churn >= 0 && std::isfinite(S_churn) && S_noise >= 0 && std::isfinite(S_noise),
+              "sampler: S_churn and S_noise must be non-negative and finite");
+        check(S_min >= 0 && std::isfinite(S_min) && !std::isnan(S_max) && S_max >= S_min,
+              "sampler: need 0 <= S_min <= S_max (got ", S_min, ", ", S_max, ")");
         check(std::isfinite(guidance), "sampler: guidance must be finite");
     }
 };
