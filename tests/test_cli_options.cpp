@@ -84,7 +84,7 @@ TEST_CASE("cli: the option table parses both spellings and refuses repeats, unkn
     CHECK(help.find("  -h, --help        print this help\n") != std::string::npos);
 }
 
-TEST_CASE("seeds: millions of seeds parse at once; overlapping ranges are found") {
+TEST_CASE("seeds: millions of seeds parse at once, and overlapping ranges are found") {
     CHECK(sample::parse_seeds("0-9999999").size() == 10'000'000);
     CHECK(sample::parse_seeds("5,0-3,10-11") == std::vector<uint64_t>{5, 0, 1, 2, 3, 10, 11});
     CHECK_THROWS_WITH_AS(sample::parse_seeds("0-5,3"), "seeds '0-5,3': seed 3 is listed twice", Error);
