@@ -5,8 +5,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <map>
 
 #include "golden.hpp"
 #include "mpnet/train/trainer.hpp"
@@ -241,10 +244,10 @@ TEST_CASE("mpnet-train: a kill -9 while writing a checkpoint keeps the previous 
 
 TEST_CASE("mpnet-train: bad input gives a clear error and a non-zero exit") {
     const auto out = fresh_dir("cli-bad");
-    auto expect_error = [&](const std::string& args, const std::string& text) {
+    auto expect_error = [&](const std::string& args, const std::string& text, int code = 1) {
         CAPTURE(args);
         const Run r = run_train(args);
-        CHECK(r.exit_code == 1);
+        CHECK(r.exit_code == code);
         INFO(r.output);
         CHECK(r.output.find(text) != std::string::npos);
     };
@@ -252,13 +255,232 @@ TEST_CASE("mpnet-train: bad input gives a clear error and a non-zero exit") {
     const auto odd = bars_folder("odd", 12);
     expect_error("--outdir " + (out / "b").string() + " --data " + odd.string() + tiny_args, "not a power of two");
     expect_error("--outdir /proc/mpnet-cannot-write --data " + odd.string() + tiny_args, "/proc/mpnet-cannot-write");
-    expect_error("--outdir " + (out / "c").string() + " --batch 8 --batch-gpu 3", "--batch-gpu");
-    expect_error("--outdir " + (out / "d").string() + " --preset nonsense", "unknown preset");
-    expect_error("--outdir " + (out / "e").string() + " --duration 12xy", "not an image count");
+    // Command-line errors: exit status 2, as in every mpnet program.
+    expect_error("--outdir " + (out / "c").string() + " --batch 8 --batch-gpu 3", "--batch-gpu", 2);
+    expect_error("--outdir " + (out / "d").string() + " --preset nonsense", "unknown preset", 2);
+    expect_error("--outdir " + (out / "e").string() + " --duration 12xy", "not an image count", 2);
     // A rerun must not silently change the recipe of an existing run.
     const auto data = bars_folder("data-bad");
     REQUIRE(run_train("--outdir " + (out / "f").string() + " --data " + data.string() + tiny_args).exit_code == 0);
     expect_error("--outdir " + (out / "f").string() + " --data " + data.string() + tiny_args + " --seed 5",
                  "use a new --outdir");
+}
+#endif
+
+// ---- the run directory: another run is never overwritten, nothing of this one is lost ----
+namespace {
+
+std::string bytes_of(const fs::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    return {std::istreambuf_iterator<char>(in), {}};
+}
+
+// Rewrites a safetensors file with `edit` applied to its metadata (tensors copied as they are).
+void edit_metadata(const fs::path& path, const std::function<void(std::map<std::string, std::string>&)>& edit) {
+    const auto f = io::SafetensorsFile::open(path);
+    io::SafetensorsWriter w;
+    for (const auto& t : f.tensors()) w.add(t.name, t.dtype, t.shape, f.raw(t.name));
+    auto meta = f.metadata();
+    edit(meta);
+    for (const auto& [k, v] : meta) w.set_metadata(k, v);
+    w.write(path);
+}
+
+std::vector<std::string> checkpoint_names(const fs::path& dir) {
+    std::vector<std::string> names;
+    for (const auto& p : train::list_checkpoints(dir)) names.push_back(p.filename().string());
+    return names;
+}
+
+}  // namespace
+
+TEST_CASE("run directory: checkpoints of another network are refused, not replaced, and --start-over sets them aside") {
+    const auto ds = bars_dataset();
+    const auto dir = fresh_dir("foreign");
+    train_to(ds, tiny_options(dir, 32));
+    const fs::path mine = dir / "training-state-000000000032.safetensors";
+    const std::string before = bytes_of(mine);
+
+    auto more_classes = ds;  // the same options, but the data gained a class
+    more_classes.num_classes = 5;
+    std::string message;
+    try {
+        train::Trainer<float, CpuBackend> t(train::resolve(tiny_options(dir, 64), more_classes), more_classes,
+                                            [](const std::string&) {});
+        t.resume();
+    } catch (const Error& e) {
+        message = e.what();
+    }
+    CHECK(message.find("belongs to a run of another network (label_dim 4 vs 5)") != std::string::npos);
+    CHECK(message.find("--start-over") != std::string::npos);
+    CHECK(bytes_of(mine) == before);
+
+    auto over = tiny_options(dir, 16);
+    over.start_over = true;
+    std::vector<std::string> log;
+    train::Trainer<float, CpuBackend> fresh(train::resolve(over, more_classes), more_classes,
+                                            [&](const std::string& s) { log.push_back(s); });
+    CHECK_FALSE(fresh.resume());
+    CHECK(bytes_of(dir / "previous-run-1" / mine.filename()) == before);
+    CHECK(fs::exists(dir / "previous-run-1" / "options.json"));
+    CHECK(checkpoint_names(dir).empty());
+}
+
+TEST_CASE("run directory: retention keeps this run's two newest checkpoints whatever else the folder holds") {
+    const auto ds = bars_dataset();
+    const auto dir = fresh_dir("retention");
+    for (const char* junk : {"training-state-000000999998.safetensors", "training-state-000000999999.safetensors"})
+        std::ofstream(dir / junk) << "not a checkpoint";
+    train_to(ds, tiny_options(dir, 64));  // checkpoints at 16, 32, 48, 64
+    CHECK(checkpoint_names(dir) == std::vector<std::string>{"training-state-000000999999.safetensors",
+                                                           "training-state-000000999998.safetensors",
+                                                           "training-state-000000000064.safetensors",
+                                                           "training-state-000000000048.safetensors"});
+}
+
+TEST_CASE("run directory: a checkpoint with bad metadata or a wrong tensor falls back, leaving no state half-loaded") {
+    const auto ds = bars_dataset();
+    const auto dir = fresh_dir("fallback");
+    train_to(ds, tiny_options(dir, 32));  // checkpoints at 16 and 32
+    const fs::path newest = dir / "training-state-000000000032.safetensors";
+    for (const auto& [what, edit] : std::vector<std::pair<std::string, std::function<void(std::map<std::string, std::string>&)>>>{
+             {"metadata 'nimg' is missing", [](auto& m) { m.erase("nimg"); }},
+             {"metadata 'loader_position' is not a non-negative integer: 'abc'",
+              [](auto& m) { m["loader_position"] = "abc"; }}}) {
+        CAPTURE(what);
+        const std::string good = bytes_of(newest);
+        edit_metadata(newest, edit);
+        std::vector<std::string> log;
+        train::Trainer<float, CpuBackend> t(train::resolve(tiny_options(dir, 32), ds), ds,
+                                            [&](const std::string& s) { log.push_back(s); });
+        REQUIRE(t.resume());
+        CHECK(t.images_seen() == 16);
+        REQUIRE(log.size() >= 2);
+        CHECK(log[0].find(what) != std::string::npos);
+        CHECK(log[1].find("resuming from") != std::string::npos);
+        std::ofstream(newest, std::ios::binary) << good;
+    }
+
+    // The only checkpoint has a wrong EMA tensor (read after the network and Adam state): the
+    // run starts afresh with exactly a fresh run's weights.
+    const auto lone = fresh_dir("fallback-lone");
+    train_to(ds, tiny_options(lone, 16));
+    const fs::path only = lone / "training-state-000000000016.safetensors";
+    {
+        const auto f = io::SafetensorsFile::open(only);
+        io::SafetensorsWriter w;
+        for (const auto& t : f.tensors())
+            if (t.name != "ema.1.unet.out_gain") w.add(t.name, t.dtype, t.shape, f.raw(t.name));
+        const std::vector<float> wrong{1, 2};
+        w.add<float>("ema.1.unet.out_gain", {2}, wrong);
+        for (const auto& [k, v] : f.metadata()) w.set_metadata(k, v);
+        w.write(only);
+    }
+    std::vector<std::string> log;
+    train::Trainer<float, CpuBackend> t(train::resolve(tiny_options(lone, 16), ds), ds,
+                                        [&](const std::string& s) { log.push_back(s); });
+    CHECK_FALSE(t.resume());
+    REQUIRE(!log.empty());
+    CHECK(log[0].find("ema.1.unet.out_gain") != std::string::npos);
+    const auto other = fresh_dir("fallback-fresh");
+    train::Trainer<float, CpuBackend> reference(train::resolve(tiny_options(other, 16), ds), ds,
+                                                [](const std::string&) {});
+    CHECK(flat_params(t.network()) == flat_params(reference.network()));
+}
+
+TEST_CASE("run directory: a resumed run's stats.jsonl and loss.svg hold every status line once") {
+    const auto ds = bars_dataset();
+    const auto dir = fresh_dir("stats");
+    auto o = tiny_options(dir, 48);
+    o.checkpoint = 32;
+    train_to(ds, o);
+    // As if killed just before the final checkpoint: the resume goes back to 32 and passes 48 again.
+    fs::remove(dir / "training-state-000000000048.safetensors");
+    o.duration = 64;
+    train_to(ds, o);
+    std::vector<double> kimg;
+    std::ifstream stats(dir / "stats.jsonl");
+    for (std::string line; std::getline(stats, line);) kimg.push_back(nlohmann::json::parse(line)["kimg"].get<double>());
+    CHECK(kimg == std::vector<double>{0.016, 0.032, 0.048, 0.064});
+    const std::string svg = bytes_of(dir / "loss.svg");
+    const auto smoothed = svg.find("stroke='#1f77b4'");
+    REQUIRE(smoothed != std::string::npos);
+    const auto points = svg.substr(svg.find("points='", smoothed), svg.find("'/>", smoothed) - svg.find("points='", smoothed));
+    CHECK(std::count(points.begin(), points.end(), ',') == 4);
+}
+
+TEST_CASE("run directory: one trainer at a time, and the second is told the holder's process id") {
+    const auto ds = bars_dataset();
+    const auto dir = fresh_dir("lock");
+    train::Trainer<float, CpuBackend> holder(train::resolve(tiny_options(dir, 16), ds), ds, [](const std::string&) {});
+    std::string message;
+    try {
+        train::Trainer<float, CpuBackend> second(train::resolve(tiny_options(dir, 16), ds), ds, [](const std::string&) {});
+    } catch (const Error& e) {
+        message = e.what();
+    }
+    CAPTURE(message);
+    CHECK(message.find("is in use by another trainer (process " + std::to_string(::getpid()) + ")") !=
+          std::string::npos);
+}
+
+TEST_CASE("loss.svg: round ticks, the learning rate on its own axis, a smoothed curve") {
+    CHECK(train::tick_label(0.25, 0.05) == "0.25");
+    const auto t = train::nice_ticks(-0.4559, 1.13);
+    CHECK(t.step == doctest::Approx(0.2));
+    CHECK(t.first == doctest::Approx(-0.6));
+    CHECK(t.last() == doctest::Approx(1.2));
+    CHECK(train::nice_ticks(0, 57.808).step == doctest::Approx(10));
+    const std::string svg = train::loss_curve_svg({0, 19.2, 38.4, 57.808}, {1.1, 0.5, 0.2, -0.455489}, {0, 0.01, 0.01, 0.009});
+    for (const char* label : {">-0.6<", ">1.2<", ">0<", ">60<", ">0.010<", "learning rate", "smoothed"}) {
+        CAPTURE(label);
+        CHECK(svg.find(label) != std::string::npos);
+    }
+    CHECK(svg.find("57.808") == std::string::npos);
+    CHECK(svg.find("0.455489") == std::string::npos);
+}
+
+#ifdef MPNET_TRAIN_EXE
+TEST_CASE("mpnet-train: a failed start leaves the directory free, and errors reach log.txt") {
+    const auto data = bars_folder("data-start");
+    const auto dir = fresh_dir("cli-start");
+    const std::string base = "--outdir " + dir.string() + " --data " + data.string() + tiny_args;
+    CHECK(run_train("--outdir " + dir.string() + " --data " + data.string() + " --preset nosuch").exit_code == 2);
+    CHECK(run_train("--outdir " + dir.string() + " --data " + data.string() + " --batch 0").exit_code == 2);
+    CHECK(run_train("--outdir " + dir.string() + " --data /nonexistent/images" + tiny_args).exit_code == 1);
+    CHECK_FALSE(fs::exists(dir / "options.json"));
+    const Run ok = run_train(base);
+    CHECK_MESSAGE(ok.exit_code == 0, ok.output);
+
+    // The same directory with another seed is another run: refused, and said in log.txt too.
+    const Run other = run_train(base + " --seed 5");
+    CHECK(other.exit_code == 1);
+    CHECK(other.output.find("seed 0 vs 5") != std::string::npos);
+    CHECK(bytes_of(dir / "log.txt").find("error: ") != std::string::npos);
+}
+
+TEST_CASE("mpnet-train: --net-config and per-setting options change the network, bad ones are named") {
+    const auto data = bars_folder("data-net");
+    const auto dir = fresh_dir("cli-net");
+    std::ofstream(dir / "net.json") << R"({"model_channels": 8, "channel_mult": [1, 2], "use_fp16": true})";
+    const Run r = run_train("--outdir " + (dir / "run").string() + " --data " + data.string() + tiny_args +
+                            " --net-config " + (dir / "net.json").string() + " --num-blocks 2 --attn-resolutions 8");
+    REQUIRE_MESSAGE(r.exit_code == 0, r.output);
+    const auto snap = io::SafetensorsFile::open(dir / "run" / "network-snapshot-0000000-0.050.safetensors");
+    const auto cfg = nn::config_from_json(snap.metadata().at("config"));
+    CHECK(cfg.model_channels == 8);
+    CHECK(cfg.channel_mult == std::vector<int64_t>{1, 2});
+    CHECK(cfg.num_blocks == 2);
+    CHECK(cfg.attn_resolutions == std::vector<int64_t>{8});
+    CHECK(cfg.logvar_channels == 64);  // the preset's, untouched
+
+    std::ofstream(dir / "typo.json") << R"({"model_chanels": 8})";
+    const Run typo = run_train("--outdir " + (dir / "t").string() + " --net-config " + (dir / "typo.json").string());
+    CHECK(typo.exit_code == 1);
+    CHECK(typo.output.find("typo.json: network config: unknown setting 'model_chanels'") != std::string::npos);
+    const Run shape = run_train("--outdir " + (dir / "s").string() + " --data " + data.string() + tiny_args +
+                                " --net-config " + (dir / "net.json").string() + " --channels-per-head 5");
+    CHECK(shape.exit_code == 1);
+    CHECK(shape.output.find("do not split into heads of 5") != std::string::npos);
 }
 #endif

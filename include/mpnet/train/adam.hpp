@@ -33,11 +33,17 @@ public:
     }
     [[nodiscard]] int64_t steps() const { return step_; }
 
-    void save_state(io::SafetensorsWriter& w, const std::string& prefix) const {
+    // Calls f(name, tensor) for every moment tensor save_state stores (beside `<prefix>step`).
+    template <class F>
+    void visit_state(const std::string& prefix, F&& f) const {
         for (const auto& s : slots_) {
-            add(w, prefix + "m." + s.name, s.m);
-            add(w, prefix + "v." + s.name, s.v);
+            f(prefix + "m." + s.name, s.m);
+            f(prefix + "v." + s.name, s.v);
         }
+    }
+
+    void save_state(io::SafetensorsWriter& w, const std::string& prefix) const {
+        visit_state(prefix, [&](const std::string& name, const TensorT& t) { add(w, name, t); });
         const std::vector<int64_t> step{step_};
         w.add<int64_t>(prefix + "step", {1}, step);
     }

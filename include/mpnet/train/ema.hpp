@@ -62,11 +62,17 @@ public:
     void save_state(io::SafetensorsWriter& out, const std::string& prefix) const {
         out.add<double>(prefix + "sigma_rel", {static_cast<std::int64_t>(sigma_rels_.size())},
                         std::span<const double>(sigma_rels_));
+        visit_state(prefix, [&](const std::string& name, const Tensor<T, B>& value) {
+            const std::vector<T> host = value.to_host();
+            out.add<T>(name, value.shape().vec(), std::span<const T>(host));
+        });
+    }
+
+    // Calls f(name, tensor) for every profile tensor save_state stores (beside `<prefix>sigma_rel`).
+    template <class F>
+    void visit_state(const std::string& prefix, F&& f) const {
         for (std::size_t k = 0; k < profiles_.size(); ++k)
-            for (const auto& [name, value] : profiles_[k]) {
-                const std::vector<T> host = value.to_host();
-                out.add<T>(key(prefix, k, name), value.shape().vec(), std::span<const T>(host));
-            }
+            for (const auto& [name, value] : profiles_[k]) f(key(prefix, k, name), value);
     }
 
     // All or nothing: every tensor is read and checked before any profile changes.

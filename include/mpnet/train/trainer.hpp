@@ -6,12 +6,15 @@
 // come from streams indexed by g, dropout masks from the step, and the data order from the
 // loader position, so a resumed run continues exactly where the checkpoint left off.
 #pragma once
+#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -23,6 +26,7 @@
 #include "mpnet/train/ema.hpp"
 #include "mpnet/train/loss_curve.hpp"
 #include "mpnet/train/options.hpp"
+#include "mpnet/train/run_directory.hpp"
 #include "mpnet/train/schedule.hpp"
 
 namespace mpnet::train {
@@ -34,28 +38,44 @@ struct ResolvedRun {
     double duration = 0, rampup = 0;
 };
 
-inline ResolvedRun resolve(TrainOptions opt, const data::Dataset& ds) {
-    const nn::Preset p = nn::find_preset(opt.preset);
-    ResolvedRun r{opt, p.net};
-    r.net.img_resolution = ds.resolution;
-    r.net.img_channels = ds.channels;
+// The preset's network with the run's settings over it (opt.net: NetworkConfig keys, as a
+// --net-config file or per-setting options give them), sized for the data. A setting the
+// data decides (resolution, channels, classes) may be given only with the data's value.
+inline nn::NetworkConfig resolve_network(const TrainOptions& opt, const nn::NetworkConfig& preset,
+                                         const data::Dataset& ds) {
+    nlohmann::json j = nlohmann::json(preset);
+    for (const auto& [key, value] : opt.net.items()) {
+        check(j.contains(key), "network setting '", key, "' is unknown");
+        j[key] = value;
+    }
     check(!opt.cond || ds.num_classes > 0, ds.source, ": --cond needs class labels, and the dataset has none");
-    r.net.label_dim = opt.cond ? ds.num_classes : 0;
-    if (opt.dropout >= 0) r.net.dropout = opt.dropout;
-    r.net.validate();
+    const nlohmann::json from_data{{"img_resolution", ds.resolution},
+                                   {"img_channels", ds.channels},
+                                   {"label_dim", opt.cond ? ds.num_classes : 0}};
+    for (const auto& [key, value] : from_data.items()) {
+        if (opt.net.contains(key))
+            check(opt.net[key] == value, "network setting ", key, " = ", opt.net[key].dump(), " does not fit the data ",
+                  ds.source, " (", key, " ", value.dump(), ")");
+        j[key] = value;
+    }
+    if (opt.dropout >= 0) j["dropout"] = opt.dropout;
+    return nn::config_from_json(j.dump());
+}
+
+inline ResolvedRun resolve(TrainOptions opt, const data::Dataset& ds) {
+    opt.validate();
+    const nn::Preset p = nn::find_preset(opt.preset);
+    ResolvedRun r{opt, resolve_network(opt, p.net, ds)};
     auto& o = r.opt;
-    if (o.lr <= 0) o.lr = p.train.lr;
-    if (o.decay < 0) o.decay = p.train.decay;
+    if (o.lr == 0) o.lr = p.train.lr;
+    if (o.decay == -1) o.decay = p.train.decay;
     if (std::isnan(o.P_mean)) o.P_mean = p.train.P_mean;
     if (std::isnan(o.P_std)) o.P_std = p.train.P_std;
-    if (o.batch_gpu <= 0) o.batch_gpu = o.batch;
+    if (o.batch_gpu == 0) o.batch_gpu = o.batch;
     o.dropout = r.net.dropout;
     r.duration = o.duration > 0 ? o.duration : p.train.duration_mimg * 1e6;
     r.rampup = o.rampup >= 0 ? o.rampup : p.train.rampup_mimg * 1e6;
-    check(o.batch > 0 && o.batch % o.batch_gpu == 0, "--batch ", o.batch, " is not a multiple of --batch-gpu ",
-          o.batch_gpu);
-    check(!o.ema.empty(), "--ema needs at least one sigma_rel");
-    check(o.status > 0 && o.snapshot > 0 && o.checkpoint > 0, "--status, --snapshot and --checkpoint must be positive");
+    check(r.duration > 0, "preset ", opt.preset, ": no training duration; give --duration");
     return r;
 }
 
@@ -68,26 +88,48 @@ public:
     using TensorT = Tensor<T, B>;
     using Log = std::function<void(const std::string&)>;
 
+    // Takes the run directory's lock (created if missing) for the trainer's lifetime.
     Trainer(ResolvedRun run, const data::Dataset& ds, Log log)
-        : run_(std::move(run)), ds_(ds), log_(std::move(log)), dir_(run_.opt.outdir),
+        : run_(std::move(run)), ds_(ds), log_(std::move(log)), dir_(run_.opt.outdir), lock_(dir_),
           net_(run_.net, rng::substream(run_.opt.seed, init_stream)), adam_(net_),
           ema_(run_.opt.ema, named_params()),
           loader_(ds, run_.opt.batch_gpu, rng::substream(run_.opt.seed, data_stream), run_.opt.xflip) {}
 
-    // Continues from the newest readable checkpoint in the run directory, if any. Temporary
-    // files a killed run left behind are removed first.
+    // Makes the run directory this run's and continues from its newest readable checkpoint,
+    // if any; returns whether it did. Temporary files a killed run left are removed first.
+    // A directory holding another run (other options, or checkpoints and snapshots of
+    // another network) is refused, unless the options ask to start over: then that run is
+    // moved to DIR/previous-run-<n>/. options.json is written only once all this passed.
     bool resume() {
         remove_stale_temporaries(dir_);
-        for (const auto& path : list_checkpoints(dir_)) {
+        if (run_.opt.start_over)
+            if (const auto aside = set_aside_run(dir_); !aside.empty()) log_("set the previous run aside in " + aside.string());
+        check_options_file(dir_, run_.opt);
+        const auto checkpoints = list_checkpoints(dir_);
+        refuse_foreign_files(checkpoints);
+        bool resumed = false;
+        for (const auto& path : checkpoints) {
+            std::optional<CheckpointState> state;
             try {
-                load_checkpoint(path);
-                log_("resuming from " + path.string() + " at kimg " + fixed(nimg_ / 1000, 1));
-                return true;
+                state.emplace(verify_checkpoint(path));
             } catch (const Error& e) {
                 log_("skipping unreadable checkpoint: " + std::string(e.what()));
+                continue;
             }
+            // Verified: from here on a failure is an I/O error, fatal rather than a fallback,
+            // since the state may be half replaced.
+            apply_checkpoint(*state);
+            log_("resuming from " + path.string() + " at kimg " + fixed(nimg_ / 1000, 1));
+            resumed = true;
+            break;
         }
-        return false;
+        for (const auto& p : trim_stats(dir_ / "stats.jsonl", nimg_ / 1000)) {
+            kimg_.push_back(p.kimg);
+            losses_.push_back(p.loss);
+            lrs_.push_back(p.lr);
+        }
+        write_options_file(dir_, run_.opt);
+        return resumed;
     }
 
     void run() {
@@ -120,6 +162,8 @@ public:
             if (snapshot) write_snapshots();
             if (checkpoint) write_checkpoint();
         }
+        check(nonfinite_ == 0, "training ended with a non-finite loss: no final snapshot or checkpoint was written "
+              "(the last checkpoint is kept; try a lower --lr)");
     }
 
     [[nodiscard]] nn::Precond<T, B>& network() { return net_; }
@@ -204,11 +248,12 @@ private:
         log_(line);
         kimg_.push_back(nimg_ / 1000);
         losses_.push_back(loss);
+        lrs_.push_back(last_lr_);
         nlohmann::json j{{"kimg", nimg_ / 1000}, {"step", step_},          {"time", total_.seconds()},
                          {"sec_per_kimg", sec_per_kimg}, {"loss", std::isfinite(loss) ? nlohmann::json(loss) : nlohmann::json()},
                          {"lr", last_lr_},  {"peak_mem_mb", mem_mb}};
         std::ofstream(dir_ / "stats.jsonl", std::ios::app) << j.dump() << "\n";
-        write_loss_curve(dir_ / "loss.svg", kimg_, losses_);
+        write_loss_curve(dir_ / "loss.svg", kimg_, losses_, lrs_);
     }
 
     void write_snapshots() {
@@ -224,8 +269,7 @@ private:
                 const std::vector<float> f(host.begin(), host.end());
                 w.add<float>(name, t.shape().vec(), f);
             });
-            char tag[16];
-            std::snprintf(tag, sizeof tag, "%.3f", ema_.sigma_rel(k));
+            const std::string tag = TrainOptions::sigma_rel_tag(ema_.sigma_rel(k));
             w.set_metadata("config", nn::to_json(run_.net));
             w.set_metadata("kimg", fixed(nimg_ / 1000, 3));
             w.set_metadata("sigma_rel", tag);
@@ -246,23 +290,105 @@ private:
         w.set_metadata("nimg", std::to_string(static_cast<long long>(nimg_)));
         w.set_metadata("step", std::to_string(step_));
         w.set_metadata("loader_position", std::to_string(loader_.position()));
-        w.write(checkpoint_path(dir_, nimg_));
-        // Older checkpoints are removed only once the new one is safely in place.
-        const auto all = list_checkpoints(dir_);
-        for (size_t i = 2; i < all.size(); ++i) std::filesystem::remove(all[i]);
+        const auto path = checkpoint_path(dir_, nimg_);
+        w.write(path);
+        // Retention counts only this run's checkpoints (written or verified by it), never
+        // files it cannot read, and removes an older one only once the new one is in place.
+        std::erase(kept_, path);
+        kept_.push_back(path);
+        while (kept_.size() > 2) {
+            std::filesystem::remove(kept_.front());
+            kept_.erase(kept_.begin());
+        }
     }
 
-    void load_checkpoint(const std::filesystem::path& path) {
-        const auto f = io::SafetensorsFile::open(path);
+    // A checkpoint read and checked whole, nothing of the trainer changed yet.
+    struct CheckpointState {
+        std::filesystem::path path;
+        io::SafetensorsFile file;
+        double nimg = 0;
+        int64_t step = 0;
+        uint64_t loader_position = 0;
+    };
+
+    // Everything that can be wrong with a checkpoint is found here, before any state is
+    // replaced: its format and network, its metadata, and exactly the tensors (names and
+    // shapes) this trainer's state has.
+    CheckpointState verify_checkpoint(const std::filesystem::path& path) {
+        CheckpointState s{path, io::SafetensorsFile::open(path)};
+        const io::SafetensorsFile& f = s.file;
         check(f.metadata_or("format", "") == "mpnet-training-state-1", f.label(), ": not an mpnet training state");
         check(f.metadata_or("config", "") == nn::to_json(run_.net), f.label(),
               ": the checkpoint's network configuration differs from this run's");
-        nn::load_state(net_, f, "net.");
-        adam_.load_state(f, "adam.");
-        ema_.load_state(f, "ema.");
-        nimg_ = std::stod(f.metadata().at("nimg"));
-        step_ = std::stoll(f.metadata().at("step"));
-        loader_.seek(std::stoull(f.metadata().at("loader_position")));
+        s.step = metadata_integer<int64_t>(f, "step");
+        s.loader_position = metadata_integer<uint64_t>(f, "loader_position");
+        s.nimg = double(metadata_integer<int64_t>(f, "nimg"));
+        check(s.nimg == double(s.step) * double(run_.opt.batch), f.label(), ": ", s.nimg, " images in ", s.step,
+              " steps do not fit batch ", run_.opt.batch);
+        std::map<std::string, std::vector<int64_t>> want{{"adam.step", {1}},
+                                                        {"ema.sigma_rel", {int64_t(ema_.num_profiles())}}};
+        auto add = [&](const std::string& name, const TensorT& t) { want[name] = t.shape().vec(); };
+        nn::for_each_state_tensor(net_, [&](const std::string& name, TensorT& t) { add("net." + name, t); });
+        adam_.visit_state("adam.", add);
+        ema_.visit_state("ema.", add);
+        for (const auto& [name, shape] : want) f.check_shape(name, shape);
+        check(f.tensors().size() == want.size(), f.label(), ": ", f.tensors().size(),
+              " tensors, a training state of this run has ", want.size());
+        check(f.read<double>("ema.sigma_rel") == run_.opt.ema, f.label(), ": the EMA profiles differ from --ema");
+        return s;
+    }
+
+    void apply_checkpoint(const CheckpointState& s) {
+        try {
+            nn::load_state(net_, s.file, "net.");
+            adam_.load_state(s.file, "adam.");
+            ema_.load_state(s.file, "ema.");
+        } catch (const Error& e) {
+            fail(e.what(), " (after the checkpoint was verified: the training state is incomplete, not resuming)");
+        }
+        nimg_ = s.nimg;
+        step_ = s.step;
+        loader_.seek(s.loader_position);
+        kept_ = {s.path};
+    }
+
+    template <class I>
+    static I metadata_integer(const io::SafetensorsFile& f, const std::string& key) {
+        const auto it = f.metadata().find(key);
+        check(it != f.metadata().end(), f.label(), ": metadata '", key, "' is missing");
+        I v{};
+        const std::string& text = it->second;
+        const auto r = std::from_chars(text.data(), text.data() + text.size(), v);
+        check(!text.empty() && r.ec == std::errc{} && r.ptr == text.data() + text.size() && v >= I(0), f.label(),
+              ": metadata '", key, "' is not a non-negative integer: '", text, "'");
+        return v;
+    }
+
+    // Checkpoints and snapshots of another network (or other EMA profiles) would be mixed
+    // with or overwritten by this run's: the directory holds another run.
+    void refuse_foreign_files(const std::vector<std::filesystem::path>& checkpoints) const {
+        std::vector<std::filesystem::path> files = checkpoints;
+        for (const auto& e : std::filesystem::directory_iterator(dir_)) {
+            const std::string name = e.path().filename().string();
+            if (name.starts_with("network-snapshot-") && is_run_file(name)) files.push_back(e.path());
+        }
+        const nlohmann::json mine = nlohmann::json(run_.net);
+        for (const auto& path : files) {
+            std::optional<io::SafetensorsFile> f;
+            nlohmann::json theirs;
+            try {
+                f.emplace(io::SafetensorsFile::open(path));
+                theirs = nlohmann::json::parse(f->metadata_or("config", ""));
+            } catch (const std::exception&) {
+                continue;  // unreadable: skipped when resuming, never taken for another run
+            }
+            const std::string diff = json_differences(theirs, mine);
+            check(diff.empty(), path.string(), " belongs to a run of another network (", diff,
+                  "); use a new --outdir, or --start-over to set that run aside");
+            if (f->contains("ema.sigma_rel") && f->info("ema.sigma_rel").dtype == io::DType::F64)
+                check(f->read<double>("ema.sigma_rel") == run_.opt.ema, path.string(),
+                      " belongs to a run with other --ema profiles; use a new --outdir, or --start-over");
+        }
     }
 
     static double peak_memory_mb() {
@@ -287,6 +413,7 @@ private:
     const data::Dataset& ds_;
     Log log_;
     std::filesystem::path dir_;
+    RunDirLock lock_;
     nn::Precond<T, B> net_;
     Adam<T, B> adam_;
     PowerEma<T, B> ema_;
@@ -294,7 +421,8 @@ private:
     double nimg_ = 0, last_lr_ = 0;
     int64_t step_ = 0, nonfinite_ = 0;
     Timer total_;
-    std::vector<double> kimg_, losses_;
+    std::vector<double> kimg_, losses_, lrs_;
+    std::vector<std::filesystem::path> kept_;  // this run's checkpoints, oldest first
 };
 
 }  // namespace mpnet::train
