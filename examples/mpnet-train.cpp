@@ -1,178 +1,208 @@
 // mpnet-train: trains an EDM2 denoiser on the CPU and writes power-function EMA snapshots
 // that mpnet-phema and mpnet-generate read. Rerunning with the same --outdir resumes.
+#include <unistd.h>
+
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
-#include <map>
-#include <sstream>
 #include <string>
 
+#include "cli.hpp"
 #include "mpnet/backend/cpu/cpu.hpp"
 #include "mpnet/data/load_dataset.hpp"
 #include "mpnet/train/trainer.hpp"
 
 namespace fs = std::filesystem;
 using namespace mpnet;
+using cli::UsageError;
 
 namespace {
 
-constexpr const char* usage_text = R"(Usage: mpnet-train --outdir DIR [options]
-
-Trains an EDM2 denoiser (Precond + U-Net, learned-uncertainty loss, Adam with the
-EDM2 learning-rate schedule, forced weight normalisation, power-function EMA).
-Rerunning with the same --outdir continues from the latest checkpoint.
-
-Image counts accept suffixes: 6400, 64k (1e3), 2M (1e6), 8Ki (2^10), 8Mi (2^20).
-
-Options:
-  --outdir DIR      run directory (created if missing)
-  --data SPEC       dataset: fashion-mnist[:DIR] (Debian's dataset-fashion-mnist,
-                    padded to 32x32), a directory of PNG images, or a .zip of them
-                    (labels from an optional dataset.json) (default: fashion-mnist)
-  --preset NAME     network and recipe preset (default: fmnist-s); one of
-                    fmnist-s, fmnist-xs, rgb32-s, edm2-img64-{xs,s,m,l,xl},
-                    edm2-img512-{xxs,xs,s,m,l,xl,xxl}
-  --cond BOOL       class-conditional training (default: true; needs labels)
-  --batch N         images per optimizer step (default: 64)
-  --batch-gpu N     images per forward/backward round; gradients of
-                    batch/batch-gpu rounds are accumulated (default: --batch)
-  --duration N      training length in images (default: the preset's)
-  --lr X            reference learning rate (default: the preset's)
-  --decay N         batches before the 1/sqrt decay starts (default: preset's)
-  --rampup N        learning-rate warm-up in images (default: the preset's)
-  --dropout X       dropout probability (default: the preset's)
-  --P_mean X        mean of ln(sigma) of the training noise (default: preset's)
-  --P_std X         std of ln(sigma) of the training noise (default: preset's)
-  --seed N          random seed (default: 0)
-  --xflip BOOL      random left-right flips (default: false)
-  --status N        images between status lines (default: 6400)
-  --snapshot N      images between EMA snapshots, at least 1000 (default: 64k)
-  --checkpoint N    images between training-state checkpoints (default: 32k)
-  --ema LIST        sigma_rel of the tracked EMA profiles (default: 0.050,0.100)
-  --quiet           print only errors
-  -h, --help        print this help
-
-Outputs in DIR: options.json, log.txt, stats.jsonl, loss.svg,
-network-snapshot-<kimg>-<sigma_rel>.safetensors and
-training-state-<images>.safetensors (the two newest are kept).
-)";
-
-bool parse_bool(const std::string& flag, const std::string& v) {
-    if (v == "true" || v == "1" || v == "yes") return true;
-    if (v == "false" || v == "0" || v == "no") return false;
-    fail(flag, ": expected true or false, got '", v, "'");
-}
-
-double parse_number(const std::string& flag, const std::string& v) {
+// Image counts ("6400", "64k", "8Mi") with the option named in the message.
+double parse_images(const std::string& option, const std::string& text) {
     try {
-        std::size_t used = 0;
-        const double x = std::stod(v, &used);
-        if (used == v.size()) return x;
-    } catch (const std::exception&) {
+        return train::parse_images(text);
+    } catch (const Error& e) {
+        throw UsageError(option + ": " + e.what());
     }
-    fail(flag, ": '", v, "' is not a number");
 }
 
-std::vector<double> parse_list(const std::string& flag, const std::string& v) {
+std::vector<double> parse_reals(const std::string& option, const std::string& text) {
     std::vector<double> out;
-    std::stringstream ss(v);
-    for (std::string item; std::getline(ss, item, ',');) out.push_back(parse_number(flag, item));
+    for (const auto& item : cli::split_commas(text)) out.push_back(cli::parse_real(option, item));
     return out;
 }
 
-train::TrainOptions parse_args(int argc, char** argv) {
-    train::TrainOptions o;
-    bool outdir_given = false;
-    for (int i = 1; i < argc; ++i) {
-        const std::string flag = argv[i];
-        if (flag == "-h" || flag == "--help") {
-            std::cout << usage_text;
-            std::exit(0);
-        }
-        if (flag == "--quiet") {
-            o.quiet = true;
-            continue;
-        }
-        check(i + 1 < argc, flag, ": missing value (see --help)");
-        const std::string v = argv[++i];
-        if (flag == "--outdir") o.outdir = v, outdir_given = true;
-        else if (flag == "--data") o.data = v;
-        else if (flag == "--preset") o.preset = v;
-        else if (flag == "--cond") o.cond = parse_bool(flag, v);
-        else if (flag == "--batch") o.batch = int64_t(parse_number(flag, v));
-        else if (flag == "--batch-gpu") o.batch_gpu = int64_t(parse_number(flag, v));
-        else if (flag == "--duration") o.duration = train::parse_images(v);
-        else if (flag == "--lr") o.lr = parse_number(flag, v);
-        else if (flag == "--decay") o.decay = parse_number(flag, v);
-        else if (flag == "--rampup") o.rampup = train::parse_images(v);
-        else if (flag == "--dropout") o.dropout = parse_number(flag, v);
-        else if (flag == "--P_mean") o.P_mean = parse_number(flag, v);
-        else if (flag == "--P_std") o.P_std = parse_number(flag, v);
-        else if (flag == "--seed") o.seed = uint64_t(parse_number(flag, v));
-        else if (flag == "--xflip") o.xflip = parse_bool(flag, v);
-        else if (flag == "--status") o.status = train::parse_images(v);
-        else if (flag == "--snapshot") o.snapshot = train::parse_images(v);
-        else if (flag == "--checkpoint") o.checkpoint = train::parse_images(v);
-        else if (flag == "--ema") o.ema = parse_list(flag, v);
-        else fail("unknown option '", flag, "' (see --help)");
+// A network setting's value, parsed as the type of its default (integer, real or a list).
+nlohmann::json parse_setting(const std::string& option, const nlohmann::json& like, const std::string& text) {
+    if (like.is_array()) {
+        const nlohmann::json element = like.empty() ? nlohmann::json(0) : like.front();
+        nlohmann::json list = nlohmann::json::array();
+        for (const auto& item : cli::split_commas(text)) list.push_back(parse_setting(option, element, item));
+        return list;
     }
-    check(outdir_given, "--outdir is required (see --help)");
-    check(o.snapshot >= 1000, "--snapshot ", o.snapshot, " is below 1000 images: snapshot files are named by kimg");
-    return o;
+    if (like.is_number_integer()) return cli::parse_integer<int64_t>(option, text);
+    return cli::parse_real(option, text);
 }
 
-// The run directory must be writable before any work starts, and a resumed run must use
-// the options it started with (its length and reporting intervals may change).
-void prepare_outdir(const train::TrainOptions& o) {
-    std::error_code ec;
-    fs::create_directories(o.outdir, ec);
-    check(!ec, o.outdir, ": cannot create the output directory: ", ec.message());
-    const fs::path saved = fs::path(o.outdir) / "options.json";
-    nlohmann::json now = o;
-    for (const char* k : {"duration", "status", "snapshot", "checkpoint", "quiet", "outdir"}) now.erase(k);
-    if (fs::exists(saved)) {
-        nlohmann::json before;
-        try {
-            before = nlohmann::json::parse(std::ifstream(saved));
-        } catch (const nlohmann::json::exception& e) {
-            fail(saved.string(), ": not valid JSON: ", e.what());
-        }
-        for (const auto& [k, v] : now.items())
-            check(before.contains(k) && before[k].dump() == v.dump(), saved.string(), ": this run was started with ", k, "=",
-                  before.contains(k) ? before[k].dump() : "(unset)", ", not ", v.dump(),
-                  "; use a new --outdir for different options");
+nlohmann::json read_net_config(const std::string& path) {
+    std::ifstream in(path);
+    check(bool(in), "--net-config ", path, ": cannot open");
+    try {
+        nlohmann::json j = nlohmann::json::parse(in);
+        nn::normalize_config_json(j);
+        return j;
+    } catch (const nlohmann::json::exception& e) {
+        fail("--net-config ", path, ": not valid JSON: ", e.what());
+    } catch (const Error& e) {
+        fail("--net-config ", path, ": ", e.what());
     }
-    const std::string text = nlohmann::json(o).dump(2) + "\n";
-    io::write_file_atomic(saved, std::as_bytes(std::span(text.data(), text.size())));
+}
+
+struct Options {
+    train::TrainOptions train;
+    std::string net_config;
+    nlohmann::json net_settings = nlohmann::json::object();  // from the per-setting options
+};
+
+// The network settings a user of the reference code changes, as options: --model-channels
+// for model_channels and so on. The data decides the image shape and classes, and
+// --dropout is an option of its own.
+void add_network_options(cli::Parser& p, Options& o) {
+    const nlohmann::json defaults = nn::NetworkConfig{};
+    for (const auto& [key, like] : defaults.items()) {
+        if (key == "img_resolution" || key == "img_channels" || key == "label_dim" || key == "dropout") continue;
+        std::string name = "--" + key;
+        std::replace(name.begin(), name.end(), '_', '-');
+        const char* metavar = like.is_array() ? "LIST" : like.is_number_integer() ? "N" : "X";
+        p.value(name, metavar, key + " (default: the preset's " + like.dump() + ")",
+                [&o, name, key, like](const std::string& v) { o.net_settings[key] = parse_setting(name, like, v); });
+    }
+}
+
+cli::Parser make_parser(Options& opts) {
+    auto& o = opts.train;
+    cli::Parser p("mpnet-train --outdir DIR [options]",
+                  R"(Trains an EDM2 denoiser (Precond + U-Net, learned-uncertainty loss, Adam with the
+EDM2 learning-rate schedule, forced weight normalisation, power-function EMA).
+Rerunning with the same --outdir continues from the latest checkpoint; a
+directory that holds another run is refused (see --start-over).
+
+Image counts accept suffixes: 6400, 64k (1e3), 2M (1e6), 8Ki (2^10), 8Mi (2^20).)");
+    p.section("Run")
+        .value("--outdir", "DIR", "run directory (created if missing)", [&](const std::string& v) { o.outdir = v; })
+        .value("--data", "SPEC", "dataset: fashion-mnist[:DIR] (Debian's dataset-fashion-mnist,\npadded to 32x32), a directory of PNG images, or a .zip of them\n(labels from an optional dataset.json) (default: fashion-mnist)",
+               [&](const std::string& v) { o.data = v; })
+        .value("--preset", "NAME", "network and recipe preset (default: fmnist-s); one of\nfmnist-s, fmnist-xs, rgb32-s, edm2-img64-{xs,s,m,l,xl},\nedm2-img512-{xxs,xs,s,m,l,xl,xxl}",
+               [&](const std::string& v) { o.preset = v; })
+        .value("--cond", "BOOL", "class-conditional training (default: true; needs labels)",
+               [&](const std::string& v) { o.cond = cli::parse_bool("--cond", v); })
+        .flag("--start-over", "if DIR holds another run, move its files to\nDIR/previous-run-<n>/ and start a new run instead of refusing",
+              [&] { o.start_over = true; });
+    p.section("Recipe")
+        .value("--batch", "N", "images per optimizer step (default: 64)",
+               [&](const std::string& v) { o.batch = cli::parse_integer<int64_t>("--batch", v, 1, o.max_batch); })
+        .value("--batch-gpu", "N", "images per forward/backward round; gradients of\nbatch/batch-gpu rounds are accumulated (default: --batch)",
+               [&](const std::string& v) { o.batch_gpu = cli::parse_integer<int64_t>("--batch-gpu", v, 1, o.max_batch); })
+        .value("--duration", "N", "training length in images (default: the preset's)",
+               [&](const std::string& v) { o.duration = parse_images("--duration", v); })
+        .value("--lr", "X", "reference learning rate (default: the preset's)",
+               [&](const std::string& v) { o.lr = cli::parse_real("--lr", v, cli::positive); })
+        .value("--decay", "N", "batches before the 1/sqrt decay starts; 0: no decay\n(default: the preset's)",
+               [&](const std::string& v) { o.decay = cli::parse_real("--decay", v, cli::non_negative); })
+        .value("--rampup", "N", "learning-rate warm-up in images (default: the preset's)",
+               [&](const std::string& v) { o.rampup = parse_images("--rampup", v); })
+        .value("--dropout", "X", "dropout probability in [0, 1) (default: the preset's)",
+               [&](const std::string& v) { o.dropout = cli::parse_real("--dropout", v, {0, 1, false, true}); })
+        .value("--P_mean", "X", "mean of ln(sigma) of the training noise (default: preset's)",
+               [&](const std::string& v) { o.P_mean = cli::parse_real("--P_mean", v); })
+        .value("--P_std", "X", "std of ln(sigma) of the training noise (default: preset's)",
+               [&](const std::string& v) { o.P_std = cli::parse_real("--P_std", v, cli::positive); })
+        .value("--seed", "N", "random seed, 0 to 2^64-1 (default: 0)",
+               [&](const std::string& v) { o.seed = cli::parse_integer<uint64_t>("--seed", v); })
+        .value("--xflip", "BOOL", "random left-right flips (default: false)",
+               [&](const std::string& v) { o.xflip = cli::parse_bool("--xflip", v); })
+        .value("--ema", "LIST", "sigma_rel of the tracked EMA profiles, each in (0, 0.3003]\n(default: 0.050,0.100)",
+               [&](const std::string& v) { o.ema = parse_reals("--ema", v); });
+    p.section("Network (over the preset's; the data sets the image shape and classes)")
+        .value("--net-config", "FILE", "network settings from a JSON object with the keys of the\nweights' `config` metadata (all or some of them)",
+               [&](const std::string& v) { opts.net_config = v; });
+    add_network_options(p, opts);
+    p.section("Reporting")
+        .value("--status", "N", "images between status lines (default: 6400)",
+               [&](const std::string& v) { o.status = parse_images("--status", v); })
+        .value("--snapshot", "N", "images between EMA snapshots, at least 1000 (default: 64k)",
+               [&](const std::string& v) { o.snapshot = parse_images("--snapshot", v); })
+        .value("--checkpoint", "N", "images between training-state checkpoints (default: 32k)",
+               [&](const std::string& v) { o.checkpoint = parse_images("--checkpoint", v); })
+        .flag("--quiet", "print only errors", [&] { o.quiet = true; });
+    p.epilog(R"(Outputs in DIR: options.json, log.txt, stats.jsonl, loss.svg,
+network-snapshot-<kimg>-<sigma_rel>.safetensors and
+training-state-<images>.safetensors (the two newest are kept). One trainer at a
+time holds DIR (the file DIR/.lock).
+
+Exit status: 0 on success, 1 on bad input or a failed run, 2 on a command-line
+error.)");
+    return p;
+}
+
+Options parse_args(int argc, char** argv) {
+    Options opts;
+    cli::Parser parser = make_parser(opts);
+    parser.parse(argc, argv);
+    if (!parser.given("--outdir")) throw UsageError("--outdir is required");
+    auto& o = opts.train;
+    if (!opts.net_config.empty()) o.net = read_net_config(opts.net_config);
+    for (const auto& [key, value] : opts.net_settings.items()) o.net[key] = value;
+    cli::as_usage_error([&] {
+        o.validate();
+        (void)nn::find_preset(o.preset);
+    });
+    return opts;
+}
+
+// The run directory must be writable before any work starts (nothing is written in it yet).
+void check_outdir(const std::string& outdir) {
+    std::error_code ec;
+    fs::create_directories(outdir, ec);
+    check(!ec, outdir, ": cannot create the output directory: ", ec.message());
+    check(::access(outdir.c_str(), W_OK) == 0, outdir, ": the output directory is not writable");
+}
+
+void run(const Options& opts) {
+    const auto& o = opts.train;
+    check_outdir(o.outdir);
+    // Lines are kept until the trainer holds the directory: log.txt belongs to its run.
+    std::vector<std::string> pending;
+    std::ofstream log_file;
+    auto log = [&](const std::string& line) {
+        if (log_file.is_open()) log_file << line << std::endl;
+        else pending.push_back(line);
+        if (!o.quiet) std::cout << line << std::endl;
+    };
+    const auto ds = data::load_dataset(o.data);
+    auto resolved = train::resolve(o, ds);
+    const auto cost = nn::network_cost(resolved.net);
+    log("dataset " + ds.source + ": " + std::to_string(ds.size) + " images " + std::to_string(ds.channels) + "x" +
+        std::to_string(ds.resolution) + "x" + std::to_string(ds.resolution) + ", " + std::to_string(ds.num_classes) +
+        " classes");
+    log("network " + o.preset + ": " + std::to_string(cost.params) + " parameters, " +
+        std::to_string(cost.macs * 2 / 1e9) + " GFLOP per image forward");
+    train::Trainer<float, CpuBackend> trainer(resolved, ds, log);
+    log_file.open(fs::path(o.outdir) / "log.txt", std::ios::app);
+    for (const auto& line : pending) log_file << line << "\n";
+    try {
+        if (!trainer.resume()) log("starting a new run in " + o.outdir);
+        trainer.run();
+    } catch (const std::exception& e) {
+        log_file << "error: " << e.what() << std::endl;
+        throw;
+    }
+    log("done: " + std::to_string(static_cast<long long>(trainer.images_seen())) + " images");
 }
 
 }  // namespace
 
-int main(int argc, char** argv) {
-    try {
-        const auto opts = parse_args(argc, argv);
-        prepare_outdir(opts);
-        std::ofstream log_file(fs::path(opts.outdir) / "log.txt", std::ios::app);
-        auto log = [&](const std::string& line) {
-            log_file << line << std::endl;
-            if (!opts.quiet) std::cout << line << std::endl;
-        };
-        const auto ds = data::load_dataset(opts.data);
-        auto run = train::resolve(opts, ds);
-        const auto cost = nn::network_cost(run.net);
-        log("dataset " + ds.source + ": " + std::to_string(ds.size) + " images " + std::to_string(ds.channels) + "x" +
-            std::to_string(ds.resolution) + "x" + std::to_string(ds.resolution) + ", " + std::to_string(ds.num_classes) +
-            " classes");
-        log("network " + opts.preset + ": " + std::to_string(cost.params) + " parameters, " +
-            std::to_string(cost.macs * 2 / 1e9) + " GFLOP per image forward");
-        train::Trainer<float, CpuBackend> trainer(run, ds, log);
-        if (!trainer.resume()) log("starting a new run in " + opts.outdir);
-        trainer.run();
-        log("done: " + std::to_string(static_cast<long long>(trainer.images_seen())) + " images");
-        return 0;
-    } catch (const std::exception& e) {
-        std::cerr << "mpnet-train: error: " << e.what() << "\n";
-        return 1;
-    }
-}
+int main(int argc, char** argv) { return cli::run_main("mpnet-train", argc, argv, parse_args, run); }
