@@ -215,7 +215,10 @@ template <class H>
 void register_mpconv(const BenchPreset& p, const Cases& c) {
     using B = typename H::backend;
     using F = Tensor<float, B>;
-    for (auto [cin, cout, r, k] : c.convs) {
+    for (const auto& conv_case : c.convs) {
+        // Plain variables, not a structured binding: clang 14 cannot capture bindings.
+        const int64_t cin = std::get<0>(conv_case), cout = std::get<1>(conv_case), r = std::get<2>(conv_case),
+                      k = std::get<3>(conv_case);
         const std::string layer = k == 3 ? "mpconv3x3" : k == 1 ? "mpconv1x1" : "mpconv_linear";
         const Shape xs = k ? Shape{p.batch, cin, r, r} : Shape{p.batch, cin};
         const std::string shape = dims(xs) + "->" + std::to_string(cout);
