@@ -44,7 +44,7 @@ uint8_t to_pixel(T x) {
 // Images [N, C, H, W] (C = 1 or 3) -> one Image each.
 template <Scalar T, Backend B>
 std::vector<Image> images_from_batch(const Tensor<T, B>& x) {
-    check(x.rank() == 4, "images_from_batch: expected [N, C, H, W], got ", x.shape().str());
+    check(x.rank() == 4, "images_from_batch: expected [N, C, H, W], got ", x.shape());
     const auto c = int(x.size(1)), h = int(x.size(2)), w = int(x.size(3));
     check(c == 1 || c == 3, "images with ", c, " channels cannot be written as PNG (need 1 or 3)");
     const std::vector<T> host = x.to_host();

@@ -37,7 +37,7 @@ public:
                    bool want_logvar, Context* ctx = nullptr) {
         check(x.rank() == 4 && x.size(1) == cfg_.img_channels && x.size(2) == cfg_.img_resolution &&
                   x.size(3) == cfg_.img_resolution,
-              "Precond: input ", x.shape().str(), " does not fit a network of ", cfg_.img_channels, "x",
+              "Precond: input ", x.shape(), " does not fit a network of ", cfg_.img_channels, "x",
               cfg_.img_resolution, "x", cfg_.img_resolution, " images");
         check(sigma.numel() == x.size(0), "Precond: ", sigma.numel(), " sigmas for ", x.size(0), " images");
         if (mode.training) force_normalize();

@@ -128,7 +128,7 @@ private:
         const bool has_labels = emb_label.has_value();
         if (has_labels) {
             check(labels.size(0) == c_noise.numel() && labels.shape().numel_from(1) == cfg_.label_dim,
-                  "UNet: labels ", labels.shape().str(), " for ", c_noise.numel(), " images of ", cfg_.label_dim,
+                  "UNet: labels ", labels.shape(), " for ", c_noise.numel(), " images of ", cfg_.label_dim,
                   " classes");
             TensorT scaled(labels.shape());
             affine(B{}, labels, T(std::sqrt(double(cfg_.label_dim))), T(0), scaled);

@@ -66,7 +66,7 @@ void load_state(Precond<T, B>& net, const io::SafetensorsFile& file, const std::
         const auto& info = file.info(key);
         const Shape shape = info.shape.empty() ? Shape{} : Shape(std::span<const int64_t>(info.shape));
         check(shape == t.shape() || (shape.numel() == 1 && t.numel() == 1), file.label(), ": tensor '", key,
-              "' has shape ", shape.str(), ", the network expects ", t.shape().str());
+              "' has shape ", shape, ", the network expects ", t.shape());
         const auto values = file.read<T>(key);
         B::copy_from_host(t.data(), values.data(), t.bytes());
     });

@@ -91,7 +91,7 @@ template <Scalar T, Backend B, class Net, class Guide>
 SampleResult<T, B> edm_sample(Net& net, Guide* guide, const Tensor<T, B>& noise, const Tensor<T, B>& labels,
                               const SamplerOptions& o, const SampleHooks& hooks = {}) {
     const std::vector<double> t = edm_time_steps(o);
-    check(noise.rank() == 4, "edm_sample: noise must be [N, C, H, W], got ", noise.shape().str());
+    check(noise.rank() == 4, "edm_sample: noise must be [N, C, H, W], got ", noise.shape());
     const bool churn = o.S_churn > 0;
     check(!churn || hooks.churn_seeds.size() == static_cast<std::size_t>(noise.size(0)), "edm_sample: churn needs ",
           noise.size(0), " per-image seeds, got ", hooks.churn_seeds.size());

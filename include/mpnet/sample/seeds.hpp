@@ -66,7 +66,7 @@ inline std::vector<uint64_t> parse_seeds(const std::string& text, std::size_t ma
 template <Scalar T, Backend B>
 void fill_seed_noise(Tensor<T, B>& noise, std::span<const uint64_t> seeds) {
     check(noise.rank() >= 1 && seeds.size() == static_cast<std::size_t>(noise.size(0)), "fill_seed_noise: ",
-          seeds.size(), " seeds for a batch of ", noise.shape().str());
+          seeds.size(), " seeds for a batch of ", noise.shape());
     for (int64_t i = 0; i < noise.size(0); ++i) {
         Tensor<T, B> row = noise.slice(i, i + 1);
         fill_normal(B{}, row, seeds[static_cast<std::size_t>(i)], 0);

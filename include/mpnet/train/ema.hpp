@@ -107,8 +107,8 @@ private:
               ref.size());
         for (std::size_t i = 0; i < ref.size(); ++i)
             check(params[i].first == ref[i].first && params[i].second.shape() == ref[i].second.shape(),
-                  "PowerEma::update: parameter ", i, " is '", params[i].first, "' ", params[i].second.shape().str(),
-                  ", the EMA tracks '", ref[i].first, "' ", ref[i].second.shape().str());
+                  "PowerEma::update: parameter ", i, " is '", params[i].first, "' ", params[i].second.shape(),
+                  ", the EMA tracks '", ref[i].first, "' ", ref[i].second.shape());
     }
 
     std::vector<double> sigma_rels_;

@@ -359,7 +359,9 @@ private:
         I v{};
         const std::string& text = it->second;
         const auto r = std::from_chars(text.data(), text.data() + text.size(), v);
-        check(!text.empty() && r.ec == std::errc{} && r.ptr == text.data() + text.size() && v >= I(0), f.label(),
+        bool negative = false;
+        if constexpr (std::is_signed_v<I>) negative = v < 0;
+        check(!text.empty() && r.ec == std::errc{} && r.ptr == text.data() + text.size() && !negative, f.label(),
               ": metadata '", key, "' is not a non-negative integer: '", text, "'");
         return v;
     }
