@@ -32,7 +32,7 @@ using TensorF = CpuTensor<float>;
 namespace {
 
 struct Options {
-    fs::path net, gnet, outdir, grid, noise;
+    fs::path net, gnet, outdir, grid, noise, out_tensor;
     double guidance = 1;
     std::optional<std::vector<uint64_t>> seeds;
     std::optional<int64_t> cls;
@@ -58,7 +58,15 @@ its seed and the options: never on --batch or the thread count (OMP_NUM_THREADS)
         .value("--gnet", "FILE", "guiding network: same image shape; the same label_dim, or\nunconditional (label_dim 0) for classifier-free guidance",
                [&](const std::string& v) { o.gnet = v; })
         .value("--guidance", "W", "guidance weight w (default 1: the guide is not evaluated)",
-               [&](const std::string& v) { o.guidance = cli::parse_real("--guidance", v); });
+               [&](const std::string& v) { o.guidance = cli::parse_real("--guidance", v); })
+        .value("--guidance-interval", "LO,HI", "guide only at noise levels in [LO, HI] (Kynkaanniemi et al.\n2024); elsewhere the network alone (default 0,inf)",
+               [&](const std::string& v) {
+                   const auto ends = cli::split_commas(v);
+                   if (ends.size() != 2) throw UsageError("--guidance-interval: expected LO,HI, got '" + v + "'");
+                   s.guidance_sigma_min = cli::parse_real("--guidance-interval", ends[0], cli::non_negative);
+                   s.guidance_sigma_max = cli::parse_real("--guidance-interval", ends[1],
+                                                          {0, std::numeric_limits<double>::infinity()});
+               });
     p.section("Images")
         .value("--seeds", "LIST", "seeds, one image each: numbers and inclusive ranges, e.g.\n0-63,100 (default 0-63)",
                [&](const std::string& v) {
@@ -101,6 +109,8 @@ its seed and the options: never on --batch or the thread count (OMP_NUM_THREADS)
                [&](const std::string& v) { o.outdir = v; })
         .value("--grid", "FILE.png", "all images in one PNG: rows by class, each labelled with its\nclass number (and name), for a conditional network; a plain\nnear-square grid otherwise",
                [&](const std::string& v) { o.grid = v; })
+        .value("--out-tensor", "FILE", "the raw sampler output (before quantisation) as the float32\ntensor `images` [N, C, H, W] of a safetensors file, in seed\norder, with the seeds in its metadata; any channel count",
+               [&](const std::string& v) { o.out_tensor = v; })
         .flag("--quiet", "no progress line or summary, only errors", [&] { o.quiet = true; });
     p.epilog(R"(Pixels are uint8(clip(x * 127.5 + 128, 0, 255)): 1 channel is written as a
 grayscale PNG, 3 channels as RGB. Every file is written atomically. A run whose
@@ -117,7 +127,8 @@ Options parse_args(int argc, char** argv) {
     cli::Parser parser = make_parser(o);
     parser.parse(argc, argv);
     if (o.net.empty()) throw UsageError("--net is required");
-    if (o.outdir.empty() && o.grid.empty()) throw UsageError("give --outdir or --grid (or both)");
+    if (o.outdir.empty() && o.grid.empty() && o.out_tensor.empty())
+        throw UsageError("give --outdir or --grid (or --out-tensor)");
     o.sampler.guidance = o.guidance;
     cli::as_usage_error([&] { o.sampler.validate(); });
     if (o.guidance != 1 && o.gnet.empty()) throw UsageError("--guidance needs a guiding network (--gnet)");
@@ -230,6 +241,12 @@ void prepare_outputs(const Options& o, const Plan& p) {
                   " is not writable");
         }
     }
+    if (!o.out_tensor.empty()) {
+        check(!fs::is_directory(o.out_tensor), "--out-tensor ", o.out_tensor.string(), " is a folder, not a file name");
+        const fs::path dir = o.out_tensor.parent_path().empty() ? fs::path(".") : o.out_tensor.parent_path();
+        check(fs::is_directory(dir) && ::access(dir.c_str(), W_OK) == 0, "--out-tensor ", o.out_tensor.string(),
+              ": folder ", dir.string(), " does not exist or is not writable");
+    }
     if (!o.grid.empty()) {
         check(!fs::is_directory(o.grid), "--grid ", o.grid.string(), " is a folder, not a file name");
         const fs::path dir = o.grid.parent_path().empty() ? fs::path(".") : o.grid.parent_path();
@@ -293,6 +310,15 @@ io::Image make_grid(const Plan& p, const std::vector<std::string>& names, const 
     return io::labelled_grid(ordered);
 }
 
+void write_tensor(const fs::path& path, const std::vector<float>& raw, const std::vector<uint64_t>& seeds,
+                  const nn::NetworkConfig& cfg) {
+    io::SafetensorsWriter w;
+    w.add<float>("images", {int64_t(seeds.size()), cfg.img_channels, cfg.img_resolution, cfg.img_resolution}, raw);
+    nlohmann::json list = seeds;
+    w.set_metadata("seeds", list.dump());
+    w.write(path);
+}
+
 // A sampler output that is not finite would be written as black or saturated pixels.
 void check_sampled(const TensorF& images, std::span<const uint64_t> seeds, const fs::path& net) {
     const int64_t per_image = images.numel() / images.size(0);
@@ -312,8 +338,9 @@ void run(const Options& o) {
             std::fprintf(stderr, "mpnet-generate: warning: --guidance is 1, so the guiding network is not used\n");
     }
     const nn::NetworkConfig& cfg = net.config();
-    check(cfg.img_channels == 1 || cfg.img_channels == 3, "--net ", o.net.string(), ": ", cfg.img_channels,
-          "-channel images cannot be written as PNG (need 1 or 3 channels)");
+    const bool png = !o.outdir.empty() || !o.grid.empty();
+    check(!png || cfg.img_channels == 1 || cfg.img_channels == 3, "--net ", o.net.string(), ": ", cfg.img_channels,
+          "-channel images cannot be written as PNG (need 1 or 3 channels; --out-tensor takes any)");
     const Plan p = make_plan(o, cfg);
     const std::vector<std::string> names = o.grid.empty() ? std::vector<std::string>{} : class_names(o);
     prepare_outputs(o, p);
@@ -323,6 +350,7 @@ void run(const Options& o) {
     if (guide) d_guide.emplace(*guide);
     const Progress progress(o.quiet, p.seeds.size());
     std::vector<io::Image> all;
+    std::vector<float> raw;  // --out-tensor: every image, in seed order
     int64_t nfe = 0;
     for (std::size_t begin = 0; begin < p.seeds.size(); begin += std::size_t(o.batch)) {
         const std::size_t end = std::min(p.seeds.size(), begin + std::size_t(o.batch));
@@ -339,6 +367,8 @@ void run(const Options& o) {
         const auto result = sample::edm_sample(d_net, d_guide ? &*d_guide : nullptr, noise, labels, o.sampler, hooks);
         nfe = result.nfe;
         check_sampled(result.images, seeds, o.net);
+        if (!o.out_tensor.empty()) raw.insert(raw.end(), result.images.data(), result.images.data() + result.images.numel());
+        if (!png) continue;
         std::vector<io::Image> images = io::images_from_batch(result.images);
         for (std::size_t i = 0; i < images.size(); ++i) {
             if (!o.outdir.empty()) io::write_png(image_path(o.outdir, seeds[i]), images[i]);
@@ -346,6 +376,7 @@ void run(const Options& o) {
         }
     }
     if (!o.grid.empty()) io::write_png(o.grid, make_grid(p, names, all));
+    if (!o.out_tensor.empty()) write_tensor(o.out_tensor, raw, p.seeds, cfg);
     progress.finish(nfe);
 }
 

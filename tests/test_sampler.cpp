@@ -216,6 +216,57 @@ TEST_CASE("sampler: 2N-1 network evaluations per image, N with euler, twice with
     CHECK(sample::edm_sample(alone, nullptr, noise, CpuTensor<float>(), sample::SamplerOptions{}).nfe == 63);
 }
 
+TEST_CASE("sampler: a guidance interval evaluates the guide only at noise levels inside it") {
+    CpuTensor<float> noise(Shape{2, 1, 4, 4});
+    fill_normal(CpuBackend{}, noise, 3, 0);
+    sample::SamplerOptions o;
+    o.steps = 6;
+    o.guidance = 2;
+    const auto t = sample::edm_time_steps(o);
+    struct Scaled {  // D(x) = k x: the network and the guide disagree, so guidance shows
+        float k;
+        CpuTensor<float> operator()(const CpuTensor<float>& x, double, const CpuTensor<float>&) const {
+            CpuTensor<float> y(x.shape());
+            affine(CpuBackend{}, x, k, 0.0f, y);
+            return y;
+        }
+    };
+    auto run = [&](const sample::SamplerOptions& opt) {
+        test::Recorder<Scaled, float> net{Scaled{0.5f}}, guide{Scaled{0.25f}};
+        const auto r = sample::edm_sample(net, &guide, noise, CpuTensor<float>(), opt);
+        return std::make_tuple(r.images.to_host(), net.t, guide.t, r.nfe);
+    };
+    const auto [everywhere, net_t, guide_t, nfe] = run(o);
+    CHECK(guide_t == net_t);
+
+    auto inside = o;
+    inside.guidance_sigma_min = t[4];
+    inside.guidance_sigma_max = t[1];
+    const auto [images, levels, guided, n] = run(inside);
+    CHECK(levels == net_t);
+    std::vector<double> expected;
+    for (const double s : levels)
+        if (s >= t[4] && s <= t[1]) expected.push_back(s);
+    CHECK(guided == expected);
+    CHECK((!expected.empty() && expected.size() < levels.size()));
+    CHECK(n == int64_t(levels.size() + guided.size()));
+    CHECK(n == sample::edm_nfe(inside, true));
+    CHECK(images != everywhere);
+
+    auto nowhere = o;
+    nowhere.guidance_sigma_min = nowhere.guidance_sigma_max = 1e-6;  // below every level
+    const auto [plain, l2, none, n2] = run(nowhere);
+    CHECK(none.empty());
+    CHECK(n2 == sample::edm_nfe(nowhere, true));
+    auto unguided = o;
+    unguided.guidance = 1;
+    CHECK(plain == std::get<0>(run(unguided)));
+
+    auto bad = o;
+    bad.guidance_sigma_min = 2, bad.guidance_sigma_max = 1;
+    CHECK_THROWS_WITH_AS(bad.validate(), "sampler: need 0 <= guidance interval low <= high (got 2, 1)", Error);
+}
+
 TEST_CASE("sampler: a user denoiser; Gaussian data follows the Heun recursion and converges to the ODE solution") {
     // Data ~ N(0, s^2) has D(x; t) = x s^2 / (s^2 + t^2). The sampler is then linear per
     // element, x_N = noise * f, with f from the scalar recursion below; the exact ODE solution

@@ -6,6 +6,7 @@
 
 #include <stb/stb_image.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -196,4 +197,27 @@ TEST_CASE("mpnet-generate: clear errors naming the file and the cause") {
     fails(net + "--steps 3 --grid " + out("x.png"), 2, {"--steps: given twice"});
     CHECK_FALSE(fs::exists(out("x.png")));
 }
+TEST_CASE("mpnet-generate: --out-tensor writes the raw images that the PNGs quantise") {
+    const auto& f = fixture();
+    const std::string dir = out("tensor_png"), file = out("raw.safetensors");
+    const Run r = generate("--net " + f.path("net") + " --seeds 3,1 --steps 3 --quiet --gnet " + f.path("uncond") +
+                           " --guidance 2 --guidance-interval 0.5,20 --outdir " + dir + " --out-tensor " + file);
+    REQUIRE_MESSAGE(r.status == 0, r.output);
+    const auto t = io::SafetensorsFile::open(file);
+    CHECK(t.info("images").shape == std::vector<int64_t>{2, 1, 8, 8});
+    CHECK(t.metadata_or("seeds", "") == "[3,1]");
+    const auto raw = t.read<float>("images");
+    int w = 0, h = 0, c = 0;
+    unsigned char* px = stbi_load((fs::path(dir) / "000000/000001.png").c_str(), &w, &h, &c, 1);
+    REQUIRE(px != nullptr);
+    for (int k = 0; k < 64; ++k) {
+        CAPTURE(k);
+        CHECK(int(px[k]) == int(std::clamp(double(raw[64 + std::size_t(k)]) * 127.5 + 128, 0.0, 255.0)));
+    }
+    stbi_image_free(px);
+    const Run bad = generate("--net " + f.path("net") + " --seeds 0 --out-tensor " + out("x.st") + " --guidance-interval 3");
+    CHECK(bad.status == 2);
+    CHECK(bad.output.find("--guidance-interval: expected LO,HI, got '3'") != std::string::npos);
+}
+
 #endif

@@ -5,7 +5,7 @@
 //   x_0 = noise t_0;  per step:  t^ = t_i (1 + gamma),  x^ = x_i + sqrt(t^2 - t_i^2) S_noise eps
 //   d = (x^ - D(x^; t^)) / t^,   x' = x^ + (t_{i+1} - t^) d
 //   unless last (or euler):  d' = (x' - D(x'; t_{i+1})) / t_{i+1},  x' = x^ + (t_{i+1} - t^) (d + d') / 2
-//   guided D = g + w (net - g)
+//   guided D = g + w (net - g), at noise levels inside the guidance interval only
 //
 // Every random number belongs to one image: the churn noise of image i at step k is
 // normal(substream(substream(seed_i, churn), k), j), so an image never depends on which
@@ -45,14 +45,16 @@ struct SampleHooks {
 
 namespace detail {
 
-// D(x; t), guided when a guide is given and w != 1: g + w (net - g), formed in `out`.
+// D(x; t), guided where a guide is given and the options guide at t: g + w (net - g),
+// formed in `out`.
 template <Scalar T, Backend B, class Net, class Guide>
-void guided_denoise(Net& net, Guide* guide, double w, const Tensor<T, B>& x, double t, const Tensor<T, B>& labels,
-                    Tensor<T, B>& out, int64_t& nfe) {
+void guided_denoise(Net& net, Guide* guide, const SamplerOptions& o, const Tensor<T, B>& x, double t,
+                    const Tensor<T, B>& labels, Tensor<T, B>& out, int64_t& nfe) {
+    const double w = o.guidance;
     const Tensor<T, B> d_net = net(x, t, labels);
     ++nfe;
     check_same_shape(d_net, x, "edm_sample: denoiser output");
-    if (guide == nullptr || w == 1) {
+    if (guide == nullptr || !o.guided_at(t)) {
         out.copy_from(d_net);
         return;
     }
@@ -95,7 +97,6 @@ SampleResult<T, B> edm_sample(Net& net, Guide* guide, const Tensor<T, B>& noise,
     const bool churn = o.S_churn > 0;
     check(!churn || hooks.churn_seeds.size() == static_cast<std::size_t>(noise.size(0)), "edm_sample: churn needs ",
           noise.size(0), " per-image seeds, got ", hooks.churn_seeds.size());
-    const double gamma_on = std::min(o.S_churn / o.steps, std::sqrt(2.0) - 1);
 
     Tensor<T, B> x(noise.shape()), x_next(noise.shape()), denoised(noise.shape()), d(noise.shape()),
         d_prime(noise.shape()), eps;
@@ -104,20 +105,20 @@ SampleResult<T, B> edm_sample(Net& net, Guide* guide, const Tensor<T, B>& noise,
     int64_t nfe = 0;  // every call evaluates each image once
     for (int i = 0; i < o.steps; ++i) {
         const double t_cur = t[static_cast<std::size_t>(i)], t_next = t[static_cast<std::size_t>(i) + 1];
-        const double gamma = churn && o.S_min <= t_cur && t_cur <= o.S_max ? gamma_on : 0.0;
+        const double gamma = o.churn_gamma(t_cur);
         const double t_hat = t_cur + gamma * t_cur;
         if (gamma > 0)
             detail::add_churn_noise(x, eps, hooks.churn_seeds, i, std::sqrt(t_hat * t_hat - t_cur * t_cur) * o.S_noise);
 
         // Euler step from t_hat to t_next.
-        detail::guided_denoise(net, guide, o.guidance, x, t_hat, labels, denoised, nfe);
+        detail::guided_denoise(net, guide, o, x, t_hat, labels, denoised, nfe);
         detail::slope(x, denoised, t_hat, d);
         x_next.copy_from(x);
         axpby(B{}, T(t_next - t_hat), d, T(1), x_next);
 
         // Second-order correction with the slope at t_next (t_N = 0 has none).
         if (!o.euler && i < o.steps - 1) {
-            detail::guided_denoise(net, guide, o.guidance, x_next, t_next, labels, denoised, nfe);
+            detail::guided_denoise(net, guide, o, x_next, t_next, labels, denoised, nfe);
             detail::slope(x_next, denoised, t_next, d_prime);
             axpby(B{}, T(0.5), d_prime, T(0.5), d);
             x_next.copy_from(x);

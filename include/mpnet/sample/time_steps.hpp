@@ -1,6 +1,8 @@
 // The settings of the EDM sampler and its noise-level schedule (Karras et al. 2022, eq. 5).
 #pragma once
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <vector>
 
@@ -19,6 +21,10 @@ struct SamplerOptions {
     double S_noise = 1;           // scale of the added noise (slightly > 1 offsets detail loss)
     bool euler = false;           // first order only: N evaluations instead of 2N - 1
     double guidance = 1;          // w in D = g + w (net - g); 1 leaves the guide unused
+    // Guidance only at noise levels t in [guidance_sigma_min, guidance_sigma_max] (Kynkaanniemi
+    // et al. 2024, "Applying guidance in a limited interval"); elsewhere D = net alone.
+    double guidance_sigma_min = 0;
+    double guidance_sigma_max = std::numeric_limits<double>::infinity();
 
     // The most noise levels a run may ask for: far beyond any useful schedule (EDM2 uses
     // 32-64), small enough that the schedule always fits in memory.
@@ -40,6 +46,21 @@ struct SamplerOptions {
         check(S_min >= 0 && std::isfinite(S_min) && !std::isnan(S_max) && S_max >= S_min,
               "sampler: need 0 <= S_min <= S_max (got ", S_min, ", ", S_max, ")");
         check(std::isfinite(guidance), "sampler: guidance must be finite");
+        check(guidance_sigma_min >= 0 && std::isfinite(guidance_sigma_min) && !std::isnan(guidance_sigma_max) &&
+                  guidance_sigma_max >= guidance_sigma_min,
+              "sampler: need 0 <= guidance interval low <= high (got ", guidance_sigma_min, ", ", guidance_sigma_max,
+              ")");
+    }
+
+    // Whether a guide, if given, is evaluated at noise level t.
+    [[nodiscard]] bool guided_at(double t) const {
+        return guidance != 1 && guidance_sigma_min <= t && t <= guidance_sigma_max;
+    }
+
+    // The churn of a step starting at t: gamma = min(S_churn / N, sqrt 2 - 1) inside
+    // [S_min, S_max], 0 outside; the step then denoises at t_hat = t (1 + gamma).
+    [[nodiscard]] double churn_gamma(double t) const {
+        return S_churn > 0 && S_min <= t && t <= S_max ? std::min(S_churn / steps, std::sqrt(2.0) - 1) : 0.0;
     }
 };
 
@@ -58,10 +79,16 @@ inline std::vector<double> edm_time_steps(const SamplerOptions& o) {
 }
 
 // Network evaluations per image: one per step plus a correction for all but the last
-// (none with euler), twice that when a guide is evaluated beside the network.
+// (none with euler), and one more for each of those where a guide is evaluated.
 inline int64_t edm_nfe(const SamplerOptions& o, bool has_guide) {
-    const int64_t per_denoise = (has_guide && o.guidance != 1) ? 2 : 1;
-    return per_denoise * (o.euler ? o.steps : 2 * o.steps - 1);
+    const std::vector<double> t = edm_time_steps(o);
+    int64_t nfe = 0;
+    auto denoise = [&](double level) { nfe += has_guide && o.guided_at(level) ? 2 : 1; };
+    for (std::size_t i = 0; i < std::size_t(o.steps); ++i) {
+        denoise(t[i] * (1 + o.churn_gamma(t[i])));
+        if (!o.euler && i + 1 < std::size_t(o.steps)) denoise(t[i + 1]);
+    }
+    return nfe;
 }
 
 }  // namespace mpnet::sample
