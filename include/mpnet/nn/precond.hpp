@@ -5,6 +5,7 @@
 #pragma once
 #include <cmath>
 
+#include "mpnet/nn/param_arena.hpp"
 #include "mpnet/nn/unet.hpp"
 
 namespace mpnet::nn {
@@ -17,6 +18,10 @@ public:
     explicit Precond(const NetworkConfig& cfg, uint64_t seed = 0)
         : cfg_((cfg.validate(), cfg)), unet(cfg, rng::substream(seed, 100)),
           logvar_fourier(cfg.logvar_channels, rng::substream(seed, 2)), logvar_linear(cfg.logvar_channels, 1, 0) {
+        // The arena is built here, once every module exists, rather than threaded through the
+        // module constructors: modules keep declaring plain Params, and the one list visit()
+        // walks decides the layout, as it decides the names.
+        arena_ = ParamArena<T, B>(*this);
         initialize(seed);
     }
 
@@ -93,9 +98,12 @@ public:
         logvar_fourier.visit_buffers("logvar_fourier", f);
     }
 
-    void zero_grad() {
-        visit([](const std::string&, Param<T, B>& p) { p.grad.set_zero(); });
-    }
+    void zero_grad() { arena_.grads().set_zero(); }
+
+    // Every parameter value (and gradient) in visit order, each view 64-byte aligned.
+    [[nodiscard]] const ParamArena<T, B>& arena() const { return arena_; }
+    [[nodiscard]] TensorT& flat_values() { return arena_.values(); }
+    [[nodiscard]] TensorT& flat_grads() { return arena_.grads(); }
 
 private:
     // y[n] = x[n] * s[n]: a channel scaling of the [N, 1, CHW] view.
@@ -117,6 +125,7 @@ private:
     }
 
     NetworkConfig cfg_;
+    ParamArena<T, B> arena_;
 
 public:
     UNet<T, B> unet;
