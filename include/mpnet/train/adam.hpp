@@ -2,10 +2,11 @@
 // EDM2 trains), with its state saved into and restored from training checkpoints.
 #pragma once
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "mpnet/io/safetensors.hpp"
-#include "mpnet/nn/param.hpp"
+#include "mpnet/nn/param_arena.hpp"
 
 namespace mpnet::train {
 
@@ -18,27 +19,28 @@ class Adam {
 public:
     using TensorT = Tensor<T, B>;
 
-    // Registers the parameters a network visits; the moments start at zero.
+    // Registers the parameters a network visits, through its arena (one is built for a network
+    // without one); the moments start at zero and share the arena's layout, so that a step is
+    // one fused kernel call. The kernel is elementwise and the padding stays zero (a zero
+    // gradient and zero moments move nothing), so this equals one call per parameter bit for bit.
     template <class Net>
-    explicit Adam(Net& net, AdamOptions opts = {}) : opts_(opts) {
-        net.visit([&](const std::string& name, nn::Param<T, B>& p) {
-            slots_.push_back({name, &p, TensorT::zeros(p.value.shape()), TensorT::zeros(p.value.shape())});
-        });
-    }
+    explicit Adam(Net& net, AdamOptions opts = {})
+        : opts_(opts), arena_(nn::arena_of<T, B>(net)), m_(TensorT::zeros(arena_.values().shape())),
+          v_(TensorT::zeros(arena_.values().shape())), m_views_(arena_.layout().views(m_)),
+          v_views_(arena_.layout().views(v_)) {}
 
     void step(double lr) {
         ++step_;
-        for (auto& s : slots_) adam_step(B{}, s.param->value, s.param->grad, s.m, s.v, lr, opts_.beta1, opts_.beta2,
-                                         opts_.eps, step_);
+        adam_step(B{}, arena_.values(), arena_.grads(), m_, v_, lr, opts_.beta1, opts_.beta2, opts_.eps, step_);
     }
     [[nodiscard]] int64_t steps() const { return step_; }
 
     // Calls f(name, tensor) for every moment tensor save_state stores (beside `<prefix>step`).
     template <class F>
     void visit_state(const std::string& prefix, F&& f) const {
-        for (const auto& s : slots_) {
-            f(prefix + "m." + s.name, s.m);
-            f(prefix + "v." + s.name, s.v);
+        for (std::size_t i = 0; i < m_views_.size(); ++i) {
+            f(prefix + "m." + m_views_[i].first, m_views_[i].second);
+            f(prefix + "v." + v_views_[i].first, v_views_[i].second);
         }
     }
 
@@ -48,19 +50,14 @@ public:
         w.add<int64_t>(prefix + "step", {1}, step);
     }
     void load_state(const io::SafetensorsFile& f, const std::string& prefix) {
-        for (auto& s : slots_) {
-            read(f, prefix + "m." + s.name, s.m);
-            read(f, prefix + "v." + s.name, s.v);
+        for (std::size_t i = 0; i < m_views_.size(); ++i) {
+            read(f, prefix + "m." + m_views_[i].first, m_views_[i].second);
+            read(f, prefix + "v." + v_views_[i].first, v_views_[i].second);
         }
         step_ = f.read<int64_t>(prefix + "step").at(0);
     }
 
 private:
-    struct Slot {
-        std::string name;
-        nn::Param<T, B>* param;
-        TensorT m, v;
-    };
     static void add(io::SafetensorsWriter& w, const std::string& name, const TensorT& t) {
         const auto host = t.to_host();
         w.add<T>(name, t.shape().vec(), std::span<const T>(host));
@@ -72,7 +69,9 @@ private:
     }
 
     AdamOptions opts_;
-    std::vector<Slot> slots_;
+    nn::ParamArena<T, B> arena_;
+    TensorT m_, v_;                              // the moments, laid out as the arena
+    std::vector<std::pair<std::string, TensorT>> m_views_, v_views_;  // named, for checkpoints
     int64_t step_ = 0;
 };
 
