@@ -6,6 +6,11 @@
 // forgets the random initialisation at a rate that scales with training length, so one
 // sigma_rel means the same relative averaging window at any point of a run.
 //
+// Each profile is one flat buffer laid out as a ParamLayout (nn/param_arena.hpp), with named
+// views for profile(k) and the state files. Given the network's flat parameters (laid out
+// the same), an update is one axpby per profile; the elementwise kernel makes that equal to
+// one call per parameter bit for bit, and the zero padding stays zero.
+//
 // The update uses the backend kernel axpby(B{}, alpha, x, beta, y) (y = alpha x + beta y),
 // found by argument-dependent lookup: include the backend's kernels (e.g.
 // mpnet/backend/cpu/cpu.hpp) before instantiating update().
@@ -19,6 +24,7 @@
 #include "mpnet/core/concepts.hpp"
 #include "mpnet/core/tensor.hpp"
 #include "mpnet/io/safetensors.hpp"
+#include "mpnet/nn/param_arena.hpp"
 #include "mpnet/phema/profile.hpp"
 
 namespace mpnet::train {
@@ -30,25 +36,34 @@ public:
 
     // Every profile starts as a copy of params; the first update (images seen == batch size)
     // has beta = 0 and overwrites it anyway.
-    PowerEma(std::vector<double> sigma_rels, const NamedTensors& params) : sigma_rels_(std::move(sigma_rels)) {
+    PowerEma(std::vector<double> sigma_rels, const NamedTensors& params)
+        : PowerEma(std::move(sigma_rels), layout_of(params), pack(params)) {}
+    // The same for parameters already in one flat buffer laid out as `layout`.
+    PowerEma(std::vector<double> sigma_rels, nn::ParamLayout layout, const Tensor<T, B>& flat_params)
+        : sigma_rels_(std::move(sigma_rels)), layout_(std::move(layout)) {
         check(!sigma_rels_.empty(), "PowerEma: no profiles to track");
+        check(flat_params.numel() == layout_.numel, "PowerEma: ", flat_params.numel(),
+              " flat parameter values, the layout has ", layout_.numel);
         for (const double s : sigma_rels_) {
             gammas_.push_back(phema::std_to_exp(s));
-            NamedTensors copy;
-            for (const auto& [name, value] : params) copy.emplace_back(name, value.clone());
-            profiles_.push_back(std::move(copy));
+            flat_.push_back(flat_params.clone());
+            profiles_.push_back(layout_.views(flat_.back()));
         }
     }
 
     // After an optimizer step: images_seen counts the images of that step too.
     void update(const NamedTensors& params, double images_seen, double batch_size) {
         check_matches(params);
-        std::vector<double> betas;  // all computed first: a bad time leaves every profile as it was
-        for (const double gamma : gammas_) betas.push_back(phema::beta_from_exp(gamma, images_seen, batch_size));
-        for (std::size_t k = 0; k < profiles_.size(); ++k) {
-            const auto alpha = static_cast<T>(1 - betas[k]), beta = static_cast<T>(betas[k]);
+        for_each_beta(images_seen, batch_size, [&](std::size_t k, T alpha, T beta) {
             for (std::size_t i = 0; i < params.size(); ++i) axpby(B{}, alpha, params[i].second, beta, profiles_[k][i].second);
-        }
+        });
+    }
+    // The same for the parameters as one flat buffer laid out as at construction.
+    void update(const Tensor<T, B>& flat_params, double images_seen, double batch_size) {
+        check(flat_params.numel() == layout_.numel, "PowerEma::update: ", flat_params.numel(),
+              " flat parameter values, the EMA tracks ", layout_.numel);
+        const Tensor<T, B> x = flat_params.view(flat_.front().shape());
+        for_each_beta(images_seen, batch_size, [&](std::size_t k, T alpha, T beta) { axpby(B{}, alpha, x, beta, flat_[k]); });
     }
 
     [[nodiscard]] std::size_t num_profiles() const { return profiles_.size(); }
@@ -97,6 +112,28 @@ public:
     }
 
 private:
+    // f(k, 1 - beta_k, beta_k) for every profile, the betas all computed first: a bad time
+    // leaves every profile as it was.
+    template <class F>
+    void for_each_beta(double images_seen, double batch_size, F&& f) const {
+        std::vector<double> betas;
+        for (const double gamma : gammas_) betas.push_back(phema::beta_from_exp(gamma, images_seen, batch_size));
+        for (std::size_t k = 0; k < betas.size(); ++k) f(k, static_cast<T>(1 - betas[k]), static_cast<T>(betas[k]));
+    }
+
+    static nn::ParamLayout layout_of(const NamedTensors& params) {
+        nn::ParamLayout layout;
+        for (const auto& [name, value] : params) layout.append<T>(name, value.shape());
+        return layout;
+    }
+    static Tensor<T, B> pack(const NamedTensors& params) {
+        const nn::ParamLayout layout = layout_of(params);
+        auto flat = Tensor<T, B>::zeros(Shape{layout.numel});
+        auto views = layout.views(flat);
+        for (std::size_t i = 0; i < params.size(); ++i) views[i].second.copy_from(params[i].second);
+        return flat;
+    }
+
     static std::string key(const std::string& prefix, std::size_t k, const std::string& name) {
         return prefix + std::to_string(k) + "." + name;
     }
@@ -113,7 +150,9 @@ private:
 
     std::vector<double> sigma_rels_;
     std::vector<double> gammas_;
-    std::vector<NamedTensors> profiles_;
+    nn::ParamLayout layout_;
+    std::vector<Tensor<T, B>> flat_;      // profile k as one buffer laid out as layout_
+    std::vector<NamedTensors> profiles_;  // profile k's named views into flat_[k]
 };
 
 }  // namespace mpnet::train

@@ -92,7 +92,7 @@ public:
     Trainer(ResolvedRun run, const data::Dataset& ds, Log log)
         : run_(std::move(run)), ds_(ds), log_(std::move(log)), dir_(run_.opt.outdir), lock_(dir_),
           net_(run_.net, rng::substream(run_.opt.seed, init_stream)), adam_(net_),
-          ema_(run_.opt.ema, named_params()),
+          ema_(run_.opt.ema, net_.arena().layout(), net_.flat_values()),
           loader_(ds, run_.opt.batch_gpu, rng::substream(run_.opt.seed, data_stream), run_.opt.xflip) {}
 
     // Makes the run directory this run's and continues from its newest readable checkpoint,
@@ -186,12 +186,11 @@ private:
         double loss_sum = 0;
         const int64_t rounds = o.batch / o.batch_gpu;
         for (int64_t r = 0; r < rounds; ++r) loss_sum += round(nimg_ + double(r * o.batch_gpu), r);
-        int64_t replaced = 0;
-        net_.visit([&](const std::string&, nn::Param<T, B>& p) { replaced += zero_nonfinite(B{}, p.grad); });
+        zero_nonfinite(B{}, net_.flat_grads());
         adam_.step(lr);
         nimg_ += double(o.batch);
         ++step_;
-        ema_.update(named_params(), nimg_, double(o.batch));
+        ema_.update(net_.flat_values(), nimg_, double(o.batch));
         last_lr_ = lr;
         return loss_sum / double(o.batch * ds_.channels * ds_.resolution * ds_.resolution);
     }
@@ -229,12 +228,6 @@ private:
     [[nodiscard]] bool crossed(double interval) const {
         const double before = nimg_ - double(run_.opt.batch);
         return std::floor(nimg_ / interval) > std::floor(before / interval);
-    }
-
-    typename PowerEma<T, B>::NamedTensors named_params() {
-        typename PowerEma<T, B>::NamedTensors out;
-        net_.visit([&](const std::string& name, nn::Param<T, B>& p) { out.emplace_back(name, p.value); });
-        return out;
     }
 
     void status(double seconds, double images, double loss) {
