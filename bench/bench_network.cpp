@@ -110,7 +110,7 @@ public:
         edm2_loss(CpuBackend{}, out.D, batch_.images, sigma, out.logvar, preset_.net.sigma_data, 1.0 / double(n_), dD_,
                   dlogvar_);
         net_.backward(dD_, dlogvar_, ctx);
-        net_.visit([](const std::string&, nn::Param<float, CpuBackend>& prm) { zero_nonfinite(CpuBackend{}, prm.grad); });
+        zero_nonfinite(CpuBackend{}, net_.flat_grads());
         ++steps_;
         const double nimg = double(steps_ * n_);
         adam_.step(train::learning_rate(nimg, double(n_), t.lr, t.decay, t.rampup_mimg * 1e6));

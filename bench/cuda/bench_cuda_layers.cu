@@ -135,7 +135,7 @@ public:
         edm2_loss(CudaBackend{}, out.D, batch_.images, batch_.sigma, out.logvar, preset_.net.sigma_data,
                   1.0 / double(n_), dD_, dlogvar_);
         net_.backward(dD_, dlogvar_, ctx);
-        net_.visit([](const std::string&, nn::Param<float, CudaBackend>& prm) { zero_nonfinite(CudaBackend{}, prm.grad); });
+        zero_nonfinite(CudaBackend{}, net_.flat_grads());
         ++steps_;
         adam_.step(train::learning_rate(double(steps_ * n_), double(n_), t.lr, t.decay, t.rampup_mimg * 1e6));
     }
