@@ -1,8 +1,10 @@
 // mpnet-train: trains an EDM2 denoiser on the CPU and writes power-function EMA snapshots
-// that mpnet-phema and mpnet-generate read. Rerunning with the same --outdir resumes.
+// that mpnet-phema and mpnet-generate read. Rerunning with the same --outdir resumes. Under
+// mpirun (built with MPI) the processes train one run data-parallel (docs/distributed.md).
 #include <unistd.h>
 
 #include <algorithm>
+#include <bit>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -10,6 +12,7 @@
 #include <string>
 
 #include "cli.hpp"
+#include "processes.hpp"
 #include "mpnet/backend/cpu/cpu.hpp"
 #include "mpnet/data/load_dataset.hpp"
 #include "mpnet/train/trainer.hpp"
@@ -65,6 +68,7 @@ struct Options {
     train::TrainOptions train;
     std::string net_config;
     nlohmann::json net_settings = nlohmann::json::object();  // from the per-setting options
+    double collective_timeout = 600;                         // seconds, under an MPI launcher
 };
 
 // The network settings a user of the reference code changes, as options: --model-channels
@@ -104,7 +108,7 @@ Image counts accept suffixes: 6400, 64k (1e3), 2M (1e6), 8Ki (2^10), 8Mi (2^20).
     p.section("Recipe")
         .value("--batch", "N", "images per optimizer step (default: 64)",
                [&](const std::string& v) { o.batch = cli::parse_integer<int64_t>("--batch", v, 1, o.max_batch); })
-        .value("--batch-gpu", "N", "images per forward/backward round; gradients of\nbatch/batch-gpu rounds are accumulated (default: --batch)",
+        .value("--batch-gpu", "N", "images per forward/backward round; gradients of\nbatch/batch-gpu rounds are accumulated (default: --batch,\nover K MPI processes --batch/K)",
                [&](const std::string& v) { o.batch_gpu = cli::parse_integer<int64_t>("--batch-gpu", v, 1, o.max_batch); })
         .value("--duration", "N", "training length in images (default: the preset's)",
                [&](const std::string& v) { o.duration = parse_images("--duration", v); })
@@ -138,6 +142,11 @@ Image counts accept suffixes: 6400, 64k (1e3), 2M (1e6), 8Ki (2^10), 8Mi (2^20).
         .value("--checkpoint", "N", "images between training-state checkpoints (default: 32k)",
                [&](const std::string& v) { o.checkpoint = parse_images("--checkpoint", v); })
         .flag("--quiet", "print only errors", [&] { o.quiet = true; });
+    p.section("Processes (under mpirun or another MPI launcher; docs/distributed.md)")
+        .value("--collective-timeout", "SECONDS", "longest wait for the other processes in one exchange\nbefore the job is stopped (default: 600)",
+               [&](const std::string& v) {
+                   opts.collective_timeout = cli::parse_real("--collective-timeout", v, {1, 1e6, false, false});
+               });
     p.epilog(R"(Outputs in DIR: options.json, log.txt, stats.jsonl, loss.svg,
 network-snapshot-<kimg>-<sigma_rel>.safetensors and
 training-state-<images>.safetensors (the two newest are kept). One trainer at a
@@ -171,28 +180,64 @@ void check_outdir(const std::string& outdir) {
     check(::access(outdir.c_str(), W_OK) == 0, outdir, ": the output directory is not writable");
 }
 
-void run(const Options& opts) {
+// Every rank must train the same run on the same data: a rank started with other options
+// stops the job, each rank saying what it knows.
+void check_same_run(dist::Communicator& comm, const train::ResolvedRun& run, const data::Dataset& ds) {
+    if (comm.size() == 1) return;
+    const nlohmann::json mine{{"options", run.opt},
+                              {"dataset", {{"source", ds.source}, {"images", ds.size}, {"resolution", ds.resolution},
+                                           {"channels", ds.channels}, {"classes", ds.num_classes}}}};
+    const nlohmann::json root = nlohmann::json::parse(comm.broadcast(mine.dump()));
+    std::string diff;
+    for (const char* part : {"options", "dataset"}) {
+        const std::string d = train::json_differences(root[part], mine[part]);
+        if (!d.empty()) diff += (diff.empty() ? "" : "; ") + std::string(part) + ": " + d;
+    }
+    if (!comm.any(!diff.empty())) return;
+    if (!diff.empty())
+        throw dist::AllRanksError("rank " + std::to_string(comm.rank()) + " was started with other settings than rank 0 (" +
+                                  diff + ", rank 0's value first); every rank must run the same command");
+    throw dist::AllRanksError("rank " + std::to_string(comm.rank()) +
+                              ": another rank was started with other settings than rank 0 (that rank names them); "
+                              "every rank must run the same command");
+}
+
+void train_here(const Options& opts, dist::Communicator& comm) {
     const auto& o = opts.train;
-    check_outdir(o.outdir);
+    const bool root = comm.is_root();
+    if (root) check_outdir(o.outdir);
     // Lines are kept until the trainer holds the directory: log.txt belongs to its run.
+    // Rank 0 speaks for the run; the other ranks only report their own errors.
     std::vector<std::string> pending;
     std::ofstream log_file;
     auto log = [&](const std::string& line) {
+        if (!root) return;
         if (log_file.is_open()) log_file << line << std::endl;
         else pending.push_back(line);
         if (!o.quiet) std::cout << line << std::endl;
     };
     const auto ds = data::load_dataset(o.data);
-    auto resolved = train::resolve(o, ds);
+    auto resolved = train::resolve(o, ds, comm.size());
+    check_same_run(comm, resolved, ds);
     const auto cost = nn::network_cost(resolved.net);
     log("dataset " + ds.source + ": " + std::to_string(ds.size) + " images " + std::to_string(ds.channels) + "x" +
         std::to_string(ds.resolution) + "x" + std::to_string(ds.resolution) + ", " + std::to_string(ds.num_classes) +
         " classes");
     log("network " + o.preset + ": " + std::to_string(cost.params) + " parameters, " +
         std::to_string(cost.macs * 2 / 1e9) + " GFLOP per image forward");
-    train::Trainer<float, CpuBackend> trainer(resolved, ds, log);
-    log_file.open(fs::path(o.outdir) / "log.txt", std::ios::app);
-    for (const auto& line : pending) log_file << line << "\n";
+    if (comm.size() > 1) {
+        const int64_t chunks = resolved.opt.batch / resolved.opt.batch_gpu / comm.size();
+        log("data parallel over " + std::to_string(comm.size()) + " processes, each " + std::to_string(chunks) +
+            " round(s) of " + std::to_string(resolved.opt.batch_gpu) + " images per step" +
+            (std::has_single_bit(uint64_t(chunks))
+                 ? ""
+                 : " (not a power of two: the gradient sum is grouped unlike one process's, see docs/distributed.md)"));
+    }
+    train::Trainer<float, CpuBackend> trainer(resolved, ds, log, comm);
+    if (root) {
+        log_file.open(fs::path(o.outdir) / "log.txt", std::ios::app);
+        for (const auto& line : pending) log_file << line << "\n";
+    }
     try {
         if (!trainer.resume()) log("starting a new run in " + o.outdir);
         trainer.run();
@@ -201,6 +246,11 @@ void run(const Options& opts) {
         throw;
     }
     log("done: " + std::to_string(static_cast<long long>(trainer.images_seen())) + " images");
+}
+
+void run(const Options& opts) {
+    cli::with_processes("mpnet-train", opts.collective_timeout,
+                        [&](dist::Communicator& comm) { train_here(opts, comm); });
 }
 
 }  // namespace

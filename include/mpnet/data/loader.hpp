@@ -6,6 +6,11 @@
 // function of its first position, the sequence does not depend on the prefetch depth or on
 // timing, and seek() restarts it exactly where a checkpoint left off.
 //
+// A Shard makes the loader hand out only some batches of that sequence: of every `period`
+// consecutive batches, those numbered [begin, end). Data-parallel processes each take their
+// own consecutive chunks of every global batch this way, and together see exactly the
+// images one process would.
+//
 // One thread consumes (calls next/position/seek). The dataset must outlive the loader.
 #pragma once
 #include <condition_variable>
@@ -23,37 +28,48 @@
 
 namespace mpnet::data {
 
+struct Shard {
+    int64_t begin = 0, end = 1, period = 1;
+};
+
 class Loader {
 public:
     using Batch = data::Batch;
 
-    Loader(const Dataset& ds, int64_t batch, uint64_t seed, bool xflip, int prefetch = 4)
-        : ds_(ds), batch_(batch), seed_(seed), xflip_(xflip), prefetch_(prefetch) {
+    Loader(const Dataset& ds, int64_t batch, uint64_t seed, bool xflip, int prefetch = 4, Shard shard = {})
+        : ds_(ds), batch_(batch), seed_(seed), xflip_(xflip), prefetch_(prefetch), shard_(shard) {
         validate(ds);
         check(batch > 0, ds.source, ": batch size ", batch, " must be positive");
         check(prefetch > 0, ds.source, ": prefetch depth ", prefetch, " must be positive");
+        check(shard.period >= 1 && shard.begin >= 0 && shard.begin < shard.end && shard.end <= shard.period,
+              ds.source, ": shard [", shard.begin, ", ", shard.end, ") of ", shard.period, " batches is empty or out of range");
         start(0);
     }
     Loader(const Loader&) = delete;
     Loader& operator=(const Loader&) = delete;
     ~Loader() { stop(); }
 
-    // The next `batch` images; rethrows anything the worker threw.
+    // The next `batch` images of the shard; rethrows anything the worker threw.
     Batch next() {
         std::unique_lock lock(mutex_);
         ready_.wait(lock, [&] { return !queue_.empty() || error_; });
         if (queue_.empty()) std::rethrow_exception(error_);
-        Batch b = std::move(queue_.front());
+        auto [first, b] = std::move(queue_.front());
         queue_.pop_front();
         space_.notify_one();
-        position_ += static_cast<uint64_t>(b.n);
+        position_ = first + static_cast<uint64_t>(b.n);
         return b;
     }
 
-    // Images handed out so far: store it in a checkpoint and seek() to it on resume.
+    // Where in the sequence the next batch of the shard would be looked for (without a shard:
+    // the images handed out so far). Store it in a checkpoint and seek() to it on resume.
     [[nodiscard]] uint64_t position() const { return position_; }
 
+    // Continues with the first batch of the shard at or after `position`, which must start a
+    // batch when the loader has a shard.
     void seek(uint64_t position) {
+        check(shard_.period == 1 || position % static_cast<uint64_t>(batch_) == 0, ds_.source, ": position ", position,
+              " is not at a batch boundary of ", batch_, " images");
         stop();
         start(position);
     }
@@ -85,10 +101,16 @@ private:
                     space_.wait(lock, [&] { return stopping_ || queue_.size() < static_cast<std::size_t>(prefetch_); });
                     if (stopping_) return;
                 }
+                const auto batch = static_cast<uint64_t>(batch_);
+                const auto in_period = static_cast<int64_t>(position / batch % static_cast<uint64_t>(shard_.period));
+                if (in_period < shard_.begin || in_period >= shard_.end) {
+                    position += batch;  // another shard's batch
+                    continue;
+                }
                 Batch b = make_batch(ds_, order, xflip_, position, batch_);
-                position += static_cast<uint64_t>(batch_);
                 const std::lock_guard lock(mutex_);
-                queue_.push_back(std::move(b));
+                queue_.emplace_back(position, std::move(b));
+                position += batch;
                 ready_.notify_one();
             }
         } catch (...) {
@@ -103,11 +125,12 @@ private:
     uint64_t seed_;
     bool xflip_;
     int prefetch_;
-    uint64_t position_ = 0;  // consumer side: images returned by next()
+    Shard shard_;
+    uint64_t position_ = 0;  // consumer side: just past the last batch next() returned
 
     std::mutex mutex_;
     std::condition_variable ready_, space_;  // a batch was queued / a slot was freed or stop asked
-    std::deque<Batch> queue_;
+    std::deque<std::pair<uint64_t, Batch>> queue_;  // (first position, batch)
     std::exception_ptr error_;
     bool stopping_ = false;
     std::thread worker_;

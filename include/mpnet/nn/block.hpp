@@ -24,6 +24,9 @@ namespace mpnet::nn {
 struct ForwardMode {
     bool training = false;
     uint64_t dropout_seed = 0;
+    // Training mode only: the caller applied forced weight normalisation already (once per
+    // optimizer step, so that every round of the step, in any process, sees the same weights).
+    bool weights_normalized = false;
 };
 
 template <Scalar T, Backend B>

@@ -37,7 +37,8 @@ public:
     };
 
     // x [N, C, H, W]; sigma [N]; labels [N, label_dim] or empty (zero labels, as the reference).
-    // Training mode first applies forced weight normalisation; ctx keeps what backward needs.
+    // Training mode first applies forced weight normalisation (unless mode says it was
+    // applied); ctx keeps what backward needs.
     Output forward(const TensorT& x, const TensorT& sigma, const TensorT& labels, const ForwardMode& mode,
                    bool want_logvar, Context* ctx = nullptr) {
         check(x.rank() == 4 && x.size(1) == cfg_.img_channels && x.size(2) == cfg_.img_resolution &&
@@ -45,7 +46,7 @@ public:
               "Precond: input ", x.shape(), " does not fit a network of ", cfg_.img_channels, "x",
               cfg_.img_resolution, "x", cfg_.img_resolution, " images");
         check(sigma.numel() == x.size(0), "Precond: ", sigma.numel(), " sigmas for ", x.size(0), " images");
-        if (mode.training) force_normalize();
+        if (mode.training && !mode.weights_normalized) force_normalize();
         const int64_t n = x.size(0);
         std::vector<T> s = sigma.to_host(), skip(s.size()), out(s.size()), in(s.size()), noise(s.size());
         const double sd = cfg_.sigma_data;

@@ -35,6 +35,11 @@ public:
     }
     [[nodiscard]] int64_t steps() const { return step_; }
 
+    // The moments as flat buffers in the arena's layout, and the step count: what another
+    // process needs to continue with the same state.
+    [[nodiscard]] std::pair<TensorT&, TensorT&> moments() { return {m_, v_}; }
+    void set_steps(int64_t steps) { step_ = steps; }
+
     // Calls f(name, tensor) for every moment tensor save_state stores (beside `<prefix>step`).
     template <class F>
     void visit_state(const std::string& prefix, F&& f) const {

@@ -5,6 +5,12 @@
 // Every random number is counter-based: sigma and noise of the image at global position g
 // come from streams indexed by g, dropout masks from the step, and the data order from the
 // loader position, so a resumed run continues exactly where the checkpoint left off.
+//
+// Data parallelism (docs/distributed.md): with a Communicator of K processes, each process
+// runs its own N/K of the step's N chunks of --batch-gpu images (the same images, noise and
+// dropout as one process gives those chunks), the chunk gradients are added in the tree
+// order of dist/tree_order.hpp, and every process takes the same Adam step. Rank 0 alone
+// holds the run directory, keeps the EMA and writes files; the others receive its state.
 #pragma once
 #include <charconv>
 #include <chrono>
@@ -19,6 +25,8 @@
 #include <vector>
 
 #include "mpnet/data/loader.hpp"
+#include "mpnet/dist/communicator.hpp"
+#include "mpnet/dist/tree_order.hpp"
 #include "mpnet/nn/presets.hpp"
 #include "mpnet/nn/weights.hpp"
 #include "mpnet/train/adam.hpp"
@@ -62,8 +70,12 @@ inline nn::NetworkConfig resolve_network(const TrainOptions& opt, const nn::Netw
     return nn::config_from_json(j.dump());
 }
 
-inline ResolvedRun resolve(TrainOptions opt, const data::Dataset& ds) {
+// `processes`: the data-parallel processes the run is split over; --batch-gpu defaults to
+// an equal share of the batch for each, as the reference trainer has it.
+inline ResolvedRun resolve(TrainOptions opt, const data::Dataset& ds, int processes = 1) {
     opt.validate();
+    check(processes >= 1 && opt.batch % processes == 0, "--batch ", opt.batch, " does not split evenly over ", processes,
+          " processes");
     const nn::Preset p = nn::find_preset(opt.preset);
     ResolvedRun r{opt, resolve_network(opt, p.net, ds)};
     auto& o = r.opt;
@@ -71,7 +83,9 @@ inline ResolvedRun resolve(TrainOptions opt, const data::Dataset& ds) {
     if (o.decay == -1) o.decay = p.train.decay;
     if (std::isnan(o.P_mean)) o.P_mean = p.train.P_mean;
     if (std::isnan(o.P_std)) o.P_std = p.train.P_std;
-    if (o.batch_gpu == 0) o.batch_gpu = o.batch;
+    if (o.batch_gpu == 0) o.batch_gpu = o.batch / processes;
+    check(o.batch % (o.batch_gpu * processes) == 0, "--batch ", o.batch, " is not a multiple of --batch-gpu ", o.batch_gpu,
+          " times ", processes, " processes");
     o.dropout = r.net.dropout;
     r.duration = o.duration > 0 ? o.duration : p.train.duration_mimg * 1e6;
     r.rampup = o.rampup >= 0 ? o.rampup : p.train.rampup_mimg * 1e6;
@@ -88,12 +102,18 @@ public:
     using TensorT = Tensor<T, B>;
     using Log = std::function<void(const std::string&)>;
 
-    // Takes the run directory's lock (created if missing) for the trainer's lifetime.
-    Trainer(ResolvedRun run, const data::Dataset& ds, Log log)
-        : run_(std::move(run)), ds_(ds), log_(std::move(log)), dir_(run_.opt.outdir), lock_(dir_),
+    // Rank 0 takes the run directory's lock (created if missing) for the trainer's lifetime.
+    // `comm` (which must outlive the trainer) holds the processes the run is split over.
+    Trainer(ResolvedRun run, const data::Dataset& ds, Log log, dist::Communicator& comm = dist::SingleProcess::instance())
+        : run_(std::move(run)), ds_(ds), log_(std::move(log)), comm_(comm), dir_(run_.opt.outdir),
+          chunks_per_rank_(chunks_per_rank(run_.opt, comm)),
           net_(run_.net, rng::substream(run_.opt.seed, init_stream)), adam_(net_),
           ema_(run_.opt.ema, net_.arena().layout(), net_.flat_values()),
-          loader_(ds, run_.opt.batch_gpu, rng::substream(run_.opt.seed, data_stream), run_.opt.xflip) {}
+          loader_(ds, run_.opt.batch_gpu, rng::substream(run_.opt.seed, data_stream), run_.opt.xflip, 4,
+                  data::Shard{comm.rank() * chunks_per_rank_, (comm.rank() + 1) * chunks_per_rank_,
+                              chunks_per_rank_ * comm.size()}) {
+        if (comm_.is_root()) lock_.emplace(dir_);
+    }
 
     // Makes the run directory this run's and continues from its newest readable checkpoint,
     // if any; returns whether it did. Temporary files a killed run left are removed first.
@@ -101,34 +121,11 @@ public:
     // another network) is refused, unless the options ask to start over: then that run is
     // moved to DIR/previous-run-<n>/. options.json is written only once all this passed.
     bool resume() {
-        remove_stale_temporaries(dir_);
-        if (run_.opt.start_over)
-            if (const auto aside = set_aside_run(dir_); !aside.empty()) log_("set the previous run aside in " + aside.string());
-        check_options_file(dir_, run_.opt);
-        const auto checkpoints = list_checkpoints(dir_);
-        refuse_foreign_files(checkpoints);
-        bool resumed = false;
-        for (const auto& path : checkpoints) {
-            std::optional<CheckpointState> state;
-            try {
-                state.emplace(verify_checkpoint(path));
-            } catch (const Error& e) {
-                log_("skipping unreadable checkpoint: " + std::string(e.what()));
-                continue;
-            }
-            // Verified: from here on a failure is an I/O error, fatal rather than a fallback,
-            // since the state may be half replaced.
-            apply_checkpoint(*state);
-            log_("resuming from " + path.string() + " at kimg " + fixed(nimg_ / 1000, 1));
-            resumed = true;
-            break;
+        bool resumed = comm_.is_root() && resume_run_directory();
+        if (comm_.size() > 1) {
+            comm_.broadcast_value(resumed);
+            share_state();
         }
-        for (const auto& p : trim_stats(dir_ / "stats.jsonl", nimg_ / 1000)) {
-            kimg_.push_back(p.kimg);
-            losses_.push_back(p.loss);
-            lrs_.push_back(p.lr);
-        }
-        write_options_file(dir_, run_.opt);
         return resumed;
     }
 
@@ -171,6 +168,39 @@ public:
     [[nodiscard]] double images_seen() const { return nimg_; }
 
 private:
+    // The root's part of resume(): the run directory, and the state from its checkpoint.
+    bool resume_run_directory() {
+        remove_stale_temporaries(dir_);
+        if (run_.opt.start_over)
+            if (const auto aside = set_aside_run(dir_); !aside.empty()) log_("set the previous run aside in " + aside.string());
+        check_options_file(dir_, run_.opt);
+        const auto checkpoints = list_checkpoints(dir_);
+        refuse_foreign_files(checkpoints);
+        bool resumed = false;
+        for (const auto& path : checkpoints) {
+            std::optional<CheckpointState> state;
+            try {
+                state.emplace(verify_checkpoint(path));
+            } catch (const Error& e) {
+                log_("skipping unreadable checkpoint: " + std::string(e.what()));
+                continue;
+            }
+            // Verified: from here on a failure is an I/O error, fatal rather than a fallback,
+            // since the state may be half replaced.
+            apply_checkpoint(*state);
+            log_("resuming from " + path.string() + " at kimg " + fixed(nimg_ / 1000, 1));
+            resumed = true;
+            break;
+        }
+        for (const auto& p : trim_stats(dir_ / "stats.jsonl", nimg_ / 1000)) {
+            kimg_.push_back(p.kimg);
+            losses_.push_back(p.loss);
+            lrs_.push_back(p.lr);
+        }
+        write_options_file(dir_, run_.opt);
+        return resumed;
+    }
+
     struct Timer {
         std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
         [[nodiscard]] double seconds() const {
@@ -178,26 +208,53 @@ private:
         }
     };
 
-    // One optimizer step over `batch` images in batch/batch_gpu rounds; returns the mean loss.
+    static int64_t chunks_per_rank(const TrainOptions& o, const dist::Communicator& comm) {
+        const int64_t chunks = o.batch / o.batch_gpu;
+        check(o.batch_gpu > 0 && o.batch % o.batch_gpu == 0 && chunks % comm.size() == 0, "--batch ", o.batch,
+              " is not a multiple of --batch-gpu ", o.batch_gpu, " times ", comm.size(), " processes");
+        return chunks / comm.size();
+    }
+
+    // One optimizer step over `batch` images, this rank's chunks of batch_gpu images each, the
+    // gradient summed over chunks and ranks in tree order; returns the mean loss.
     double step() {
         const auto& o = run_.opt;
         const double lr = learning_rate(nimg_, double(o.batch), o.lr, o.decay, run_.rampup);
-        net_.zero_grad();
+        // Forced weight normalisation once per step: normalising again in every round would
+        // make a round's weights depend on how many rounds its process ran before it.
+        net_.force_normalize();
+        std::vector<double> losses(static_cast<size_t>(chunks_per_rank_));
+        for (int64_t i = 0; i < chunks_per_rank_; ++i) {
+            net_.zero_grad();
+            losses[size_t(i)] = round(comm_.rank() * chunks_per_rank_ + i);
+            if (chunks_per_rank_ > 1) tree_.add(net_.flat_grads());
+        }
+        if (chunks_per_rank_ > 1) tree_.finish(net_.flat_grads());
         double loss_sum = 0;
-        const int64_t rounds = o.batch / o.batch_gpu;
-        for (int64_t r = 0; r < rounds; ++r) loss_sum += round(nimg_ + double(r * o.batch_gpu), r);
+        if (comm_.size() > 1) {
+            const Timer t;
+            auto grads = net_.flat_grads().to_host();
+            comm_.sum(std::span<T>(grads));
+            B::copy_from_host(net_.flat_grads().data(), grads.data(), net_.flat_grads().bytes());
+            for (const double l : comm_.gather(losses)) loss_sum += l;  // in chunk order, as one process adds them
+            sum_seconds_ += t.seconds();
+        } else {
+            for (const double l : losses) loss_sum += l;
+        }
         zero_nonfinite(B{}, net_.flat_grads());
         adam_.step(lr);
         nimg_ += double(o.batch);
         ++step_;
-        ema_.update(net_.flat_values(), nimg_, double(o.batch));
+        if (comm_.is_root()) ema_.update(net_.flat_values(), nimg_, double(o.batch));
         last_lr_ = lr;
         return loss_sum / double(o.batch * ds_.channels * ds_.resolution * ds_.resolution);
     }
 
-    // Forward and backward of batch_gpu images starting at global image index `first`.
-    double round(double first, int64_t r) {
+    // Forward and backward of chunk c of this step: batch_gpu images from global image index
+    // nimg + c * batch_gpu.
+    double round(int64_t c) {
         const auto& o = run_.opt;
+        const double first = nimg_ + double(c * o.batch_gpu);
         const int64_t n = o.batch_gpu, C = ds_.channels, R = ds_.resolution, chw = C * R * R;
         const auto batch = loader_.next();
         const Shape shape{n, C, R, R};
@@ -216,7 +273,8 @@ private:
         TensorT labels;
         if (o.cond) labels = TensorT::from_host(Shape{n, ds_.num_classes}, std::span<const float>(batch.labels_onehot));
         typename nn::Precond<T, B>::Context ctx;
-        const nn::ForwardMode mode{true, rng::substream(rng::substream(o.seed, dropout_stream), uint64_t(step_ * 4096 + r))};
+        const nn::ForwardMode mode{true, rng::substream(rng::substream(o.seed, dropout_stream), uint64_t(step_ * 4096 + c)),
+                                   true};
         auto out = net_.forward(noisy, s, labels, mode, true, &ctx);
         TensorT dD(shape), dlogvar(Shape{n});
         const double loss = edm2_loss(B{}, out.D, y, s, out.logvar, run_.net.sigma_data, 1.0 / double(o.batch), dD, dlogvar);
@@ -231,6 +289,9 @@ private:
     }
 
     void status(double seconds, double images, double loss) {
+        const double sum_per_step = sum_seconds_ / std::max(1.0, images / double(run_.opt.batch));
+        sum_seconds_ = 0;
+        if (!comm_.is_root()) return;
         const double sec_per_kimg = images > 0 ? seconds / images * 1000 : 0;
         const double remaining = (run_.duration - nimg_) / 1000 * sec_per_kimg;
         const double mem_mb = peak_memory_mb();
@@ -238,18 +299,25 @@ private:
         std::snprintf(line, sizeof line, "kimg %9.1f  time %9s  sec/kimg %8.2f  loss %8.4f  lr %.5f  mem %7.1f MB  eta %s",
                       nimg_ / 1000, duration(total_.seconds()).c_str(), sec_per_kimg, loss, last_lr_, mem_mb,
                       duration(remaining).c_str());
-        log_(line);
+        std::string text = line;
+        if (comm_.size() > 1) {
+            std::snprintf(line, sizeof line, "  ranks %d  gradient sum %.4f s/step", comm_.size(), sum_per_step);
+            text += line;
+        }
+        log_(text);
         kimg_.push_back(nimg_ / 1000);
         losses_.push_back(loss);
         lrs_.push_back(last_lr_);
         nlohmann::json j{{"kimg", nimg_ / 1000}, {"step", step_},          {"time", total_.seconds()},
                          {"sec_per_kimg", sec_per_kimg}, {"loss", std::isfinite(loss) ? nlohmann::json(loss) : nlohmann::json()},
                          {"lr", last_lr_},  {"peak_mem_mb", mem_mb}};
+        if (comm_.size() > 1) j["ranks"] = comm_.size(), j["gradient_sum_sec_per_step"] = sum_per_step;
         std::ofstream(dir_ / "stats.jsonl", std::ios::app) << j.dump() << "\n";
         write_loss_curve(dir_ / "loss.svg", kimg_, losses_, lrs_);
     }
 
     void write_snapshots() {
+        if (!comm_.is_root()) return;
         for (size_t k = 0; k < ema_.num_profiles(); ++k) {
             io::SafetensorsWriter w;
             for (const auto& [name, t] : ema_.profile(k)) {
@@ -271,6 +339,7 @@ private:
     }
 
     void write_checkpoint() {
+        if (!comm_.is_root()) return;
         io::SafetensorsWriter w;
         nn::for_each_state_tensor(net_, [&](const std::string& name, TensorT& t) {
             const auto host = t.to_host();
@@ -282,7 +351,7 @@ private:
         w.set_metadata("config", nn::to_json(run_.net));
         w.set_metadata("nimg", std::to_string(static_cast<long long>(nimg_)));
         w.set_metadata("step", std::to_string(step_));
-        w.set_metadata("loader_position", std::to_string(loader_.position()));
+        w.set_metadata("loader_position", std::to_string(static_cast<uint64_t>(nimg_)));  // where every rank's shard resumes
         const auto path = checkpoint_path(dir_, nimg_);
         w.write(path);
         // Retention counts only this run's checkpoints (written or verified by it), never
@@ -343,6 +412,26 @@ private:
         step_ = s.step;
         loader_.seek(s.loader_position);
         kept_ = {s.path};
+    }
+
+    // Rank 0's training state on every rank: weights, buffers, Adam moments, counters. The
+    // EMA stays on rank 0, the only rank that writes snapshots.
+    void share_state() {
+        nn::for_each_state_tensor(net_, [&](const std::string&, TensorT& t) { broadcast(t); });
+        auto [m, v] = adam_.moments();
+        broadcast(m);
+        broadcast(v);
+        int64_t adam_steps = adam_.steps();
+        comm_.broadcast_value(adam_steps);
+        adam_.set_steps(adam_steps);
+        comm_.broadcast_value(nimg_);
+        comm_.broadcast_value(step_);
+        loader_.seek(static_cast<uint64_t>(nimg_));
+    }
+    void broadcast(TensorT& t) {
+        auto host = t.to_host();
+        comm_.broadcast(std::as_writable_bytes(std::span(host)));
+        if (!comm_.is_root()) B::copy_from_host(t.data(), host.data(), t.bytes());
     }
 
     template <class I>
@@ -407,13 +496,16 @@ private:
     ResolvedRun run_;
     const data::Dataset& ds_;
     Log log_;
+    dist::Communicator& comm_;
     std::filesystem::path dir_;
-    RunDirLock lock_;
+    std::optional<RunDirLock> lock_;  // rank 0's
+    int64_t chunks_per_rank_;
     nn::Precond<T, B> net_;
     Adam<T, B> adam_;
     PowerEma<T, B> ema_;
     data::Loader loader_;
-    double nimg_ = 0, last_lr_ = 0;
+    dist::GradientTree<T, B> tree_;
+    double nimg_ = 0, last_lr_ = 0, sum_seconds_ = 0;
     int64_t step_ = 0, nonfinite_ = 0;
     Timer total_;
     std::vector<double> kimg_, losses_, lrs_;
