@@ -1,5 +1,7 @@
 // mpnet-generate: sample images from a trained EDM2 network with the EDM (Heun) sampler,
-// optionally guided by a second network, and write them as PNG files and/or a grid.
+// optionally guided by a second network, and write them as PNG files and/or a grid. Under
+// mpirun (built with MPI) the processes share the seeds and write the same files as one
+// process would (docs/distributed.md).
 #include <unistd.h>
 
 #include <algorithm>
@@ -16,6 +18,7 @@
 #include <vector>
 
 #include "cli.hpp"
+#include "processes.hpp"
 #include "mpnet/backend/cpu/cpu.hpp"
 #include "mpnet/io/image_grid.hpp"
 #include "mpnet/io/png.hpp"
@@ -40,6 +43,7 @@ struct Options {
     sample::SamplerOptions sampler;
     int64_t batch = 32;
     bool quiet = false;
+    double collective_timeout = 3600;  // seconds, under an MPI launcher
 };
 
 cli::Parser make_parser(Options& o) {
@@ -112,6 +116,11 @@ its seed and the options: never on --batch or the thread count (OMP_NUM_THREADS)
         .value("--out-tensor", "FILE", "the raw sampler output (before quantisation) as the float32\ntensor `images` [N, C, H, W] of a safetensors file, in seed\norder, with the seeds in its metadata; any channel count",
                [&](const std::string& v) { o.out_tensor = v; })
         .flag("--quiet", "no progress line or summary, only errors", [&] { o.quiet = true; });
+    p.section("Processes (under mpirun or another MPI launcher; docs/distributed.md)")
+        .value("--collective-timeout", "SECONDS", "longest wait for the other processes (at the end, for\n--grid and --out-tensor: their last batch) before the job\nis stopped (default: 3600)",
+               [&](const std::string& v) {
+                   o.collective_timeout = cli::parse_real("--collective-timeout", v, {1, 1e6, false, false});
+               });
     p.epilog(R"(Pixels are uint8(clip(x * 127.5 + 128, 0, 255)): 1 channel is written as a
 grayscale PNG, 3 channels as RGB. Every file is written atomically. A run whose
 network gives non-finite values (NaN weights, overflow) fails instead of writing
@@ -328,13 +337,37 @@ void check_sampled(const TensorF& images, std::span<const uint64_t> seeds, const
               " came out non-finite: the network ", net.string(), " or the sampler settings overflow");
 }
 
-void run(const Options& o) {
+// The batches of --batch seeds each rank samples: batch b goes to rank b mod K. An image
+// depends only on its seed, so any split gives the images one process makes.
+bool mine(std::size_t batch_index, const dist::Communicator& comm) {
+    return batch_index % std::size_t(comm.size()) == std::size_t(comm.rank());
+}
+
+// Rank 0's view of every rank's sampler output, in seed order: gathered in rank order,
+// each rank's batches in turn, and put back in place.
+std::vector<float> gather_outputs(dist::Communicator& comm, const std::vector<float>& raw, std::size_t images,
+                                  std::size_t batch, std::size_t per_image) {
+    const std::vector<float> gathered = comm.gather_to_root(raw);
+    if (!comm.is_root()) return {};
+    std::vector<float> ordered(images * per_image);
+    std::size_t at = 0;
+    for (int r = 0; r < comm.size(); ++r)
+        for (std::size_t begin = std::size_t(r) * batch; begin < images; begin += std::size_t(comm.size()) * batch) {
+            const std::size_t n = (std::min(images, begin + batch) - begin) * per_image;
+            std::copy_n(gathered.begin() + std::ptrdiff_t(at), n, ordered.begin() + std::ptrdiff_t(begin * per_image));
+            at += n;
+        }
+    check(at == gathered.size(), "gathered ", gathered.size(), " values, expected ", at);
+    return ordered;
+}
+
+void generate(const Options& o, dist::Communicator& comm) {
     Net net = load_net(o.net, "--net");
     std::optional<Net> guide;
     if (!o.gnet.empty()) {
         guide.emplace(load_net(o.gnet, "--gnet"));
         check_guide(net, *guide, o.gnet);
-        if (o.guidance == 1 && !o.quiet)
+        if (o.guidance == 1 && !o.quiet && comm.is_root())
             std::fprintf(stderr, "mpnet-generate: warning: --guidance is 1, so the guiding network is not used\n");
     }
     const nn::NetworkConfig& cfg = net.config();
@@ -343,16 +376,20 @@ void run(const Options& o) {
           "-channel images cannot be written as PNG (need 1 or 3 channels; --out-tensor takes any)");
     const Plan p = make_plan(o, cfg);
     const std::vector<std::string> names = o.grid.empty() ? std::vector<std::string>{} : class_names(o);
-    prepare_outputs(o, p);
+    // Rank 0 makes the folders first: ranks creating one folder at once could race.
+    if (comm.is_root()) prepare_outputs(o, p);
+    (void)comm.any(false);
+    if (!comm.is_root()) prepare_outputs(o, p);
 
     sample::NetworkDenoiser<float, CpuBackend> d_net(net);
     std::optional<sample::NetworkDenoiser<float, CpuBackend>> d_guide;
     if (guide) d_guide.emplace(*guide);
-    const Progress progress(o.quiet, p.seeds.size());
-    std::vector<io::Image> all;
-    std::vector<float> raw;  // --out-tensor: every image, in seed order
+    const Progress progress(o.quiet || !comm.is_root(), p.seeds.size());
+    const bool gather = !o.grid.empty() || !o.out_tensor.empty();
+    std::vector<float> raw;  // this rank's sampler outputs, for --grid and --out-tensor
     int64_t nfe = 0;
-    for (std::size_t begin = 0; begin < p.seeds.size(); begin += std::size_t(o.batch)) {
+    for (std::size_t begin = 0, b = 0; begin < p.seeds.size(); begin += std::size_t(o.batch), ++b) {
+        if (!mine(b, comm)) continue;
         const std::size_t end = std::min(p.seeds.size(), begin + std::size_t(o.batch));
         const std::span<const uint64_t> seeds(p.seeds.data() + begin, end - begin);
         const auto n = int64_t(seeds.size());
@@ -367,17 +404,27 @@ void run(const Options& o) {
         const auto result = sample::edm_sample(d_net, d_guide ? &*d_guide : nullptr, noise, labels, o.sampler, hooks);
         nfe = result.nfe;
         check_sampled(result.images, seeds, o.net);
-        if (!o.out_tensor.empty()) raw.insert(raw.end(), result.images.data(), result.images.data() + result.images.numel());
-        if (!png) continue;
-        std::vector<io::Image> images = io::images_from_batch(result.images);
-        for (std::size_t i = 0; i < images.size(); ++i) {
-            if (!o.outdir.empty()) io::write_png(image_path(o.outdir, seeds[i]), images[i]);
-            if (!o.grid.empty()) all.push_back(std::move(images[i]));
+        if (gather) raw.insert(raw.end(), result.images.data(), result.images.data() + result.images.numel());
+        if (o.outdir.empty()) continue;
+        const std::vector<io::Image> images = io::images_from_batch(result.images);
+        for (std::size_t i = 0; i < images.size(); ++i) io::write_png(image_path(o.outdir, seeds[i]), images[i]);
+    }
+    if (gather) {
+        const auto per_image = std::size_t(cfg.img_channels * cfg.img_resolution * cfg.img_resolution);
+        const std::vector<float> all = gather_outputs(comm, raw, p.seeds.size(), std::size_t(o.batch), per_image);
+        if (comm.is_root()) {
+            if (!o.grid.empty()) {
+                const Shape shape{int64_t(p.seeds.size()), cfg.img_channels, cfg.img_resolution, cfg.img_resolution};
+                io::write_png(o.grid, make_grid(p, names, io::images_from_batch(TensorF::from_host(shape, all))));
+            }
+            if (!o.out_tensor.empty()) write_tensor(o.out_tensor, all, p.seeds, cfg);
         }
     }
-    if (!o.grid.empty()) io::write_png(o.grid, make_grid(p, names, all));
-    if (!o.out_tensor.empty()) write_tensor(o.out_tensor, raw, p.seeds, cfg);
     progress.finish(nfe);
+}
+
+void run(const Options& o) {
+    cli::with_processes("mpnet-generate", o.collective_timeout, [&](dist::Communicator& comm) { generate(o, comm); });
 }
 
 }  // namespace

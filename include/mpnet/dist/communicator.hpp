@@ -46,6 +46,9 @@ public:
     // Every rank's `mine` (each rank gives as many values), concatenated in rank order, on every rank.
     [[nodiscard]] virtual std::vector<double> gather(std::span<const double> mine) = 0;
 
+    // Every rank's `mine` (any length), concatenated in rank order, on rank 0; empty elsewhere.
+    [[nodiscard]] virtual std::vector<float> gather_to_root(std::span<const float> mine) = 0;
+
     // Rank 0's bytes on every rank (each rank passes a buffer of the same size).
     virtual void broadcast(std::span<std::byte> bytes) = 0;
 
@@ -94,6 +97,9 @@ public:
     void sum(std::span<float>) override {}
     void sum(std::span<double>) override {}
     [[nodiscard]] std::vector<double> gather(std::span<const double> mine) override {
+        return {mine.begin(), mine.end()};
+    }
+    [[nodiscard]] std::vector<float> gather_to_root(std::span<const float> mine) override {
         return {mine.begin(), mine.end()};
     }
     void broadcast(std::span<std::byte>) override {}

@@ -78,6 +78,25 @@ public:
         return all;
     }
 
+    [[nodiscard]] std::vector<float> gather_to_root(std::span<const float> mine) override {
+        const double n = double(mine.size());
+        const auto counts = gather(std::span(&n, 1));
+        std::vector<int> sizes(counts.size()), offsets(counts.size());
+        std::size_t total = 0;
+        for (std::size_t r = 0; r < counts.size(); ++r) {
+            sizes[r] = count(std::size_t(counts[r]));
+            offsets[r] = count(total);
+            total += std::size_t(counts[r]);
+        }
+        check(total <= std::size_t(INT32_MAX), "gathering ", total, " values on rank 0: too many for one MPI message");
+        std::vector<float> all(is_root() ? total : 0);
+        const Deadline d(*this, "gathering results on rank 0");
+        ok(MPI_Gatherv(mine.data(), count(mine.size()), MPI_FLOAT, all.data(), sizes.data(), offsets.data(), MPI_FLOAT,
+                       0, comm_),
+           "MPI_Gatherv");
+        return all;
+    }
+
     void broadcast(std::span<std::byte> bytes) override {
         const Deadline d(*this, "waiting for rank 0");
         // In pieces: MPI counts are int.
