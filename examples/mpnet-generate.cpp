@@ -347,7 +347,7 @@ bool mine(std::size_t batch_index, const dist::Communicator& comm) {
 // each rank's batches in turn, and put back in place.
 std::vector<float> gather_outputs(dist::Communicator& comm, const std::vector<float>& raw, std::size_t images,
                                   std::size_t batch, std::size_t per_image) {
-    const std::vector<float> gathered = comm.gather_to_root(raw);
+    const std::vector<float> gathered = comm.gather_floats_to_root(raw);
     if (!comm.is_root()) return {};
     std::vector<float> ordered(images * per_image);
     std::size_t at = 0;

@@ -180,8 +180,9 @@ void check_outdir(const std::string& outdir) {
     check(::access(outdir.c_str(), W_OK) == 0, outdir, ": the output directory is not writable");
 }
 
-// Every rank must train the same run on the same data: a rank started with other options
-// stops the job, each rank saying what it knows.
+// Every rank must train the same run on the same data: ranks started with other options stop
+// the job, with rank 0 naming each difference (the launcher may end the other ranks before
+// they have printed anything).
 void check_same_run(dist::Communicator& comm, const train::ResolvedRun& run, const data::Dataset& ds) {
     if (comm.size() == 1) return;
     const nlohmann::json mine{{"options", run.opt},
@@ -193,13 +194,16 @@ void check_same_run(dist::Communicator& comm, const train::ResolvedRun& run, con
         const std::string d = train::json_differences(root[part], mine[part]);
         if (!d.empty()) diff += (diff.empty() ? "" : "; ") + std::string(part) + ": " + d;
     }
+    const std::vector<std::string> diffs = comm.gather_strings_to_root(diff);
     if (!comm.any(!diff.empty())) return;
-    if (!diff.empty())
-        throw dist::AllRanksError("rank " + std::to_string(comm.rank()) + " was started with other settings than rank 0 (" +
-                                  diff + ", rank 0's value first); every rank must run the same command");
-    throw dist::AllRanksError("rank " + std::to_string(comm.rank()) +
-                              ": another rank was started with other settings than rank 0 (that rank names them); "
-                              "every rank must run the same command");
+    std::string message;
+    for (std::size_t r = 0; r < diffs.size(); ++r)
+        if (!diffs[r].empty())
+            message += (message.empty() ? "" : "; ") + ("rank " + std::to_string(r) + " was started with other settings than rank 0 (" +
+                                                         diffs[r] + ", rank 0's value first)");
+    if (comm.is_root()) throw dist::AllRanksError(message + "; every rank must run the same command");
+    throw dist::AllRanksError("rank " + std::to_string(comm.rank()) + ": the ranks were started with different settings "
+                              "(rank 0 names them); every rank must run the same command");
 }
 
 void train_here(const Options& opts, dist::Communicator& comm) {

@@ -4,7 +4,8 @@
 set -euo pipefail
 
 packages=(cmake ninja-build g++ pkg-config libeigen3-dev nlohmann-json3-dev doctest-dev
-          libbenchmark-dev libstb-dev libzip-dev zlib1g-dev dataset-fashion-mnist)
+          libbenchmark-dev libstb-dev libzip-dev zlib1g-dev dataset-fashion-mnist
+          libopenmpi-dev openmpi-bin)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

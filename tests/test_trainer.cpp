@@ -11,29 +11,15 @@
 #include <functional>
 #include <map>
 
+#include "bars_data.hpp"
 #include "golden.hpp"
 #include "mpnet/train/trainer.hpp"
 
 using namespace mpnet;
+using testing::bars_dataset;
 namespace fs = std::filesystem;
 
 namespace {
-
-// 64 grayscale 16x16 images of 4 classes: class k is a bar at row 4k, plus noise.
-data::Dataset bars_dataset() {
-    data::Dataset ds;
-    ds.source = "bars";
-    ds.size = 64, ds.channels = 1, ds.resolution = 16, ds.num_classes = 4;
-    for (int64_t i = 0; i < ds.size; ++i) {
-        const int k = int(i % 4);
-        ds.labels.push_back(k);
-        for (int p = 0; p < 256; ++p) {
-            const bool bar = p / 16 >= 4 * k && p / 16 < 4 * k + 3;
-            ds.pixels.push_back(uint8_t((bar ? 200 : 40) + int(rng::uniform(7, uint64_t(i * 256 + p)) * 40)));
-        }
-    }
-    return ds;
-}
 
 fs::path fresh_dir(const std::string& name) {
     // The process id keeps concurrent test processes (ctest -j) out of each other's way.
@@ -159,19 +145,10 @@ Run run_train(const std::string& args, const std::string& env = "") {
     return r;
 }
 
-// Writes the bars dataset as PNG files with a dataset.json, the reference's format.
+// The bars dataset as PNG files with a dataset.json, the reference's format.
 fs::path bars_folder(const std::string& name, int resolution = 16) {
     const auto dir = fresh_dir(name);
-    const auto ds = bars_dataset();
-    nlohmann::json labels = nlohmann::json::array();
-    for (int64_t i = 0; i < ds.size; ++i) {
-        const std::string file = "img" + std::to_string(i) + ".png";
-        std::vector<uint8_t> px(size_t(resolution * resolution));
-        for (int p = 0; p < resolution * resolution; ++p) px[size_t(p)] = ds.image(i)[p % 256];
-        REQUIRE(stbi_write_png((dir / file).c_str(), resolution, resolution, 1, px.data(), resolution) != 0);
-        labels.push_back({file, ds.labels[size_t(i)]});
-    }
-    std::ofstream(dir / "dataset.json") << nlohmann::json{{"labels", labels}}.dump();
+    testing::write_bars_folder(dir, resolution);
     return dir;
 }
 

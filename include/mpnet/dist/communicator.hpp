@@ -46,13 +46,33 @@ public:
     // Every rank's `mine` (each rank gives as many values), concatenated in rank order, on every rank.
     [[nodiscard]] virtual std::vector<double> gather(std::span<const double> mine) = 0;
 
-    // Every rank's `mine` (any length), concatenated in rank order, on rank 0; empty elsewhere.
-    [[nodiscard]] virtual std::vector<float> gather_to_root(std::span<const float> mine) = 0;
+    // Every rank's bytes (any length, each rank its own) on rank 0, one entry per rank in rank
+    // order; nothing elsewhere.
+    [[nodiscard]] virtual std::vector<std::vector<std::byte>> gather_to_root(std::span<const std::byte> mine) = 0;
 
     // Rank 0's bytes on every rank (each rank passes a buffer of the same size).
     virtual void broadcast(std::span<std::byte> bytes) = 0;
 
     [[nodiscard]] bool is_root() const { return rank() == 0; }
+
+    // Every rank's values concatenated in rank order, on rank 0; empty elsewhere.
+    [[nodiscard]] std::vector<float> gather_floats_to_root(std::span<const float> mine) {
+        std::vector<float> out;
+        for (const auto& part : gather_to_root(std::as_bytes(mine))) {
+            const std::size_t at = out.size();
+            out.resize(at + part.size() / sizeof(float));
+            if (!part.empty()) std::memcpy(out.data() + at, part.data(), part.size());
+        }
+        return out;
+    }
+
+    // Every rank's string on rank 0, in rank order; empty elsewhere.
+    [[nodiscard]] std::vector<std::string> gather_strings_to_root(const std::string& mine) {
+        std::vector<std::string> out;
+        for (const auto& part : gather_to_root(std::as_bytes(std::span(mine.data(), mine.size()))))
+            out.emplace_back(reinterpret_cast<const char*>(part.data()), part.size());
+        return out;
+    }
 
     // Rank 0's string on every rank.
     std::string broadcast(const std::string& text) {
@@ -76,22 +96,12 @@ public:
             if (v != 0) return true;
         return false;
     }
-
-    // The ranks on which `text` differs from rank 0's, on every rank.
-    [[nodiscard]] std::vector<int> ranks_differing_from_root(const std::string& text) {
-        const bool differs = broadcast(text) != text;
-        const double mine = differs ? 1 : 0;
-        std::vector<int> out;
-        const auto all = gather(std::span(&mine, 1));
-        for (std::size_t r = 0; r < all.size(); ++r)
-            if (all[r] != 0) out.push_back(int(r));
-        return out;
-    }
 };
 
 // One process on its own: every collective is the identity.
 class SingleProcess final : public Communicator {
 public:
+    using Communicator::broadcast;  // the string overload too
     [[nodiscard]] int rank() const override { return 0; }
     [[nodiscard]] int size() const override { return 1; }
     void sum(std::span<float>) override {}
@@ -99,8 +109,8 @@ public:
     [[nodiscard]] std::vector<double> gather(std::span<const double> mine) override {
         return {mine.begin(), mine.end()};
     }
-    [[nodiscard]] std::vector<float> gather_to_root(std::span<const float> mine) override {
-        return {mine.begin(), mine.end()};
+    [[nodiscard]] std::vector<std::vector<std::byte>> gather_to_root(std::span<const std::byte> mine) override {
+        return {std::vector<std::byte>(mine.begin(), mine.end())};
     }
     void broadcast(std::span<std::byte>) override {}
 

@@ -44,6 +44,7 @@ public:
 
 class MpiCommunicator final : public Communicator {
 public:
+    using Communicator::broadcast;  // the string overload too
     // `timeout_s`: longest wait in one collective before the job is stopped.
     explicit MpiCommunicator(double timeout_s, MPI_Comm comm = MPI_COMM_WORLD)
         : comm_(comm), timeout_(timeout_s) {
@@ -78,29 +79,32 @@ public:
         return all;
     }
 
-    [[nodiscard]] std::vector<float> gather_to_root(std::span<const float> mine) override {
-        const double n = double(mine.size());
-        const auto counts = gather(std::span(&n, 1));
-        std::vector<int> sizes(counts.size()), offsets(counts.size());
-        std::size_t total = 0;
-        for (std::size_t r = 0; r < counts.size(); ++r) {
-            sizes[r] = count(std::size_t(counts[r]));
-            offsets[r] = count(total);
-            total += std::size_t(counts[r]);
-        }
-        check(total <= std::size_t(INT32_MAX), "gathering ", total, " values on rank 0: too many for one MPI message");
-        std::vector<float> all(is_root() ? total : 0);
+    // Point to point, in pieces: a rank's part may exceed MPI's int counts.
+    [[nodiscard]] std::vector<std::vector<std::byte>> gather_to_root(std::span<const std::byte> mine) override {
         const Deadline d(*this, "gathering results on rank 0");
-        ok(MPI_Gatherv(mine.data(), count(mine.size()), MPI_FLOAT, all.data(), sizes.data(), offsets.data(), MPI_FLOAT,
-                       0, comm_),
-           "MPI_Gatherv");
+        if (!is_root()) {
+            uint64_t n = mine.size();
+            ok(MPI_Send(&n, 1, MPI_UINT64_T, 0, gather_tag, comm_), "MPI_Send");
+            for (std::size_t at = 0; at < mine.size(); at += piece)
+                ok(MPI_Send(mine.data() + at, int(std::min(piece, mine.size() - at)), MPI_BYTE, 0, gather_tag, comm_),
+                   "MPI_Send");
+            return {};
+        }
+        std::vector<std::vector<std::byte>> all{std::vector<std::byte>(mine.begin(), mine.end())};
+        for (int r = 1; r < size_; ++r) {
+            uint64_t n = 0;
+            ok(MPI_Recv(&n, 1, MPI_UINT64_T, r, gather_tag, comm_, MPI_STATUS_IGNORE), "MPI_Recv");
+            auto& part = all.emplace_back(std::size_t(n));
+            for (std::size_t at = 0; at < part.size(); at += piece)
+                ok(MPI_Recv(part.data() + at, int(std::min(piece, part.size() - at)), MPI_BYTE, r, gather_tag, comm_,
+                            MPI_STATUS_IGNORE),
+                   "MPI_Recv");
+        }
         return all;
     }
 
     void broadcast(std::span<std::byte> bytes) override {
         const Deadline d(*this, "waiting for rank 0");
-        // In pieces: MPI counts are int.
-        constexpr std::size_t piece = std::size_t(1) << 30;
         for (std::size_t at = 0; at < bytes.size(); at += piece)
             ok(MPI_Bcast(bytes.data() + at, count(std::min(piece, bytes.size() - at)), MPI_BYTE, 0, comm_), "MPI_Bcast");
     }
@@ -109,6 +113,9 @@ public:
     [[noreturn]] void abort(int code) { MPI_Abort(comm_, code); std::abort(); }
 
 private:
+    static constexpr std::size_t piece = std::size_t(1) << 30;  // bytes per message: MPI counts are int
+    static constexpr int gather_tag = 1;
+
     template <class T>
     void sum_in_tree_order(std::span<T> values, MPI_Datatype type) {
         if (size_ == 1) return;
