@@ -121,20 +121,35 @@ private:
         if (size_ == 1) return;
         const std::size_t K = std::size_t(size_), slice = (values.size() + K - 1) / K;
         check(slice <= std::size_t(INT32_MAX), "gradient sum: ", values.size(), " values are too many for ", K, " ranks");
-        std::vector<T> send(slice * K, T(0)), received(slice * K), mine(slice);
-        std::copy(values.begin(), values.end(), send.begin());
+        // A buffer whose length K slices fill exactly is sent and received in place; another
+        // goes through a padded copy. Buffers are kept between steps: fresh ones would cost a
+        // page fault per 4 KiB every step.
+        const bool padded = slice * K != values.size();
+        T* whole = values.data();
+        if (padded) {
+            whole = reuse<T>(padded_, slice * K);
+            std::fill(std::copy(values.begin(), values.end(), whole), whole + slice * K, T(0));
+        }
+        T* received = reuse<T>(received_, slice * K);
+        T* mine = reuse<T>(mine_, slice);
         {
             const Deadline d(*this, "the gradient sum");
-            ok(MPI_Alltoall(send.data(), int(slice), type, received.data(), int(slice), type, comm_), "MPI_Alltoall");
+            ok(MPI_Alltoall(whole, int(slice), type, received, int(slice), type, comm_), "MPI_Alltoall");
         }
         std::vector<const T*> parts(K);
-        for (std::size_t r = 0; r < K; ++r) parts[r] = received.data() + r * slice;
-        tree_sum(std::span<const T* const>(parts), std::span<T>(mine));
+        for (std::size_t r = 0; r < K; ++r) parts[r] = received + r * slice;
+        tree_sum(std::span<const T* const>(parts), std::span<T>(mine, slice));
         {
             const Deadline d(*this, "the gradient sum");
-            ok(MPI_Allgather(mine.data(), int(slice), type, send.data(), int(slice), type, comm_), "MPI_Allgather");
+            ok(MPI_Allgather(mine, int(slice), type, whole, int(slice), type, comm_), "MPI_Allgather");
         }
-        std::copy(send.begin(), send.begin() + std::ptrdiff_t(values.size()), values.begin());
+        if (padded) std::copy(whole, whole + values.size(), values.begin());
+    }
+
+    template <class T>
+    static T* reuse(std::vector<std::byte>& buffer, std::size_t n) {
+        if (buffer.size() < n * sizeof(T)) buffer.resize(n * sizeof(T));
+        return reinterpret_cast<T*>(buffer.data());
     }
 
     static int count(std::size_t n) {
@@ -201,6 +216,7 @@ private:
     std::chrono::steady_clock::time_point since_;
     bool stopping_ = false;
     std::thread watchdog_;
+    std::vector<std::byte> padded_, received_, mine_;  // the gradient sum's buffers, kept between calls
 };
 
 }  // namespace mpnet::dist

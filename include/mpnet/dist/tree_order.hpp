@@ -13,6 +13,7 @@
 // for bit. (Otherwise the result is still the same on every rank and in every run, but
 // grouped differently from one process.)
 #pragma once
+#include <algorithm>
 #include <bit>
 #include <cstdint>
 #include <span>
@@ -28,19 +29,34 @@ namespace mpnet::dist {
 // The split point of the left-complete tree over n >= 2 leaves.
 [[nodiscard]] constexpr std::size_t tree_split(std::size_t n) { return std::bit_floor(n - 1); }
 
-// out = the tree sum of parts (all of out's length), element by element.
+namespace detail {
+// The tree sum of `n` parts over elements [at, at+len), into out; scratch holds one block per
+// level below this one.
+template <class T>
+void tree_sum_block(const T* const* parts, std::size_t n, std::size_t at, std::size_t len, T* out, T* scratch) {
+    if (n == 1) {
+        std::copy(parts[0] + at, parts[0] + at + len, out);
+        return;
+    }
+    const std::size_t split = tree_split(n);
+    tree_sum_block(parts, split, at, len, out, scratch + len);
+    tree_sum_block(parts + split, n - split, at, len, scratch, scratch + len);
+    for (std::size_t i = 0; i < len; ++i) out[i] += scratch[i];
+}
+}  // namespace detail
+
+// out = the tree sum of parts (all of out's length), element by element; block by block, so
+// that the partial sums stay in cache.
 template <class T>
 void tree_sum(std::span<const T* const> parts, std::span<T> out) {
     check(!parts.empty(), "tree_sum: no parts");
-    if (parts.size() == 1) {
-        std::copy(parts[0], parts[0] + out.size(), out.begin());
-        return;
+    constexpr std::size_t block = 4096;
+    const auto depth = static_cast<std::size_t>(std::bit_width(parts.size()));  // levels of the tree, at most
+    std::vector<T> scratch(depth * std::min(block, out.size()));
+    for (std::size_t at = 0; at < out.size(); at += block) {
+        const std::size_t len = std::min(block, out.size() - at);
+        detail::tree_sum_block(parts.data(), parts.size(), at, len, out.data() + at, scratch.data());
     }
-    const std::size_t split = tree_split(parts.size());
-    tree_sum(parts.first(split), out);
-    std::vector<T> right(out.size());
-    tree_sum(parts.subspan(split), std::span<T>(right));
-    for (std::size_t i = 0; i < out.size(); ++i) out[i] += right[i];
 }
 
 // Accumulates chunk gradients in tree order as they arrive, holding at most log2(N)+1

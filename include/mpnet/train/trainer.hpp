@@ -233,9 +233,11 @@ private:
         double loss_sum = 0;
         if (comm_.size() > 1) {
             const Timer t;
-            auto grads = net_.flat_grads().to_host();
-            comm_.sum(std::span<T>(grads));
-            B::copy_from_host(net_.flat_grads().data(), grads.data(), net_.flat_grads().bytes());
+            TensorT& grads = net_.flat_grads();
+            host_grads_.resize(static_cast<size_t>(grads.numel()));  // kept between steps
+            B::copy_to_host(host_grads_.data(), grads.data(), grads.bytes());
+            comm_.sum(std::span<T>(host_grads_));
+            B::copy_from_host(grads.data(), host_grads_.data(), grads.bytes());
             for (const double l : comm_.gather(losses)) loss_sum += l;  // in chunk order, as one process adds them
             sum_seconds_ += t.seconds();
         } else {
@@ -505,6 +507,7 @@ private:
     PowerEma<T, B> ema_;
     data::Loader loader_;
     dist::GradientTree<T, B> tree_;
+    std::vector<T> host_grads_;  // the gradient on the host, for the sum over ranks
     double nimg_ = 0, last_lr_ = 0, sum_seconds_ = 0;
     int64_t step_ = 0, nonfinite_ = 0;
     Timer total_;
