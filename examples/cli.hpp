@@ -209,12 +209,19 @@ private:
 // main() of a program: parse(argc, argv) gives the options (throwing HelpRequested for
 // --help), run(options) does the work. Errors are printed as "<program>: ..." with the
 // matching exit status.
+// Thrown by a program that has printed its error itself: run_main exits with `status`.
+struct Reported {
+    int status = 1;
+};
+
 template <class Parse, class Run>
 int run_main(const char* program, int argc, char** argv, Parse&& parse, Run&& run) {
     try {
         const auto options = parse(argc, argv);
         run(options);
         return 0;
+    } catch (const Reported& r) {
+        return r.status;
     } catch (const HelpRequested& h) {
         std::fputs(h.text.c_str(), stdout);
         return 0;

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -99,6 +100,14 @@ Image counts accept suffixes: 6400, 64k (1e3), 2M (1e6), 8Ki (2^10), 8Mi (2^20).
         .value("--outdir", "DIR", "run directory (created if missing)", [&](const std::string& v) { o.outdir = v; })
         .value("--data", "SPEC", "dataset: fashion-mnist[:DIR] (Debian's dataset-fashion-mnist,\npadded to 32x32), a directory of PNG images, or a .zip of them\n(labels from an optional dataset.json) (default: fashion-mnist)",
                [&](const std::string& v) { o.data = v; })
+        .value("--data-storage", "MODE", "a PNG folder or zip: memory (decoded up front), stream (each\nimage read when a batch needs it, on background threads), or\nauto: stream above 2 GiB of decoded pixels (default: auto)",
+               [&](const std::string& v) {
+                   if (v != "auto" && v != "memory" && v != "stream")
+                       throw UsageError("--data-storage: '" + v + "' is not one of auto, memory, stream");
+                   o.data_storage = v;
+               })
+        .value("--data-threads", "N", "threads decoding a streamed dataset's images (default: 1)",
+               [&](const std::string& v) { o.data_threads = cli::parse_integer<int64_t>("--data-threads", v, 1, 256); })
         .value("--preset", "NAME", "network and recipe preset (default: fmnist-s); one of\nfmnist-s, fmnist-xs, rgb32-s, edm2-img64-{xs,s,m,l,xl},\nedm2-img512-{xxs,xs,s,m,l,xl,xxl}",
                [&](const std::string& v) { o.preset = v; })
         .value("--cond", "BOOL", "class-conditional training (default: true; needs labels)",
@@ -220,13 +229,17 @@ void train_here(const Options& opts, dist::Communicator& comm) {
         else pending.push_back(line);
         if (!o.quiet) std::cout << line << std::endl;
     };
-    const auto ds = data::load_dataset(o.data);
+    const auto ds = data::load_dataset(o.data, o.data_storage == "memory"   ? data::Storage::memory
+                                               : o.data_storage == "stream" ? data::Storage::stream
+                                                                            : data::Storage::automatic);
     auto resolved = train::resolve(o, ds, comm.size());
     check_same_run(comm, resolved, ds);
     const auto cost = nn::network_cost(resolved.net);
     log("dataset " + ds.source + ": " + std::to_string(ds.size) + " images " + std::to_string(ds.channels) + "x" +
         std::to_string(ds.resolution) + "x" + std::to_string(ds.resolution) + ", " + std::to_string(ds.num_classes) +
-        " classes");
+        " classes, " + (ds.streamed() ? "streamed (" + std::to_string(std::lround(double(ds.size) * double(ds.image_bytes()) / 1048576.0)) +
+                                            " MB decoded, never held whole)"
+                                      : "in memory (" + std::to_string(std::lround(double(ds.pixels.size()) / 1048576.0)) + " MB)"));
     log("network " + o.preset + ": " + std::to_string(cost.params) + " parameters, " +
         std::to_string(cost.macs * 2 / 1e9) + " GFLOP per image forward");
     if (comm.size() > 1) {

@@ -219,6 +219,20 @@ TEST_CASE("mpnet-train: a kill -9 while writing a checkpoint keeps the previous 
         CHECK(slurp(straight / snap) == slurp(crashed / snap));
 }
 
+TEST_CASE("mpnet-train: a streamed dataset trains to the bits of the same dataset in memory") {
+    const auto data = bars_folder("data-stream");
+    std::string bytes[2];
+    for (int i = 0; i < 2; ++i) {
+        const auto dir = fresh_dir(i == 0 ? "in-memory" : "streamed");
+        const std::string storage = i == 0 ? " --data-storage memory" : " --data-storage stream --data-threads 2";
+        REQUIRE(run_train("--outdir " + dir.string() + " --data " + data.string() + tiny_args + storage).exit_code == 0);
+        CHECK(slurp(dir / "log.txt").find(i == 0 ? "in memory" : "streamed") != std::string::npos);
+        bytes[i] = slurp(dir / "training-state-000000000096.safetensors");
+    }
+    REQUIRE(!bytes[0].empty());
+    CHECK(bytes[0] == bytes[1]);
+}
+
 TEST_CASE("mpnet-train: bad input gives a clear error and a non-zero exit") {
     const auto out = fresh_dir("cli-bad");
     auto expect_error = [&](const std::string& args, const std::string& text, int code = 1) {

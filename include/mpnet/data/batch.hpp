@@ -4,7 +4,10 @@
 // NCHW; labels become one-hot rows. A batch is a pure function of the dataset, the seed, the
 // flip setting and the first position, which is what makes resuming exact.
 #pragma once
+#include <algorithm>
 #include <cstdint>
+#include <exception>
+#include <thread>
 #include <vector>
 
 #include "mpnet/data/dataset.hpp"
@@ -20,31 +23,54 @@ struct Batch {
 };
 
 // The n images at positions [first, first + n) of `order`, mirrored left-right where
-// `xflip` is on and the order says so.
-inline Batch make_batch(const Dataset& ds, DataOrder& order, bool xflip, uint64_t first, int64_t n) {
+// `xflip` is on and the order says so. A streamed dataset's images are decoded by `threads`
+// threads (each image is independent, so the batch does not depend on their number).
+inline Batch make_batch(const Dataset& ds, DataOrder& order, bool xflip, uint64_t first, int64_t n, int threads = 1) {
     const auto image = static_cast<int64_t>(ds.image_bytes());
-    const int64_t res = ds.resolution;
     Batch b;
     b.n = n;
     b.images.resize(static_cast<std::size_t>(n * image));
     b.labels_onehot.assign(static_cast<std::size_t>(n * ds.num_classes), 0.0f);
     b.indices.resize(static_cast<std::size_t>(n));
+    std::vector<char> flips(static_cast<std::size_t>(n));
     for (int64_t k = 0; k < n; ++k) {
         const uint64_t position = first + static_cast<uint64_t>(k);
-        const int64_t index = order.index_at(position);
-        const bool flip = xflip && order.flip(position);
-        b.indices[static_cast<std::size_t>(k)] = index;
-        const uint8_t* src = ds.image(index);
+        b.indices[static_cast<std::size_t>(k)] = order.index_at(position);
+        flips[static_cast<std::size_t>(k)] = xflip && order.flip(position);
+        if (ds.num_classes > 0)
+            b.labels_onehot[static_cast<std::size_t>(
+                k * ds.num_classes + ds.labels[static_cast<std::size_t>(b.indices[static_cast<std::size_t>(k)])])] = 1.0f;
+    }
+    auto fill = [&](int64_t k, std::vector<uint8_t>& scratch) {
+        const int64_t res = ds.resolution;
+        const int64_t index = b.indices[static_cast<std::size_t>(k)];
+        const uint8_t* src = scratch.data();
+        if (ds.streamed()) ds.read_image(index, scratch.data());
+        else src = ds.image(index);
+        const bool flip = flips[static_cast<std::size_t>(k)] != 0;
         float* dst = b.images.data() + k * image;
         for (int64_t row = 0; row < image / res; ++row)
             for (int64_t x = 0; x < res; ++x) {
                 const int64_t from = flip ? res - 1 - x : x;
                 dst[row * res + x] = static_cast<float>(src[row * res + from]) / 127.5f - 1.0f;
             }
-        if (ds.num_classes > 0)
-            b.labels_onehot[static_cast<std::size_t>(k * ds.num_classes + ds.labels[static_cast<std::size_t>(index)])] =
-                1.0f;
-    }
+    };
+    const int workers = ds.streamed() ? static_cast<int>(std::clamp<int64_t>(threads, 1, n)) : 1;
+    std::vector<std::exception_ptr> errors(static_cast<std::size_t>(workers));
+    auto work = [&](int w) {
+        try {
+            std::vector<uint8_t> scratch(ds.streamed() ? ds.image_bytes() : 0);
+            for (int64_t k = w; k < n; k += workers) fill(k, scratch);
+        } catch (...) {
+            errors[static_cast<std::size_t>(w)] = std::current_exception();
+        }
+    };
+    std::vector<std::thread> pool;
+    for (int w = 1; w < workers; ++w) pool.emplace_back(work, w);
+    work(0);
+    for (auto& t : pool) t.join();
+    for (const auto& e : errors)
+        if (e) std::rethrow_exception(e);
     return b;
 }
 

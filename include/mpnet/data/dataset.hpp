@@ -1,10 +1,15 @@
-// A training set decoded once into memory: uint8 pixels in NCHW order plus optional class labels.
+// A training set: uint8 pixels in NCHW order plus optional class labels, either decoded once
+// into memory or read on demand.
 //
-// Datasets for the examples are small enough to hold whole (Fashion-MNIST is 60 MiB at 32x32),
-// which keeps batch assembly a pure memory copy and makes the data order easy to reproduce.
+// Small datasets are held whole (Fashion-MNIST is 60 MiB at 32x32), which keeps batch assembly
+// a memory copy. A dataset too large for memory has a reader instead: read_image() then decodes
+// an image when a batch needs it, on the loader's threads, and only the file list and the
+// labels stay in memory (docs/datasets.md).
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -12,18 +17,33 @@
 
 namespace mpnet::data {
 
+// Reads one image of a dataset on demand, as CHW uint8. Called from several threads at once.
+class ImageReader {
+public:
+    virtual ~ImageReader() = default;
+    virtual void read(int64_t index, uint8_t* chw) const = 0;
+};
+
 struct Dataset {
     std::string source;  // the path the data came from, for messages
     int64_t size = 0, channels = 0, resolution = 0;  // images are square
     int64_t num_classes = 0;                         // 0 = no labels
-    std::vector<uint8_t> pixels;                     // size * channels * resolution * resolution, NCHW
+    std::vector<uint8_t> pixels;                     // size * channels * resolution * resolution, NCHW; empty when streamed
     std::vector<int32_t> labels;                     // size entries, or empty when unlabelled
+    std::shared_ptr<const ImageReader> reader;       // set when the images are read on demand
 
+    [[nodiscard]] bool streamed() const { return reader != nullptr; }
     [[nodiscard]] std::size_t image_bytes() const {
         return static_cast<std::size_t>(channels * resolution * resolution);
     }
+    // An image held in memory (not for a streamed dataset: use read_image).
     [[nodiscard]] const uint8_t* image(int64_t index) const {
         return pixels.data() + static_cast<std::size_t>(index) * image_bytes();
+    }
+    // Any image, as image_bytes() bytes of CHW pixels.
+    void read_image(int64_t index, uint8_t* chw) const {
+        if (reader) reader->read(index, chw);
+        else std::memcpy(chw, image(index), image_bytes());
     }
 };
 
@@ -38,9 +58,12 @@ inline void validate(const Dataset& ds) {
     check(ds.size > 0, ds.source, ": the dataset has no images");
     check(ds.channels > 0 && ds.resolution > 0, ds.source, ": the dataset has no image shape");
     check_power_of_two(ds.resolution, ds.source);
-    check(ds.pixels.size() == static_cast<std::size_t>(ds.size) * ds.image_bytes(), ds.source, ": ",
-          ds.pixels.size(), " pixel bytes for ", ds.size, " images of ", ds.channels, "x", ds.resolution, "x",
-          ds.resolution);
+    if (ds.streamed())
+        check(ds.pixels.empty(), ds.source, ": a streamed dataset holds no pixels in memory");
+    else
+        check(ds.pixels.size() == static_cast<std::size_t>(ds.size) * ds.image_bytes(), ds.source, ": ",
+              ds.pixels.size(), " pixel bytes for ", ds.size, " images of ", ds.channels, "x", ds.resolution, "x",
+              ds.resolution);
     if (ds.num_classes == 0) {
         check(ds.labels.empty(), ds.source, ": labels given but num_classes is 0");
         return;

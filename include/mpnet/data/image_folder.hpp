@@ -5,12 +5,17 @@
 // the same dataset. They must all be square, of one power-of-two size, and all grayscale or all
 // RGB. Images with an alpha channel are rejected rather than flattened: the reference keeps
 // alpha as a fourth channel, and silently dropping it would change what transparent pixels show.
+//
+// A dataset whose decoded pixels would exceed memory_limit_bytes (or any, with Storage::stream)
+// is streamed: StreamedPngs reads each image when a batch needs it.
 #pragma once
 #include <algorithm>
 #include <cctype>
 #include <cstdint>
 #include <filesystem>
 #include <iterator>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -52,38 +57,81 @@ inline void check_same_shape(const ImageInfo& info, const ImageInfo& first, cons
 
 }  // namespace detail
 
-inline Dataset load_image_folder(const std::filesystem::path& dir_or_zip) {
-    const FileTree tree(dir_or_zip);
+// A folder's or archive's PNG images read on demand: the file list and the first image's shape
+// are known up front, every other image is read and decoded when a batch needs it (its shape
+// checked then, the error naming the file). A zip archive's handle serves one reader at a
+// time; decoding, the expensive part, runs in parallel.
+class StreamedPngs final : public ImageReader {
+public:
+    StreamedPngs(std::shared_ptr<const FileTree> tree, std::vector<std::string> names, ImageInfo first)
+        : tree_(std::move(tree)), names_(std::move(names)), first_(first) {}
+
+    void read(int64_t index, uint8_t* chw) const override {
+        const std::string& name = names_.at(static_cast<std::size_t>(index));
+        const std::string where = tree_->describe(name);
+        std::vector<uint8_t> bytes;
+        {
+            const std::lock_guard lock(mutex_);
+            bytes = tree_->read(name);
+        }
+        const ImageInfo info = png_info(bytes, where);
+        detail::check_same_shape(info, first_, where, tree_->describe(names_.front()));
+        const std::vector<uint8_t> pixels = decode_png_chw(bytes, info, where);
+        std::copy(pixels.begin(), pixels.end(), chw);
+    }
+
+private:
+    std::shared_ptr<const FileTree> tree_;
+    std::vector<std::string> names_;
+    ImageInfo first_;
+    mutable std::mutex mutex_;
+};
+
+// Whether a folder's images are decoded into memory up front or read on demand.
+enum class Storage {
+    automatic,  // in memory up to memory_limit_bytes of decoded pixels, else streamed
+    memory,
+    stream,
+};
+inline constexpr std::size_t memory_limit_bytes = std::size_t(2) << 30;
+
+inline Dataset load_image_folder(const std::filesystem::path& dir_or_zip, Storage storage = Storage::automatic) {
+    auto tree = std::make_shared<const FileTree>(dir_or_zip);
     std::vector<std::string> images;
-    std::ranges::copy_if(tree.files(), std::back_inserter(images), detail::is_png_name);
+    std::ranges::copy_if(tree->files(), std::back_inserter(images), detail::is_png_name);
     check(!images.empty(), dir_or_zip.string(), ": no PNG images found");
 
     Dataset ds;
     ds.source = dir_or_zip.string();
     ds.size = static_cast<int64_t>(images.size());
-    if (tree.contains(dataset_json_name)) {
-        const std::vector<uint8_t> text = tree.read(dataset_json_name);
+    if (tree->contains(dataset_json_name)) {
+        const std::vector<uint8_t> text = tree->read(dataset_json_name);
         const auto labels = parse_dataset_json(std::string(text.begin(), text.end()), images,
-                                               tree.describe(dataset_json_name));
+                                               tree->describe(dataset_json_name));
         if (labels) {
             ds.labels = *labels;
             ds.num_classes = *std::ranges::max_element(ds.labels) + int64_t{1};
         }
     }
 
-    ImageInfo first;
+    const std::string first_where = tree->describe(images[0]);
+    const std::vector<uint8_t> first_bytes = tree->read(images[0]);
+    const ImageInfo first = png_info(first_bytes, first_where);
+    detail::check_first_image(first, first_where);
+    ds.channels = first.channels;
+    ds.resolution = first.width;
+    const bool stream = storage == Storage::stream ||
+                        (storage == Storage::automatic && images.size() * ds.image_bytes() > memory_limit_bytes);
+    if (stream) {
+        ds.reader = std::make_shared<StreamedPngs>(std::move(tree), std::move(images), first);
+        return ds;
+    }
+    ds.pixels.reserve(images.size() * ds.image_bytes());
     for (std::size_t i = 0; i < images.size(); ++i) {
-        const std::string where = tree.describe(images[i]);
-        const std::vector<uint8_t> bytes = tree.read(images[i]);
+        const std::string where = tree->describe(images[i]);
+        const std::vector<uint8_t> bytes = i == 0 ? first_bytes : tree->read(images[i]);
         const ImageInfo info = png_info(bytes, where);
-        if (i == 0) {
-            detail::check_first_image(info, where);
-            first = info;
-            ds.channels = info.channels;
-            ds.resolution = info.width;
-            ds.pixels.reserve(images.size() * ds.image_bytes());
-        }
-        detail::check_same_shape(info, first, where, tree.describe(images[0]));
+        detail::check_same_shape(info, first, where, first_where);
         const std::vector<uint8_t> chw = decode_png_chw(bytes, info, where);
         ds.pixels.insert(ds.pixels.end(), chw.begin(), chw.end());
     }

@@ -4,6 +4,9 @@
 //   "fashion-mnist:DIR"    the same IDX files in DIR
 //   DIR                    Fashion-MNIST if DIR holds train-images-idx3-ubyte(.gz), else a PNG folder
 //   FILE.zip               a zip archive of PNG images
+//
+// `storage` decides whether a PNG folder or archive is decoded into memory or streamed
+// (image_folder.hpp); Fashion-MNIST is always held in memory (60 MiB).
 #pragma once
 #include <filesystem>
 #include <string>
@@ -16,7 +19,7 @@
 
 namespace mpnet::data {
 
-inline Dataset load_dataset(const std::string& spec) {
+inline Dataset load_dataset(const std::string& spec, Storage storage = Storage::automatic) {
     const std::string prefix = "fashion-mnist";
     if (spec == prefix) return load_fashion_mnist(fashion_mnist_default_dir);
     if (spec.starts_with(prefix + ":")) return load_fashion_mnist(spec.substr(prefix.size() + 1));
@@ -27,7 +30,7 @@ inline Dataset load_dataset(const std::string& spec) {
     const bool has_idx = std::filesystem::exists(path / "train-images-idx3-ubyte.gz", ec) ||
                          std::filesystem::exists(path / "train-images-idx3-ubyte", ec);
     if (std::filesystem::is_directory(path, ec) && has_idx) return load_fashion_mnist(path);
-    return load_image_folder(path);
+    return load_image_folder(path, storage);
 }
 
 }  // namespace mpnet::data

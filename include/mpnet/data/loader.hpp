@@ -36,11 +36,15 @@ class Loader {
 public:
     using Batch = data::Batch;
 
-    Loader(const Dataset& ds, int64_t batch, uint64_t seed, bool xflip, int prefetch = 4, Shard shard = {})
-        : ds_(ds), batch_(batch), seed_(seed), xflip_(xflip), prefetch_(prefetch), shard_(shard) {
+    // `decode_threads`: threads that decode a streamed dataset's images for each batch.
+    Loader(const Dataset& ds, int64_t batch, uint64_t seed, bool xflip, int prefetch = 4, Shard shard = {},
+           int decode_threads = 1)
+        : ds_(ds), batch_(batch), seed_(seed), xflip_(xflip), prefetch_(prefetch), shard_(shard),
+          decode_threads_(decode_threads) {
         validate(ds);
         check(batch > 0, ds.source, ": batch size ", batch, " must be positive");
         check(prefetch > 0, ds.source, ": prefetch depth ", prefetch, " must be positive");
+        check(decode_threads > 0, ds.source, ": decode threads ", decode_threads, " must be positive");
         check(shard.period >= 1 && shard.begin >= 0 && shard.begin < shard.end && shard.end <= shard.period,
               ds.source, ": shard [", shard.begin, ", ", shard.end, ") of ", shard.period, " batches is empty or out of range");
         start(0);
@@ -107,7 +111,7 @@ private:
                     position += batch;  // another shard's batch
                     continue;
                 }
-                Batch b = make_batch(ds_, order, xflip_, position, batch_);
+                Batch b = make_batch(ds_, order, xflip_, position, batch_, decode_threads_);
                 const std::lock_guard lock(mutex_);
                 queue_.emplace_back(position, std::move(b));
                 position += batch;
@@ -126,6 +130,7 @@ private:
     bool xflip_;
     int prefetch_;
     Shard shard_;
+    int decode_threads_;
     uint64_t position_ = 0;  // consumer side: just past the last batch next() returned
 
     std::mutex mutex_;

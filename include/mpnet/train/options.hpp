@@ -17,6 +17,8 @@ namespace mpnet::train {
 struct TrainOptions {
     std::string outdir = "training-runs/run";
     std::string data = "fashion-mnist";
+    std::string data_storage = "auto";  // a PNG folder or zip: "auto", "memory" or "stream" (data/image_folder.hpp)
+    int64_t data_threads = 1;           // threads decoding a streamed dataset's images
     std::string preset = "fmnist-s";
     nlohmann::json net = nlohmann::json::object();  // network settings over the preset's (NetworkConfig keys)
     bool cond = true;
@@ -67,6 +69,9 @@ struct TrainOptions {
                       " would both be written to the snapshot files named ", sigma_rel_tag(ema[i]));
         }
         check(net.is_object(), "network settings must be a JSON object");
+        check(data_storage == "auto" || data_storage == "memory" || data_storage == "stream", "--data-storage '",
+              data_storage, "' is not one of auto, memory, stream");
+        check(data_threads >= 1 && data_threads <= 256, "--data-threads ", data_threads, " is outside [1, 256]");
         check(max_nonfinite_steps >= 1, "max_nonfinite_steps must be at least 1");
     }
 
@@ -78,16 +83,17 @@ struct TrainOptions {
     }
 };
 
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(TrainOptions, outdir, data, preset, net, cond, batch, batch_gpu,
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(TrainOptions, outdir, data, data_storage, data_threads, preset, net, cond, batch, batch_gpu,
                                                 duration, lr, decay, rampup, dropout, P_mean, P_std, seed, status,
                                                 snapshot, checkpoint, ema, xflip, quiet, start_over,
                                                 max_nonfinite_steps)
 
 // Options that may change between the starts of one run: its length, reporting and
-// stopping policy. Every other option must stay as the run began.
+// stopping policy, and how the data is held (the same pixels either way). Every other
+// option must stay as the run began.
 inline bool may_change_on_resume(const std::string& key) {
     for (const char* k : {"duration", "status", "snapshot", "checkpoint", "quiet", "outdir", "start_over",
-                          "max_nonfinite_steps"})
+                          "max_nonfinite_steps", "data_storage", "data_threads"})
         if (key == k) return true;
     return false;
 }

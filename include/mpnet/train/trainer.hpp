@@ -12,6 +12,8 @@
 // order of dist/tree_order.hpp, and every process takes the same Adam step. Rank 0 alone
 // holds the run directory, keeps the EMA and writes files; the others receive its state.
 #pragma once
+#include <unistd.h>
+
 #include <charconv>
 #include <chrono>
 #include <cmath>
@@ -111,7 +113,8 @@ public:
           ema_(run_.opt.ema, net_.arena().layout(), net_.flat_values()),
           loader_(ds, run_.opt.batch_gpu, rng::substream(run_.opt.seed, data_stream), run_.opt.xflip, 4,
                   data::Shard{comm.rank() * chunks_per_rank_, (comm.rank() + 1) * chunks_per_rank_,
-                              chunks_per_rank_ * comm.size()}) {
+                              chunks_per_rank_ * comm.size()},
+                  static_cast<int>(run_.opt.data_threads)) {
         if (comm_.is_root()) lock_.emplace(dir_);
     }
 
@@ -296,10 +299,11 @@ private:
         if (!comm_.is_root()) return;
         const double sec_per_kimg = images > 0 ? seconds / images * 1000 : 0;
         const double remaining = (run_.duration - nimg_) / 1000 * sec_per_kimg;
-        const double mem_mb = peak_memory_mb();
+        const double mem_mb = peak_memory_mb(), rss_mb = resident_mb();
         char line[256];
-        std::snprintf(line, sizeof line, "kimg %9.1f  time %9s  sec/kimg %8.2f  loss %8.4f  lr %.5f  mem %7.1f MB  eta %s",
-                      nimg_ / 1000, duration(total_.seconds()).c_str(), sec_per_kimg, loss, last_lr_, mem_mb,
+        std::snprintf(line, sizeof line,
+                      "kimg %9.1f  time %9s  sec/kimg %8.2f  loss %8.4f  lr %.5f  mem %7.1f MB  rss %7.1f MB  eta %s",
+                      nimg_ / 1000, duration(total_.seconds()).c_str(), sec_per_kimg, loss, last_lr_, mem_mb, rss_mb,
                       duration(remaining).c_str());
         std::string text = line;
         if (comm_.size() > 1) {
@@ -312,7 +316,7 @@ private:
         lrs_.push_back(last_lr_);
         nlohmann::json j{{"kimg", nimg_ / 1000}, {"step", step_},          {"time", total_.seconds()},
                          {"sec_per_kimg", sec_per_kimg}, {"loss", std::isfinite(loss) ? nlohmann::json(loss) : nlohmann::json()},
-                         {"lr", last_lr_},  {"peak_mem_mb", mem_mb}};
+                         {"lr", last_lr_},  {"peak_mem_mb", mem_mb}, {"rss_mb", rss_mb}};
         if (comm_.size() > 1) j["ranks"] = comm_.size(), j["gradient_sum_sec_per_step"] = sum_per_step;
         std::ofstream(dir_ / "stats.jsonl", std::ios::app) << j.dump() << "\n";
         write_loss_curve(dir_ / "loss.svg", kimg_, losses_, lrs_);
@@ -477,6 +481,13 @@ private:
         }
     }
 
+    // The process's resident memory now (0 where /proc is missing).
+    static double resident_mb() {
+        std::ifstream statm("/proc/self/statm");
+        double pages_total = 0, pages_resident = 0;
+        if (!(statm >> pages_total >> pages_resident)) return 0;
+        return pages_resident * double(::sysconf(_SC_PAGESIZE)) / 1048576.0;
+    }
     static double peak_memory_mb() {
         if constexpr (requires { B::peak_bytes(); }) return double(B::peak_bytes()) / 1048576.0;
         return 0;
