@@ -1,0 +1,223 @@
+// mpnet-dataset: makes training datasets as the reference implementation's dataset_tool.py
+// does (docs/datasets.md). `convert` turns a folder or zip of images into a zip or folder of
+// PNGs named 00000/img00000000.png with a dataset.json of labels: the same names, labels and
+// pixels as the reference tool gives (its crops, and Pillow's resampling).
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <optional>
+#include <regex>
+#include <string>
+#include <vector>
+
+#include "cli.hpp"
+#include "mpnet/data/dataset_tool.hpp"
+#include "mpnet/io/atomic_file.hpp"
+#include "mpnet/io/zip_writer.hpp"
+
+namespace fs = std::filesystem;
+using namespace mpnet;
+using cli::UsageError;
+
+namespace {
+
+struct Options {
+    std::string source, dest, transform;
+    std::optional<int64_t> max_images;
+    std::optional<int> width, height;
+    bool quiet = false;
+};
+
+const char* overview = R"(Usage: mpnet-dataset convert --source PATH --dest PATH [options]
+
+Makes training datasets as the reference implementation's dataset_tool.py does.
+
+Commands:
+  convert   a folder or zip of images -> a zip or folder of PNGs and dataset.json
+
+Run 'mpnet-dataset convert --help' for its options.
+)";
+
+cli::Parser make_parser(Options& o) {
+    cli::Parser p("mpnet-dataset convert --source PATH --dest PATH [options]",
+                  R"(Converts a folder or zip of images into a training dataset: PNG files named
+00000/img00000000.png, ... and a dataset.json with their labels, in a zip archive
+(stored, like the reference's) or a folder. Images are taken in the order of their
+sorted paths; labels come from the source's dataset.json or, for a folder without
+one, from its top-level folder names (ImageNet's class folders). Crops and resizes
+are the reference tool's, with Pillow's resampling, so the pixels are the same.)");
+    p.section("Options")
+        .value("--source", "PATH", "a folder (searched recursively) or a .zip of images",
+               [&](const std::string& v) { o.source = v; })
+        .value("--dest", "PATH", "the output: DIR (new or empty) or FILE.zip; written under a\ntemporary name and moved into place when complete",
+               [&](const std::string& v) { o.dest = v; })
+        .value("--max-images", "N", "convert at most N images",
+               [&](const std::string& v) { o.max_images = cli::parse_integer<int64_t>("--max-images", v, 1); })
+        .value("--transform", "MODE", "center-crop, center-crop-wide or center-crop-dhariwal (ImageNet as\nin the diffusion literature); needs --resolution",
+               [&](const std::string& v) {
+                   cli::as_usage_error([&] { (void)data::parse_transform(v); });
+                   o.transform = v;
+               })
+        .value("--resolution", "WxH", "output size, e.g. 512x512 (default: the images' own)",
+               [&](const std::string& v) {
+                   static const std::regex pattern(R"((\d+)[x,](\d+))");
+                   std::smatch m;
+                   if (!std::regex_match(v, m, pattern)) throw UsageError("--resolution: expected WxH, got '" + v + "'");
+                   o.width = cli::parse_integer<int>("--resolution", m[1].str(), 1, 1 << 15);
+                   o.height = cli::parse_integer<int>("--resolution", m[2].str(), 1, 1 << 15);
+               })
+        .flag("--quiet", "no progress line", [&] { o.quiet = true; });
+    p.epilog(R"(Exit status: 0 on success, 1 on bad input or a failed run, 2 on a command-line
+error.)");
+    return p;
+}
+
+Options parse_args(int argc, char** argv) {
+    if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
+        if (argc >= 2) throw cli::HelpRequested{overview};
+        throw UsageError("give a command: convert");
+    }
+    if (std::string(argv[1]) != "convert") throw UsageError("unknown command '" + std::string(argv[1]) + "' (convert)");
+    Options o;
+    cli::Parser parser = make_parser(o);
+    parser.parse(argc - 1, argv + 1);
+    if (o.source.empty()) throw UsageError("--source is required");
+    if (o.dest.empty()) throw UsageError("--dest is required");
+    cli::as_usage_error([&] {
+        check_transform(o.transform.empty() ? data::Transform::none : data::parse_transform(o.transform), o.width,
+                        o.height);
+    });
+    return o;
+}
+
+// Where the converted files go: a zip archive, or a folder built under a temporary name and
+// renamed into place at the end.
+class Output {
+public:
+    explicit Output(const fs::path& dest) : dest_(dest) {
+        std::error_code ec;
+        if (dest.extension() == ".zip") {
+            if (!dest.parent_path().empty()) fs::create_directories(dest.parent_path(), ec);
+            zip_.emplace(dest);
+            return;
+        }
+        check(!fs::exists(dest, ec) || (fs::is_directory(dest, ec) && fs::is_empty(dest, ec)), dest.string(),
+              ": --dest folder must be new or empty");
+        temp_ = io::detail::temp_path_for(dest.lexically_normal().string().ends_with('/')
+                                              ? dest.lexically_normal().parent_path()
+                                              : dest.lexically_normal());
+        fs::create_directories(temp_, ec);
+        check(!ec, temp_.string(), ": cannot create: ", ec.message());
+    }
+    Output(const Output&) = delete;
+    Output& operator=(const Output&) = delete;
+    ~Output() {
+        std::error_code ec;
+        if (!temp_.empty() && !finished_) fs::remove_all(temp_, ec);
+    }
+
+    void add(const std::string& name, std::span<const uint8_t> bytes) {
+        if (zip_) return zip_->add(name, bytes);
+        const fs::path path = temp_ / name;
+        fs::create_directories(path.parent_path());
+        std::ofstream out(path, std::ios::binary);
+        out.write(reinterpret_cast<const char*>(bytes.data()), std::streamsize(bytes.size()));
+        check(bool(out.flush()), path.string(), ": write failed (disk full?)");
+    }
+
+    void finish() {
+        if (zip_) return zip_->finish();
+        std::error_code ec;
+        if (fs::exists(dest_, ec)) fs::remove(dest_, ec);  // the empty folder checked at the start
+        fs::rename(temp_, dest_, ec);
+        check(!ec, dest_.string(), ": cannot move the finished folder into place: ", ec.message());
+        finished_ = true;
+    }
+
+private:
+    fs::path dest_, temp_;
+    std::optional<io::ZipWriter> zip_;
+    bool finished_ = false;
+};
+
+// Images done, rate and time left, on one terminal line (a line per 1000 images in a log).
+class Progress {
+public:
+    Progress(bool quiet, int64_t total) : quiet_(quiet), tty_(::isatty(STDERR_FILENO) != 0), total_(total) {}
+    void update(int64_t done) const {
+        if (quiet_ || (!tty_ && done % 1000 != 0 && done != total_)) return;
+        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+        const double rate = s > 0 ? double(done) / s : 0;
+        std::fprintf(stderr, "%simages %lld/%lld  %.1f images/s  eta %.0f s%s", tty_ ? "\r\033[K" : "",
+                     static_cast<long long>(done), static_cast<long long>(total_), rate,
+                     rate > 0 ? double(total_ - done) / rate : 0.0, tty_ && done != total_ ? "" : "\n");
+    }
+
+private:
+    bool quiet_, tty_;
+    int64_t total_;
+    std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
+};
+
+// dataset.json as Python's json.dumps writes it.
+std::string dataset_json(const std::vector<std::pair<std::string, int64_t>>& labels, bool labelled) {
+    if (!labelled) return R"({"labels": null})";
+    std::string out = R"({"labels": [)";
+    for (std::size_t i = 0; i < labels.size(); ++i)
+        out += std::string(i ? ", " : "") + "[" + nlohmann::json(labels[i].first).dump() + ", " +
+               std::to_string(labels[i].second) + "]";
+    return out + "]}";
+}
+
+void convert(const Options& o) {
+    std::error_code ec;
+    const bool is_folder = fs::is_directory(o.source, ec);
+    check(is_folder || fs::exists(o.source, ec), o.source, ": no such file or directory");
+    check(is_folder || fs::path(o.source).extension() == ".zip", o.source, ": only folders and .zip archives are supported");
+    const data::FileTree tree(o.source);
+    const data::SourceImages src = data::list_source(tree, is_folder);
+    const auto total = int64_t(std::min<std::size_t>(src.names.size(), std::size_t(o.max_images.value_or(INT64_MAX))));
+    const data::Transform transform = o.transform.empty() ? data::Transform::none : data::parse_transform(o.transform);
+
+    Output out(o.dest);
+    const Progress progress(o.quiet, total);
+    std::vector<std::pair<std::string, int64_t>> labels;
+    std::optional<std::pair<int, int>> shape;
+    std::string first;
+    for (int64_t i = 0; i < total; ++i) {
+        const std::string& name = src.names[std::size_t(i)];
+        const std::string where = tree.describe(name);
+        const auto img = data::transform_image(data::read_rgb(tree.read(name), where), transform, o.width, o.height);
+        progress.update(i + 1);
+        if (!img) continue;  // center-crop-wide: too small; its number stays unused, as in the reference
+        char digits[32];
+        std::snprintf(digits, sizeof digits, "%08lld", static_cast<long long>(i));
+        const std::string archive_name = std::string(digits).substr(0, 5) + "/img" + digits + ".png";
+        if (!shape) {
+            shape.emplace(img->width, img->height);
+            first = where;
+            check(img->width == img->height, where, ": images after scale and crop must be square, got ", img->width,
+                  "x", img->height, " (give --resolution, or a --transform)");
+            check((img->width & (img->width - 1)) == 0, where, ": image size ", img->width,
+                  " after scale and crop is not a power of two (give --resolution)");
+        }
+        check(*shape == std::pair(img->width, img->height), where, ": ", img->width, "x", img->height,
+              " after scale and crop, but ", first, " gave ", shape->first, "x", shape->second,
+              "; every image must have one size (give --resolution)");
+        const std::vector<std::byte> png = io::encode_png(*img);
+        out.add(archive_name, std::span(reinterpret_cast<const uint8_t*>(png.data()), png.size()));
+        labels.emplace_back(archive_name, src.labels ? (*src.labels)[std::size_t(i)] : -1);
+    }
+    check(shape.has_value(), o.source, ": center-crop-wide skipped every image (all smaller than --resolution)");
+    const std::string json = dataset_json(labels, src.labels.has_value());
+    out.add("dataset.json", std::span(reinterpret_cast<const uint8_t*>(json.data()), json.size()));
+    out.finish();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) { return cli::run_main("mpnet-dataset", argc, argv, parse_args, convert); }

@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""Golden data for mpnet-dataset from the reference implementation's dataset_tool.py.
+
+    /usr/bin/python3 scripts/dataset_tool_golden.py PATH/TO/NVlabs/edm2 tests/data/dataset_tool.safetensors
+
+Runs the reference `convert` (NVlabs/edm2 dataset_tool.py, unmodified) on a small source of
+PNG images of every kind Pillow opens (RGB, gray, gray+alpha, RGBA, palette; odd sizes,
+portrait and landscape, class folders) with each --transform, and Pillow's Image.resize with
+each filter the tool uses on one image, and stores the sources, the arguments and every
+output (names, dataset.json, pixels) in one safetensors file for tests/test_dataset_tool.cpp.
+
+Needs Pillow, NumPy and click (Debian: python3-pil python3-numpy python3-click python3-tqdm).
+torch is not needed: `convert` never touches the VAE, so the modules dataset_tool.py imports
+for `encode` are stubbed.
+"""
+import io
+import json
+import os
+import struct
+import sys
+import tempfile
+import types
+import zipfile
+
+import numpy as np
+import PIL.Image
+
+
+def import_dataset_tool(repo):
+    sys.modules.setdefault('torch', types.ModuleType('torch'))
+    encoders = types.ModuleType('training.encoders')
+    encoders.StabilityVAEEncoder = None
+    training = types.ModuleType('training')
+    training.encoders = encoders
+    sys.modules['training'] = training
+    sys.modules['training.encoders'] = encoders
+    sys.path.insert(0, repo)
+    import dataset_tool
+    return dataset_tool
+
+
+def make_sources(root):
+    """The source folder: {relative path: PNG bytes}, written under root."""
+    rng = np.random.RandomState(2024)
+    images = {
+        'cat/a_rgb_portrait.png': PIL.Image.fromarray(rng.randint(0, 256, (53, 37, 3), dtype=np.uint8), 'RGB'),
+        'cat/b_gray.png': PIL.Image.fromarray(rng.randint(0, 256, (64, 64), dtype=np.uint8), 'L'),
+        'dog/c_rgba.png': PIL.Image.fromarray(rng.randint(0, 256, (60, 45, 4), dtype=np.uint8), 'RGBA'),
+        'dog/d_palette.png': PIL.Image.fromarray(rng.randint(0, 256, (50, 70, 3), dtype=np.uint8), 'RGB').convert(
+            'P', palette=PIL.Image.Palette.ADAPTIVE, colors=37),
+        'dog/e_large.png': PIL.Image.fromarray(rng.randint(0, 256, (130, 161, 3), dtype=np.uint8), 'RGB'),
+        'fish/f_small.png': PIL.Image.fromarray(rng.randint(0, 256, (16, 16, 3), dtype=np.uint8), 'RGB'),
+        'fish/g_gray_alpha.png': PIL.Image.fromarray(rng.randint(0, 256, (40, 33, 2), dtype=np.uint8), 'LA'),
+    }
+    # Smooth content too: noise alone would hide an error in the filter's shape.
+    yy, xx = np.mgrid[0:97, 0:130]
+    smooth = np.stack([128 + 127 * np.sin(xx / 9.0), 128 + 127 * np.cos(yy / 7.0), (xx + yy) % 256], -1)
+    images['fish/h_smooth.png'] = PIL.Image.fromarray(smooth.astype(np.uint8), 'RGB')
+    files = {}
+    for rel, img in images.items():
+        buf = io.BytesIO()
+        img.save(buf, format='png')
+        files[rel] = buf.getvalue()
+        os.makedirs(os.path.dirname(os.path.join(root, rel)), exist_ok=True)
+        with open(os.path.join(root, rel), 'wb') as f:
+            f.write(files[rel])
+    return files
+
+
+def read_dest(path):
+    """Names, dataset.json text and pixels [N, H, W, 3] of a converted zip."""
+    with zipfile.ZipFile(path) as z:
+        names = sorted(n for n in z.namelist() if n.endswith('.png'))
+        meta = z.read('dataset.json').decode()
+        pixels = np.stack([np.array(PIL.Image.open(io.BytesIO(z.read(n)))) for n in names])
+    return names, meta, pixels
+
+
+def write_safetensors(path, tensors, metadata):
+    header, blobs, offset = {}, [], 0
+    for name, array in tensors.items():
+        data = np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+        header[name] = {'dtype': 'U8', 'shape': list(array.shape), 'data_offsets': [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    header['__metadata__'] = metadata
+    text = json.dumps(header).encode()
+    text += b' ' * (-len(text) % 8)
+    with open(path, 'wb') as f:
+        f.write(struct.pack('<Q', len(text)) + text + b''.join(blobs))
+
+
+def main(repo, out):
+    tool = import_dataset_tool(repo)
+    tensors, metadata, runs = {}, {}, []
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, 'source')
+        files = make_sources(src)
+        for rel, data in files.items():
+            tensors['source/' + rel] = np.frombuffer(data, dtype=np.uint8)
+
+        # The same images in a zip with a dataset.json of their own labels.
+        zip_labels = {'labels': [[rel, i % 3] for i, rel in enumerate(sorted(files))]}
+        zip_src = os.path.join(tmp, 'source.zip')
+        with zipfile.ZipFile(zip_src, 'w') as z:
+            for rel, data in files.items():
+                z.writestr(rel, data)
+            z.writestr('dataset.json', json.dumps(zip_labels))
+        metadata['zip_dataset_json'] = json.dumps(zip_labels)
+
+        cases = [
+            ('folder', None, (32, 32), None),
+            ('folder', 'center-crop', (32, 32), None),
+            ('folder', 'center-crop-wide', (32, 16), None),
+            ('folder', 'center-crop-dhariwal', (32, 32), None),
+            ('folder', 'center-crop-dhariwal', (64, 64), None),
+            ('zip', 'center-crop', (16, 16), 5),
+        ]
+        for k, (source, transform, resolution, max_images) in enumerate(cases):
+            dest = os.path.join(tmp, f'out{k}.zip')
+            tool.convert.callback(source=src if source == 'folder' else zip_src, dest=dest, max_images=max_images,
+                                  transform=transform, resolution=resolution)
+            names, meta, pixels = read_dest(dest)
+            tensors[f'run{k}'] = pixels
+            runs.append({'source': source, 'transform': transform or '', 'resolution': list(resolution),
+                         'max_images': max_images or 0, 'names': names, 'dataset_json': meta})
+
+    # Image.resize alone, every filter the tool uses, down and up, on the smooth image.
+    base = np.array(PIL.Image.open(io.BytesIO(files['fish/h_smooth.png'])))
+    tensors['resize/input'] = base
+    resizes = []
+    for filt, name in [(PIL.Image.Resampling.LANCZOS, 'lanczos'), (PIL.Image.Resampling.BICUBIC, 'bicubic'),
+                       (PIL.Image.Resampling.BOX, 'box')]:
+        for size in [(64, 48), (13, 29), (130, 40), (150, 110), (65, 48)]:
+            key = f'resize/{name}/{size[0]}x{size[1]}'
+            tensors[key] = np.array(PIL.Image.fromarray(base).resize(size, filt))
+            resizes.append(key)
+    metadata['runs'] = json.dumps(runs)
+    metadata['resizes'] = json.dumps(resizes)
+    metadata['pillow'] = PIL.__version__
+    write_safetensors(out, tensors, metadata)
+    print(f'wrote {out}: {len(runs)} conversions, {len(resizes)} resizes (Pillow {PIL.__version__})')
+
+
+if __name__ == '__main__':
+    if len(sys.argv) != 3:
+        sys.exit(__doc__)
+    main(sys.argv[1], sys.argv[2])
