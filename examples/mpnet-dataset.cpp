@@ -208,7 +208,7 @@ void convert(const Options& o) {
         check(*shape == std::pair(img->width, img->height), where, ": ", img->width, "x", img->height,
               " after scale and crop, but ", first, " gave ", shape->first, "x", shape->second,
               "; every image must have one size (give --resolution)");
-        const std::vector<std::byte> png = io::encode_png(*img);
+        const std::vector<std::byte> png = io::encode_png_uncompressed(*img);  // as the reference stores them
         out.add(archive_name, std::span(reinterpret_cast<const uint8_t*>(png.data()), png.size()));
         labels.emplace_back(archive_name, src.labels ? (*src.labels)[std::size_t(i)] : -1);
     }

@@ -4,8 +4,9 @@
     /usr/bin/python3 scripts/dataset_tool_golden.py PATH/TO/NVlabs/edm2 tests/data/dataset_tool.safetensors
 
 Runs the reference `convert` (NVlabs/edm2 dataset_tool.py, unmodified) on a small source of
-PNG images of every kind Pillow opens (RGB, gray, gray+alpha, RGBA, palette; odd sizes,
-portrait and landscape, class folders) with each --transform, and Pillow's Image.resize with
+PNG images of every kind Pillow opens (RGB, gray, gray+alpha, RGBA, palette) and JPEG images
+(4:2:0 colour, gray, CMYK, progressive), odd sizes, portrait and landscape, in class folders,
+with each --transform, and Pillow's Image.resize with
 each filter the tool uses on one image, and stores the sources, the arguments and every
 output (names, dataset.json, pixels) in one safetensors file for tests/test_dataset_tool.cpp.
 
@@ -56,7 +57,22 @@ def make_sources(root):
     yy, xx = np.mgrid[0:97, 0:130]
     smooth = np.stack([128 + 127 * np.sin(xx / 9.0), 128 + 127 * np.cos(yy / 7.0), (xx + yy) % 256], -1)
     images['fish/h_smooth.png'] = PIL.Image.fromarray(smooth.astype(np.uint8), 'RGB')
+    # JPEG, as ImageNet is: 4:2:0 colour, gray, CMYK (Adobe), progressive; odd sizes.
+    photo = np.clip(smooth[:51, :75] + rng.randint(-20, 21, (51, 75, 3)), 0, 255).astype(np.uint8)
+    jpegs = {
+        'fish/i_photo.jpg': (PIL.Image.fromarray(photo, 'RGB'), {'quality': 90}),
+        'cat/j_gray.jpg': (PIL.Image.fromarray(photo[:41, :40, 0], 'L'), {'quality': 85}),
+        'dog/k_cmyk.jpg': (PIL.Image.fromarray(photo[:50, :30], 'RGB').convert('CMYK'), {'quality': 95}),
+        'dog/l_progressive.jpeg': (PIL.Image.fromarray(photo[:48, :64], 'RGB'), {'quality': 80, 'progressive': True}),
+    }
     files = {}
+    for rel, (img, options) in jpegs.items():
+        buf = io.BytesIO()
+        img.save(buf, format='jpeg', **options)
+        files[rel] = buf.getvalue()
+        os.makedirs(os.path.dirname(os.path.join(root, rel)), exist_ok=True)
+        with open(os.path.join(root, rel), 'wb') as f:
+            f.write(files[rel])
     for rel, img in images.items():
         buf = io.BytesIO()
         img.save(buf, format='png')

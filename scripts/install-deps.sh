@@ -4,7 +4,7 @@
 set -euo pipefail
 
 packages=(cmake ninja-build g++ pkg-config libeigen3-dev nlohmann-json3-dev doctest-dev
-          libbenchmark-dev libstb-dev libzip-dev zlib1g-dev dataset-fashion-mnist
+          libbenchmark-dev libstb-dev libzip-dev zlib1g-dev libjpeg-dev dataset-fashion-mnist
           libopenmpi-dev openmpi-bin)
 missing=()
 for p in "${packages[@]}"; do

@@ -1,6 +1,6 @@
 // mpnet-dataset against the reference dataset_tool.py (tests/data/dataset_tool.safetensors,
 // made by scripts/dataset_tool_golden.py): Pillow's resize for each filter the tool uses, and
-// whole conversions of a source of every kind of PNG with each --transform, which must give
+// whole conversions of a source of every kind of PNG and JPEG with each --transform, which must give
 // the reference's file names, dataset.json and pixels exactly (uint8: no tolerance). Also the
 // stored-zip writer (ZIP64 beyond 65 535 members) read back by libzip, and bad input.
 #include <sys/wait.h>
@@ -195,9 +195,14 @@ TEST_CASE("dataset tool: bad sources, destinations and options are named, and no
     CHECK(!fs::exists(root / "c"));
     write_file(root / "source" / "cat" / "b_gray.png", golden().read<uint8_t>("source/cat/b_gray.png"));
     // Unsupported formats are refused rather than left out (the reference would read them).
-    write_file(root / "source" / "cat" / "z.jpg", std::vector<uint8_t>{0xFF, 0xD8, 0xFF});
-    expect("convert" + src + " --dest " + (root / "d.zip").string() + " --resolution 32x32", "z.jpg", 1);
-    fs::remove(root / "source" / "cat" / "z.jpg");
+    write_file(root / "source" / "cat" / "z.gif", std::vector<uint8_t>{'G', 'I', 'F', '8', '9', 'a'});
+    expect("convert" + src + " --dest " + (root / "d.zip").string() + " --resolution 32x32", "z.gif: not a PNG or JPEG", 1);
+    fs::remove(root / "source" / "cat" / "z.gif");
+    // A truncated JPEG is refused, as Pillow refuses it.
+    const auto jpeg = golden().read<uint8_t>("source/fish/i_photo.jpg");
+    write_file(root / "source" / "fish" / "i_photo.jpg", std::vector<uint8_t>(jpeg.begin(), jpeg.begin() + std::ptrdiff_t(jpeg.size() / 2)));
+    expect("convert" + src + " --dest " + (root / "e.zip").string() + " --resolution 32x32", "i_photo.jpg: corrupt JPEG (truncated", 1);
+    write_file(root / "source" / "fish" / "i_photo.jpg", jpeg);
     // A folder destination must be new or empty.
     fs::create_directories(root / "full");
     write_file(root / "full" / "x", std::vector<uint8_t>{1});

@@ -18,6 +18,7 @@
 
 #include "mpnet/core/error.hpp"
 #include "mpnet/data/file_tree.hpp"
+#include "mpnet/data/jpeg_image.hpp"
 #include "mpnet/data/png_image.hpp"
 #include "mpnet/io/png.hpp"
 #include "mpnet/io/resample.hpp"
@@ -125,11 +126,14 @@ inline SourceImages list_source(const FileTree& tree, bool is_folder) {
     return s;
 }
 
-// A PNG file as RGB, as Pillow's Image.open(f).convert('RGB') gives it: gray replicated,
-// alpha dropped, palettes expanded, 16-bit colour reduced to its high byte.
+// An image file as RGB, as Pillow's Image.open(f).convert('RGB') gives it: PNG (gray
+// replicated, alpha dropped, palettes expanded, 16-bit colour reduced to its high byte) or
+// JPEG (jpeg_image.hpp), told apart by their contents as Pillow does, not by the file name.
 inline io::Image read_rgb(const std::vector<uint8_t>& bytes, const std::string& where) {
-    const std::string ext = detail::lower_extension(where);
-    check(ext == ".png", where, ": ", ext, " images are not supported (mpnet-dataset reads PNG)");
+    if (bytes.size() >= 3 && bytes[0] == 0xFF && bytes[1] == 0xD8 && bytes[2] == 0xFF) return read_jpeg_rgb(bytes, where);
+    static constexpr uint8_t png_signature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
+    check(bytes.size() >= 8 && std::equal(png_signature, png_signature + 8, bytes.begin()), where,
+          ": not a PNG or JPEG file (mpnet-dataset reads those two formats)");
     const ImageInfo info = png_info(bytes, where);
     // Pillow opens 16-bit grayscale as 32-bit integers and clips them to 255 on conversion:
     // neither scaled nor the high byte. Refused instead of converted differently.

@@ -1,6 +1,7 @@
 // 8-bit images: conversion from network output, and PNG encoding with stb_image_write
 // (link libstb, or compile stb_image_write's implementation into one translation unit).
 #pragma once
+#include <zlib.h>
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -78,6 +79,51 @@ inline std::vector<std::byte> encode_png(const Image& img) {
     check(ok != 0 && !bytes.empty(), "encode_png: stb_image_write failed on a ", img.width, "x", img.height,
           " image");
     return bytes;
+}
+
+// The PNG file's bytes with the pixel data stored, not compressed (zlib level 0, no row
+// filters), as the reference dataset tool writes its datasets: decoding then costs a copy.
+inline std::vector<std::byte> encode_png_uncompressed(const Image& img) {
+    check(img.channels >= 1 && img.channels <= 4 && img.width > 0 && img.height > 0 &&
+              img.pixels.size() == std::size_t(img.width) * std::size_t(img.height) * std::size_t(img.channels),
+          "encode_png_uncompressed: pixel buffer does not match ", img.width, "x", img.height, "x", img.channels);
+    const std::size_t row = std::size_t(img.width) * std::size_t(img.channels);
+    std::vector<Bytef> raw((row + 1) * std::size_t(img.height));
+    for (std::size_t y = 0; y < std::size_t(img.height); ++y) {
+        raw[y * (row + 1)] = 0;  // filter: none
+        std::copy_n(img.pixels.data() + y * row, row, raw.data() + y * (row + 1) + 1);
+    }
+    uLongf packed_size = compressBound(uLong(raw.size()));
+    std::vector<Bytef> packed(packed_size);
+    check(compress2(packed.data(), &packed_size, raw.data(), uLong(raw.size()), 0) == Z_OK,
+          "encode_png_uncompressed: zlib failed");
+    std::vector<std::byte> out;
+    auto put = [&](const auto* p, std::size_t n) {
+        const auto* b = reinterpret_cast<const std::byte*>(p);
+        out.insert(out.end(), b, b + n);
+    };
+    auto put32 = [&](uint32_t v) {
+        const uint8_t be[4] = {uint8_t(v >> 24), uint8_t(v >> 16), uint8_t(v >> 8), uint8_t(v)};
+        put(be, 4);
+    };
+    auto chunk = [&](const char* type, const Bytef* data, std::size_t n) {
+        put32(uint32_t(n));
+        const std::size_t at = out.size();
+        put(type, 4);
+        if (n) put(data, n);
+        put32(uint32_t(crc32(0L, reinterpret_cast<const Bytef*>(out.data() + at), uInt(n + 4))));
+    };
+    static constexpr uint8_t signature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
+    put(signature, 8);
+    static constexpr uint8_t color_type[5] = {0, 0, 4, 2, 6};  // gray, gray+alpha, RGB, RGBA
+    const uint8_t header[13] = {uint8_t(img.width >> 24), uint8_t(img.width >> 16), uint8_t(img.width >> 8),
+                                uint8_t(img.width),       uint8_t(img.height >> 24), uint8_t(img.height >> 16),
+                                uint8_t(img.height >> 8), uint8_t(img.height),       8,
+                                color_type[img.channels], 0, 0, 0};
+    chunk("IHDR", header, 13);
+    chunk("IDAT", packed.data(), packed_size);
+    chunk("IEND", nullptr, 0);
+    return out;
 }
 
 // Encodes in memory, then replaces `path` atomically: a failed run leaves no partial file.
