@@ -144,8 +144,11 @@ public:
                 loss_sum += loss, ++loss_count;
             } else {
                 ++nonfinite_;
-                check(nonfinite_ < o.max_nonfinite_steps, "training diverged: the loss was not finite for ",
-                      nonfinite_, " consecutive steps (last checkpoint kept; try a lower --lr)");
+                // Every rank sees the same (gathered) loss, so every rank stops here at once.
+                if (nonfinite_ >= o.max_nonfinite_steps)
+                    throw dist::AllRanksError("training diverged: the loss was not finite for " +
+                                              std::to_string(nonfinite_) +
+                                              " consecutive steps (last checkpoint kept; try a lower --lr)");
             }
             const bool done = nimg_ >= run_.duration;
             if (crossed(o.status) || done) {
@@ -162,8 +165,9 @@ public:
             if (snapshot) write_snapshots();
             if (checkpoint) write_checkpoint();
         }
-        check(nonfinite_ == 0, "training ended with a non-finite loss: no final snapshot or checkpoint was written "
-              "(the last checkpoint is kept; try a lower --lr)");
+        if (nonfinite_ != 0)
+            throw dist::AllRanksError("training ended with a non-finite loss: no final snapshot or checkpoint was "
+                                      "written (the last checkpoint is kept; try a lower --lr)");
     }
 
     [[nodiscard]] nn::Precond<T, B>& network() { return net_; }

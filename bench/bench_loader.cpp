@@ -1,0 +1,68 @@
+// The loader's throughput (docs/datasets.md): batches of 64 from a zip of uncompressed PNGs,
+// as mpnet-dataset writes them, held in memory or streamed with 1 or 2 decode threads. The
+// figure to compare is the training step's images per second: the loader works ahead on its
+// own thread, so it only slows training when it is slower than the step.
+#include <benchmark/benchmark.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <string>
+
+#include "mpnet/data/load_dataset.hpp"
+#include "mpnet/data/loader.hpp"
+#include "mpnet/io/png.hpp"
+#include "mpnet/io/zip_writer.hpp"
+
+using namespace mpnet;
+namespace fs = std::filesystem;
+
+namespace {
+
+// A zip of `count` RGB images of side x side (smooth content, stored PNG), made once per size.
+struct Made {
+    std::map<int, fs::path> paths;
+    ~Made() {
+        for (const auto& [side, path] : paths) fs::remove(path);
+    }
+};
+
+fs::path dataset_zip(int side, int count) {
+    static Made made_files;
+    auto& made = made_files.paths;
+    if (made.contains(side)) return made[side];
+    const fs::path path = fs::temp_directory_path() / ("mpnet-bench-loader-" + std::to_string(::getpid()) + "-" +
+                                                       std::to_string(side) + ".zip");
+    io::ZipWriter z(path);
+    for (int i = 0; i < count; ++i) {
+        io::Image img(side, side, 3);
+        for (int y = 0; y < side; ++y)
+            for (int x = 0; x < side; ++x)
+                for (int c = 0; c < 3; ++c) img.at(x, y, c) = uint8_t((x * (c + 1) + y * 3 + i * 7) & 255);
+        const auto png = io::encode_png_uncompressed(img);
+        char name[32];
+        std::snprintf(name, sizeof name, "%05d/img%08d.png", i / 1000, i);
+        z.add(name, std::span(reinterpret_cast<const uint8_t*>(png.data()), png.size()));
+    }
+    z.finish();
+    return made[side] = path;
+}
+
+void BM_Loader(benchmark::State& state) {
+    const int side = int(state.range(0)), threads = int(state.range(1));
+    const bool stream = threads > 0;
+    const auto ds = data::load_dataset(dataset_zip(side, side >= 256 ? 256 : 2048).string(),
+                                       stream ? data::Storage::stream : data::Storage::memory);
+    data::Loader loader(ds, 64, 1, true, 4, {}, std::max(threads, 1));
+    for (auto _ : state) benchmark::DoNotOptimize(loader.next().images.data());
+    state.SetItemsProcessed(int64_t(state.iterations()) * 64);
+    state.SetLabel(stream ? "streamed, " + std::to_string(threads) + " decode thread(s)" : "in memory");
+}
+
+}  // namespace
+
+// {side, decode threads (0: in memory)}
+BENCHMARK(BM_Loader)->Args({64, 0})->Args({64, 1})->Args({64, 2})->Args({512, 0})->Args({512, 1})->Args({512, 2})
+    ->Unit(benchmark::kMillisecond)->UseRealTime();
