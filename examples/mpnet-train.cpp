@@ -235,11 +235,13 @@ void train_here(const Options& opts, dist::Communicator& comm) {
     auto resolved = train::resolve(o, ds, comm.size());
     check_same_run(comm, resolved, ds);
     const auto cost = nn::network_cost(resolved.net);
+    const std::size_t sample_bytes = ds.latent ? ds.latent_floats() * sizeof(float) : ds.image_bytes();
     log("dataset " + ds.source + ": " + std::to_string(ds.size) + " images " + std::to_string(ds.channels) + "x" +
         std::to_string(ds.resolution) + "x" + std::to_string(ds.resolution) + ", " + std::to_string(ds.num_classes) +
-        " classes, " + (ds.streamed() ? "streamed (" + std::to_string(std::lround(double(ds.size) * double(ds.image_bytes()) / 1048576.0)) +
-                                            " MB decoded, never held whole)"
-                                      : "in memory (" + std::to_string(std::lround(double(ds.pixels.size()) / 1048576.0)) + " MB)"));
+        " classes, " + (ds.latent ? "VAE latents, " : "") +
+        (ds.streamed() ? "streamed (" + std::to_string(std::lround(double(ds.size) * double(sample_bytes) / 1048576.0)) +
+                             " MB decoded, never held whole)"
+                       : "in memory (" + std::to_string(std::lround(double(ds.size) * double(sample_bytes) / 1048576.0)) + " MB)"));
     log("network " + o.preset + ": " + std::to_string(cost.params) + " parameters, " +
         std::to_string(cost.macs * 2 / 1e9) + " GFLOP per image forward");
     if (comm.size() > 1) {

@@ -95,8 +95,9 @@ def read_dest(path):
 def write_safetensors(path, tensors, metadata):
     header, blobs, offset = {}, [], 0
     for name, array in tensors.items():
-        data = np.ascontiguousarray(array, dtype=np.uint8).tobytes()
-        header[name] = {'dtype': 'U8', 'shape': list(array.shape), 'data_offsets': [offset, offset + len(data)]}
+        dtype = {np.dtype(np.uint8): 'U8', np.dtype(np.float32): 'F32'}[array.dtype]
+        data = np.ascontiguousarray(array).tobytes()
+        header[name] = {'dtype': dtype, 'shape': list(array.shape), 'data_offsets': [offset, offset + len(data)]}
         blobs.append(data)
         offset += len(data)
     header['__metadata__'] = metadata
@@ -151,6 +152,19 @@ def main(repo, out):
             key = f'resize/{name}/{size[0]}x{size[1]}'
             tensors[key] = np.array(PIL.Image.fromarray(base).resize(size, filt))
             resizes.append(key)
+    # .npy files as np.save writes them (the reference's `encode` stores latents this way):
+    # a [8, 4, 4] float32 latent, float16 and float64 arrays, and NumPy's format 2.0 header.
+    rng = np.random.RandomState(7)
+    npys = {'latent_f4': rng.randn(8, 4, 4).astype(np.float32), 'half_f2': rng.randn(2, 3).astype(np.float16),
+            'double_f8': rng.randn(3).astype(np.float64), 'scalar_f4': np.float32(1.5).reshape(())}
+    for name, array in npys.items():
+        buf = io.BytesIO()
+        np.save(buf, array)
+        tensors[f'npy/{name}'] = np.frombuffer(buf.getvalue(), dtype=np.uint8)
+        tensors[f'npy/{name}.values'] = array.astype(np.float32).reshape(-1)
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, npys['latent_f4'], version=(2, 0))
+    tensors['npy/latent_f4_v2'] = np.frombuffer(buf.getvalue(), dtype=np.uint8)
     metadata['runs'] = json.dumps(runs)
     metadata['resizes'] = json.dumps(resizes)
     metadata['pillow'] = PIL.__version__

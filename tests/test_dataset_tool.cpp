@@ -17,6 +17,7 @@
 
 #include "mpnet/data/dataset_tool.hpp"
 #include "mpnet/data/file_tree.hpp"
+#include "mpnet/data/npy.hpp"
 #include "mpnet/data/png_image.hpp"
 #include "mpnet/io/resample.hpp"
 #include "mpnet/io/safetensors.hpp"
@@ -241,4 +242,44 @@ TEST_CASE("dataset tool: the zip writer's archives, ZIP64 beyond 65 535 members 
     }
     CHECK(!fs::exists(root / "never.zip"));
     for (const auto& e : fs::directory_iterator(root)) CHECK(e.path().filename().string().find(".tmp.") == std::string::npos);
+}
+
+TEST_CASE("npy: NumPy's own files read back (float32, float16, float64, a 0-d array, format 2.0), bad ones named") {
+    for (const char* name : {"latent_f4", "half_f2", "double_f8", "scalar_f4"}) {
+        CAPTURE(name);
+        const auto bytes = golden().read<uint8_t>(std::string("npy/") + name);
+        const data::NpyArray a = data::parse_npy(bytes, name);
+        const auto want = golden().read<float>(std::string("npy/") + name + ".values");
+        CHECK(a.values == want);
+    }
+    const auto latent = golden().read<uint8_t>("npy/latent_f4");
+    CHECK(data::parse_npy(latent, "x").shape == std::vector<int64_t>{8, 4, 4});
+    CHECK(data::parse_npy(golden().read<uint8_t>("npy/latent_f4_v2"), "v2").values == data::parse_npy(latent, "x").values);
+    CHECK(data::parse_npy(golden().read<uint8_t>("npy/scalar_f4"), "s").shape.empty());
+
+    auto expect = [](std::vector<uint8_t> bytes, const std::string& part) {
+        CAPTURE(part);
+        try {
+            (void)data::parse_npy(bytes, "f.npy");
+            FAIL("no error");
+        } catch (const Error& e) {
+            CHECK(std::string(e.what()).find("f.npy") != std::string::npos);
+            CHECK(std::string(e.what()).find(part) != std::string::npos);
+        }
+    };
+    expect({'x', 'y'}, "not a .npy file");
+    expect(std::vector<uint8_t>(latent.begin(), latent.end() - 4), "truncated or padded");
+    expect(std::vector<uint8_t>(latent.begin(), latent.begin() + 12), "truncated .npy header");
+    auto big_endian = latent;
+    const std::string header(latent.begin(), latent.begin() + 128);
+    big_endian[header.find("<f4") + 0] = '>';
+    expect(big_endian, "not little-endian");
+    auto integers = latent;
+    integers[header.find("<f4") + 1] = 'i';
+    expect(integers, "float16, float32 or float64");
+    auto fortran = latent;
+    const auto at = header.find("False");
+    fortran.erase(fortran.begin() + std::ptrdiff_t(at), fortran.begin() + std::ptrdiff_t(at) + 5);
+    fortran.insert(fortran.begin() + std::ptrdiff_t(at), {'T', 'r', 'u', 'e', ' '});
+    expect(fortran, "Fortran-ordered");
 }

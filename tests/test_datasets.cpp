@@ -8,11 +8,13 @@
 #include <zlib.h>
 
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <map>
 #include <numeric>
@@ -29,6 +31,7 @@
 #include "mpnet/data/gzip_file.hpp"
 #include "mpnet/data/idx.hpp"
 #include "mpnet/data/image_folder.hpp"
+#include "mpnet/data/latents.hpp"
 #include "mpnet/data/load_dataset.hpp"
 #include "mpnet/data/loader.hpp"
 #include "mpnet/data/order.hpp"
@@ -152,7 +155,7 @@ void check_error(F&& f, std::initializer_list<std::string> parts) {
 // A labelled dataset of `n` gray side x side images, pixel (i, y, x) = pattern(i, 0, y, x).
 data::Dataset synthetic(int64_t n, int64_t side, int64_t classes) {
     data::Dataset ds{.source = "synthetic", .size = n, .channels = 1, .resolution = side,
-                     .num_classes = classes, .pixels = {}, .labels = {}, .reader = {}};
+                     .num_classes = classes, .pixels = {}, .labels = {}, .reader = {}, .latent = false, .latent_values = {}};
     for (int64_t i = 0; i < n; ++i) {
         for (int64_t y = 0; y < side; ++y)
             for (int64_t x = 0; x < side; ++x)
@@ -772,4 +775,119 @@ TEST_CASE("streamed datasets: 200 000 images in a zip train in the memory of 2 0
     CHECK(rss[1] - rss[0] < 100);
 #endif
     CHECK(after_220 - after_20 < 16);  // no growth with the images seen
+}
+
+// ---- latent datasets ----------------------------------------------------------------
+
+namespace {
+
+// A float32 array as np.save writes it (format 1.0, header padded to 64 bytes).
+Bytes npy_bytes(const std::vector<int64_t>& shape, const std::vector<float>& values) {
+    std::string dims;
+    for (const int64_t d : shape) dims += std::to_string(d) + ", ";
+    if (shape.size() > 1) dims.resize(dims.size() - 1);  // "(8, 8, 8)"; one dimension keeps its comma
+    std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (" + dims + "), }";
+    header.resize(((10 + header.size() + 1 + 63) / 64) * 64 - 10 - 1, ' ');
+    header += '\n';
+    Bytes out = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, uint8_t(header.size()), uint8_t(header.size() >> 8)};
+    out.insert(out.end(), header.begin(), header.end());
+    const auto* p = reinterpret_cast<const uint8_t*>(values.data());
+    out.insert(out.end(), p, p + values.size() * sizeof(float));
+    return out;
+}
+
+// n latents [8, R, R] named as the reference's encode names them, mean(i, c, y, x) and std given.
+std::map<std::string, Bytes> latent_members(int n, int res, const std::function<float(int, int, int)>& mean,
+                                            const std::function<float(int, int, int)>& stdev) {
+    std::map<std::string, Bytes> members;
+    nlohmann::json labels = nlohmann::json::array();
+    for (int i = 0; i < n; ++i) {
+        std::vector<float> v;
+        for (int c = 0; c < 8; ++c)
+            for (int p = 0; p < res * res; ++p) v.push_back(c < 4 ? mean(i, c, p) : stdev(i, c - 4, p));
+        char name[64];
+        std::snprintf(name, sizeof name, "00000/img-mean-std-%08d.npy", i);
+        members[name] = npy_bytes({8, res, res}, v);
+        labels.push_back({name, i % 2});
+    }
+    const std::string json = nlohmann::json{{"labels", labels}}.dump();
+    members["dataset.json"] = Bytes(json.begin(), json.end());
+    return members;
+}
+
+}  // namespace
+
+TEST_CASE("latent datasets: .npy posteriors drawn as mean + noise * std and normalised, in memory and streamed") {
+    TempDir tmp;
+    const auto norm = data::stability_vae_normalization();
+    // The reference's constants: scale = 0.5 / raw_std, bias = -raw_mean * scale (float32).
+    CHECK(norm.scale[0] == 0.5f / 4.17f);
+    CHECK(norm.bias[3] == 0.0f - -2.15f * (0.5f / 3.28f));
+    SUBCASE("std 0: the batch is the normalised mean, pixel for pixel, flipped where the order says") {
+        auto mean = [](int i, int c, int p) { return float(i * 100 + c * 10) + float(p) * 0.25f; };
+        write_zip(tmp.path / "l.zip", latent_members(6, 8, mean, [](int, int, int) { return 0.0f; }));
+        const data::Dataset ds = data::load_dataset((tmp.path / "l.zip").string());
+        REQUIRE(ds.latent);
+        CHECK(ds.channels == 4);
+        CHECK(ds.resolution == 8);
+        CHECK(ds.num_classes == 2);
+        data::Loader loader(ds, 3, 5, true);
+        data::DataOrder order(6, 5);
+        for (int batch = 0; batch < 4; ++batch) {
+            const auto b = loader.next();
+            for (int k = 0; k < 3; ++k) {
+                const uint64_t position = uint64_t(batch * 3 + k);
+                const int i = int(order.index_at(position));
+                const bool flip = order.flip(position);
+                bool all = true;
+                for (int c = 0; c < 4; ++c)
+                    for (int y = 0; y < 8; ++y)
+                        for (int x = 0; x < 8; ++x) {
+                            const float m = mean(i, c, y * 8 + (flip ? 7 - x : x));
+                            all &= b.images[std::size_t(((k * 4 + c) * 8 + y) * 8 + x)] ==
+                                   data::final_latent(m, 0.0f, 0.0f, norm.scale[std::size_t(c)], norm.bias[std::size_t(c)]);
+                        }
+                CHECK(all);
+            }
+        }
+    }
+    SUBCASE("mean 0, std 1: the normalised noise has the normalisation's mean and spread; streamed is the same") {
+        write_zip(tmp.path / "n.zip", latent_members(16, 16, [](int, int, int) { return 0.0f; }, [](int, int, int) { return 1.0f; }));
+        const data::Dataset ds = data::load_dataset((tmp.path / "n.zip").string());
+        const data::Dataset streamed = data::load_dataset((tmp.path / "n.zip").string(), data::Storage::stream);
+        CHECK(!ds.streamed());
+        CHECK(streamed.streamed());
+        data::Loader a(ds, 16, 1, false), b(streamed, 16, 1, false, 2, {}, 2);
+        const auto batch = a.next();
+        CHECK(same(batch, b.next()));
+        for (int c = 0; c < 4; ++c) {
+            double sum = 0, sq = 0;
+            for (int k = 0; k < 16; ++k)
+                for (int p = 0; p < 256; ++p) {
+                    const double v = batch.images[std::size_t((k * 4 + c) * 256 + p)];
+                    sum += v, sq += v * v;
+                }
+            const double m = sum / 4096, s = std::sqrt(sq / 4096 - m * m);
+            CHECK(std::abs(m - norm.bias[std::size_t(c)]) < 0.05 * norm.scale[std::size_t(c)]);  // 3 standard errors
+            CHECK(s == doctest::Approx(norm.scale[std::size_t(c)]).epsilon(0.05));
+        }
+    }
+    SUBCASE("bad latents are named") {
+        auto members = latent_members(2, 8, [](int, int, int) { return 0.0f; }, [](int, int, int) { return 1.0f; });
+        members["00000/img-mean-std-00000001.npy"] = npy_bytes({8, 4, 4}, std::vector<float>(128));
+        write_zip(tmp.path / "shapes.zip", members);
+        check_error([&] { (void)data::load_dataset((tmp.path / "shapes.zip").string(), data::Storage::memory); },
+                    {"img-mean-std-00000001.npy", "another shape"});
+        const data::Dataset lazy = data::load_dataset((tmp.path / "shapes.zip").string(), data::Storage::stream);
+        std::vector<float> out(lazy.latent_floats());
+        check_error([&] { lazy.read_latent(1, out.data()); }, {"img-mean-std-00000001.npy", "another shape"});
+        write_zip(tmp.path / "six.zip", {{"a.npy", npy_bytes({6, 8, 8}, std::vector<float>(384))}});
+        check_error([&] { (void)data::load_dataset((tmp.path / "six.zip").string()); }, {"a.npy", "latents of 3 channels"});
+        write_zip(tmp.path / "flat.zip", {{"a.npy", npy_bytes({8, 64}, std::vector<float>(512))}});
+        check_error([&] { (void)data::load_dataset((tmp.path / "flat.zip").string()); }, {"a.npy", "[2C, R, R]"});
+        Bytes cut = npy_bytes({8, 8, 8}, std::vector<float>(512));
+        cut.resize(cut.size() - 10);
+        write_zip(tmp.path / "cut.zip", {{"a.npy", cut}});
+        check_error([&] { (void)data::load_dataset((tmp.path / "cut.zip").string()); }, {"a.npy", "truncated"});
+    }
 }

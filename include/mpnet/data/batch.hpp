@@ -1,7 +1,8 @@
 // Turning positions of the data order into a training batch.
 //
 // Pixels become floats by x / 127.5 - 1 (uint8 [0, 255] to [-1, 1], as the reference does),
-// NCHW; labels become one-hot rows. A batch is a pure function of the dataset, the seed, the
+// NCHW; a latent dataset's samples are drawn from their posteriors and normalised
+// (latents.hpp); labels become one-hot rows. A batch is a pure function of the dataset, the seed, the
 // flip setting and the first position, which is what makes resuming exact.
 #pragma once
 #include <algorithm>
@@ -11,6 +12,7 @@
 #include <vector>
 
 #include "mpnet/data/dataset.hpp"
+#include "mpnet/data/latents.hpp"
 #include "mpnet/data/order.hpp"
 
 namespace mpnet::data {
@@ -41,6 +43,25 @@ inline Batch make_batch(const Dataset& ds, DataOrder& order, bool xflip, uint64_
             b.labels_onehot[static_cast<std::size_t>(
                 k * ds.num_classes + ds.labels[static_cast<std::size_t>(b.indices[static_cast<std::size_t>(k)])])] = 1.0f;
     }
+    const LatentNormalization norm = ds.latent ? stability_vae_normalization() : LatentNormalization{};
+    const uint64_t latent_stream = order.latent_stream();
+    // A latent: drawn from its stored posterior with noise indexed by position and element.
+    auto fill_latent = [&](int64_t k, std::vector<float>& scratch) {
+        const int64_t res = ds.resolution, plane = res * res;
+        ds.read_latent(b.indices[static_cast<std::size_t>(k)], scratch.data());
+        const bool flip = flips[static_cast<std::size_t>(k)] != 0;
+        const uint64_t base = (first + static_cast<uint64_t>(k)) * static_cast<uint64_t>(image);
+        float* dst = b.images.data() + k * image;
+        for (int64_t c = 0; c < ds.channels; ++c)
+            for (int64_t y = 0; y < res; ++y)
+                for (int64_t x = 0; x < res; ++x) {
+                    const int64_t out = c * plane + y * res + x, from = c * plane + y * res + (flip ? res - 1 - x : x);
+                    const auto noise = static_cast<float>(rng::normal(latent_stream, base + static_cast<uint64_t>(out)));
+                    dst[out] = final_latent(scratch[static_cast<std::size_t>(from)],
+                                            scratch[static_cast<std::size_t>(image + from)], noise,
+                                            norm.scale[static_cast<std::size_t>(c)], norm.bias[static_cast<std::size_t>(c)]);
+                }
+    };
     auto fill = [&](int64_t k, std::vector<uint8_t>& scratch) {
         const int64_t res = ds.resolution;
         const int64_t index = b.indices[static_cast<std::size_t>(k)];
@@ -55,10 +76,16 @@ inline Batch make_batch(const Dataset& ds, DataOrder& order, bool xflip, uint64_
                 dst[row * res + x] = static_cast<float>(src[row * res + from]) / 127.5f - 1.0f;
             }
     };
-    const int workers = ds.streamed() ? static_cast<int>(std::clamp<int64_t>(threads, 1, n)) : 1;
+    const bool parallel = ds.streamed() || ds.latent;  // work worth more threads than the loader's own
+    const int workers = parallel ? static_cast<int>(std::clamp<int64_t>(threads, 1, n)) : 1;
     std::vector<std::exception_ptr> errors(static_cast<std::size_t>(workers));
     auto work = [&](int w) {
         try {
+            if (ds.latent) {
+                std::vector<float> scratch(ds.latent_floats());
+                for (int64_t k = w; k < n; k += workers) fill_latent(k, scratch);
+                return;
+            }
             std::vector<uint8_t> scratch(ds.streamed() ? ds.image_bytes() : 0);
             for (int64_t k = w; k < n; k += workers) fill(k, scratch);
         } catch (...) {

@@ -17,11 +17,13 @@
 
 namespace mpnet::data {
 
-// Reads one image of a dataset on demand, as CHW uint8. Called from several threads at once.
+// Reads one image of a dataset on demand, as CHW uint8 (or, for a latent dataset, the
+// [2C, R, R] float posterior). Called from several threads at once.
 class ImageReader {
 public:
     virtual ~ImageReader() = default;
     virtual void read(int64_t index, uint8_t* chw) const = 0;
+    virtual void read_latent(int64_t, float*) const { fail("this dataset holds images, not latents"); }
 };
 
 struct Dataset {
@@ -31,6 +33,11 @@ struct Dataset {
     std::vector<uint8_t> pixels;                     // size * channels * resolution * resolution, NCHW; empty when streamed
     std::vector<int32_t> labels;                     // size entries, or empty when unlabelled
     std::shared_ptr<const ImageReader> reader;       // set when the images are read on demand
+    // A latent dataset (VAE-encoded, as the reference's `encode` writes it): each sample is the
+    // posterior mean and standard deviation, [2 * channels, resolution, resolution] floats, and
+    // `channels` is what the network sees. Held in latent_values (or read by `reader`).
+    bool latent = false;
+    std::vector<float> latent_values;
 
     [[nodiscard]] bool streamed() const { return reader != nullptr; }
     [[nodiscard]] std::size_t image_bytes() const {
@@ -45,6 +52,13 @@ struct Dataset {
         if (reader) reader->read(index, chw);
         else std::memcpy(chw, image(index), image_bytes());
     }
+    // A latent dataset's sample: latent_floats() values, the mean's planes then the std's.
+    [[nodiscard]] std::size_t latent_floats() const { return 2 * image_bytes(); }
+    void read_latent(int64_t index, float* mean_std) const {
+        if (reader) return reader->read_latent(index, mean_std);
+        std::memcpy(mean_std, latent_values.data() + static_cast<std::size_t>(index) * latent_floats(),
+                    latent_floats() * sizeof(float));
+    }
 };
 
 // Every level of the U-Net halves the resolution, so only powers of two can go all the way down.
@@ -58,7 +72,12 @@ inline void validate(const Dataset& ds) {
     check(ds.size > 0, ds.source, ": the dataset has no images");
     check(ds.channels > 0 && ds.resolution > 0, ds.source, ": the dataset has no image shape");
     check_power_of_two(ds.resolution, ds.source);
-    if (ds.streamed())
+    if (ds.latent)
+        check(ds.pixels.empty() && (ds.streamed() ? ds.latent_values.empty()
+                                                  : ds.latent_values.size() == static_cast<std::size_t>(ds.size) * ds.latent_floats()),
+              ds.source, ": ", ds.latent_values.size(), " latent values for ", ds.size, " samples of 2x", ds.channels,
+              "x", ds.resolution, "x", ds.resolution);
+    else if (ds.streamed())
         check(ds.pixels.empty(), ds.source, ": a streamed dataset holds no pixels in memory");
     else
         check(ds.pixels.size() == static_cast<std::size_t>(ds.size) * ds.image_bytes(), ds.source, ": ",

@@ -8,6 +8,9 @@
 //
 // A dataset whose decoded pixels would exceed memory_limit_bytes (or any, with Storage::stream)
 // is streamed: StreamedPngs reads each image when a batch needs it.
+//
+// A source without PNG images but with .npy files is a latent dataset (the reference's
+// `encode` output, img-mean-std-*.npy): [2C, R, R] float posteriors, see latents.hpp.
 #pragma once
 #include <algorithm>
 #include <cctype>
@@ -23,6 +26,7 @@
 #include "mpnet/data/dataset.hpp"
 #include "mpnet/data/dataset_json.hpp"
 #include "mpnet/data/file_tree.hpp"
+#include "mpnet/data/npy.hpp"
 #include "mpnet/data/png_image.hpp"
 
 namespace mpnet::data {
@@ -87,6 +91,44 @@ private:
     mutable std::mutex mutex_;
 };
 
+namespace detail {
+
+// A latent file's shape, [2C, R, R] with R a power of two.
+inline void check_latent_shape(const NpyArray& a, const std::string& where) {
+    check(a.shape.size() == 3 && a.shape[0] > 0 && a.shape[0] % 2 == 0 && a.shape[1] == a.shape[2], where,
+          ": a latent must be a [2C, R, R] array (mean and std), got shape ", a.shape.size(), "-d");
+    check_power_of_two(a.shape[1], where);
+}
+
+}  // namespace detail
+
+// A folder's or archive's latent .npy files read on demand, like StreamedPngs.
+class StreamedLatents final : public ImageReader {
+public:
+    StreamedLatents(std::shared_ptr<const FileTree> tree, std::vector<std::string> names, std::vector<int64_t> shape)
+        : tree_(std::move(tree)), names_(std::move(names)), shape_(std::move(shape)) {}
+
+    void read(int64_t, uint8_t*) const override { fail("this dataset holds latents, not images"); }
+    void read_latent(int64_t index, float* mean_std) const override {
+        const std::string& name = names_.at(static_cast<std::size_t>(index));
+        const std::string where = tree_->describe(name);
+        std::vector<uint8_t> bytes;
+        {
+            const std::lock_guard lock(mutex_);
+            bytes = tree_->read(name);
+        }
+        const NpyArray a = parse_npy(bytes, where);
+        check(a.shape == shape_, where, ": latent of another shape than ", tree_->describe(names_.front()));
+        std::copy(a.values.begin(), a.values.end(), mean_std);
+    }
+
+private:
+    std::shared_ptr<const FileTree> tree_;
+    std::vector<std::string> names_;
+    std::vector<int64_t> shape_;
+    mutable std::mutex mutex_;
+};
+
 // Whether a folder's images are decoded into memory up front or read on demand.
 enum class Storage {
     automatic,  // in memory up to memory_limit_bytes of decoded pixels, else streamed
@@ -95,24 +137,66 @@ enum class Storage {
 };
 inline constexpr std::size_t memory_limit_bytes = std::size_t(2) << 30;
 
+namespace detail {
+
+inline bool is_npy_name(const std::string& name) { return name.ends_with(".npy"); }
+
+// The labels of `names` from the tree's dataset.json, if it has labels.
+inline void read_labels(const FileTree& tree, const std::vector<std::string>& names, Dataset& ds) {
+    if (!tree.contains(dataset_json_name)) return;
+    const std::vector<uint8_t> text = tree.read(dataset_json_name);
+    const auto labels = parse_dataset_json(std::string(text.begin(), text.end()), names, tree.describe(dataset_json_name));
+    if (labels) {
+        ds.labels = *labels;
+        ds.num_classes = *std::ranges::max_element(ds.labels) + int64_t{1};
+    }
+}
+
+// A dataset of VAE latents (the reference's img-mean-std-*.npy files).
+inline Dataset load_latents(std::shared_ptr<const FileTree> tree, std::vector<std::string> names, Dataset ds,
+                            Storage storage) {
+    ds.latent = true;
+    ds.size = static_cast<int64_t>(names.size());
+    read_labels(*tree, names, ds);
+    const std::string first_where = tree->describe(names[0]);
+    const NpyArray first = parse_npy(tree->read(names[0]), first_where);
+    check_latent_shape(first, first_where);
+    ds.channels = first.shape[0] / 2;
+    ds.resolution = first.shape[1];
+    check(ds.channels == 4, first_where, ": latents of ", ds.channels,
+          " channels; the Stability VAE's (whose normalisation training applies) have 4");
+    const std::size_t bytes = names.size() * ds.latent_floats() * sizeof(float);
+    if (storage == Storage::stream || (storage == Storage::automatic && bytes > memory_limit_bytes)) {
+        ds.reader = std::make_shared<StreamedLatents>(std::move(tree), std::move(names), first.shape);
+        return ds;
+    }
+    ds.latent_values.reserve(names.size() * ds.latent_floats());
+    for (const auto& name : names) {
+        const std::string where = tree->describe(name);
+        const NpyArray a = parse_npy(tree->read(name), where);
+        check(a.shape == first.shape, where, ": latent of another shape than ", first_where);
+        ds.latent_values.insert(ds.latent_values.end(), a.values.begin(), a.values.end());
+    }
+    return ds;
+}
+
+}  // namespace detail
+
 inline Dataset load_image_folder(const std::filesystem::path& dir_or_zip, Storage storage = Storage::automatic) {
     auto tree = std::make_shared<const FileTree>(dir_or_zip);
     std::vector<std::string> images;
     std::ranges::copy_if(tree->files(), std::back_inserter(images), detail::is_png_name);
-    check(!images.empty(), dir_or_zip.string(), ": no PNG images found");
 
     Dataset ds;
     ds.source = dir_or_zip.string();
-    ds.size = static_cast<int64_t>(images.size());
-    if (tree->contains(dataset_json_name)) {
-        const std::vector<uint8_t> text = tree->read(dataset_json_name);
-        const auto labels = parse_dataset_json(std::string(text.begin(), text.end()), images,
-                                               tree->describe(dataset_json_name));
-        if (labels) {
-            ds.labels = *labels;
-            ds.num_classes = *std::ranges::max_element(ds.labels) + int64_t{1};
-        }
+    if (images.empty()) {
+        std::vector<std::string> latents;
+        std::ranges::copy_if(tree->files(), std::back_inserter(latents), detail::is_npy_name);
+        check(!latents.empty(), dir_or_zip.string(), ": no PNG images or .npy latents found");
+        return detail::load_latents(std::move(tree), std::move(latents), std::move(ds), storage);
     }
+    ds.size = static_cast<int64_t>(images.size());
+    detail::read_labels(*tree, images, ds);
 
     const std::string first_where = tree->describe(images[0]);
     const std::vector<uint8_t> first_bytes = tree->read(images[0]);

@@ -19,6 +19,7 @@ namespace mpnet::data {
 // Substream purposes, distinct from those the network and the trainer derive from a seed.
 inline constexpr uint64_t order_purpose = 0x6461'7461'2e6f'7264;  // "data.ord"
 inline constexpr uint64_t flip_purpose = 0x6461'7461'2e66'6c70;   // "data.flp"
+inline constexpr uint64_t latent_purpose = 0x6461'7461'2e6c'6174; // "data.lat"
 
 // Epoch `epoch`'s permutation of [0, size).
 inline std::vector<int64_t> epoch_permutation(int64_t size, uint64_t seed, uint64_t epoch) {
@@ -57,6 +58,10 @@ public:
     }
 
     [[nodiscard]] bool flip(uint64_t position) const { return rng::uniform(flip_stream_, position) < 0.5; }
+
+    // The stream of the noise that draws a latent from its posterior (latents.hpp), indexed by
+    // position * values per latent + element: a pure function of the position, as the rest.
+    [[nodiscard]] uint64_t latent_stream() const { return rng::substream(seed_, latent_purpose); }
 
 private:
     int64_t size_;
