@@ -20,6 +20,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "mpnet/core/error.hpp"
@@ -61,34 +62,46 @@ inline void check_same_shape(const ImageInfo& info, const ImageInfo& first, cons
 
 }  // namespace detail
 
+// The files of a streamed dataset, in dataset order: a zip archive's handle serves one reader
+// at a time, so reading a member is serialised; decoding, the expensive part, runs in parallel.
+class DatasetFiles {
+public:
+    DatasetFiles(std::shared_ptr<const FileTree> tree, std::vector<std::string> names)
+        : tree_(std::move(tree)), names_(std::move(names)) {}
+
+    // The bytes of sample `index` and how messages name its file.
+    [[nodiscard]] std::pair<std::vector<uint8_t>, std::string> read(int64_t index) const {
+        const std::string& name = names_.at(static_cast<std::size_t>(index));
+        const std::lock_guard lock(mutex_);
+        return {tree_->read(name), tree_->describe(name)};
+    }
+    [[nodiscard]] std::string first() const { return tree_->describe(names_.front()); }
+
+private:
+    std::shared_ptr<const FileTree> tree_;
+    std::vector<std::string> names_;
+    mutable std::mutex mutex_;
+};
+
 // A folder's or archive's PNG images read on demand: the file list and the first image's shape
 // are known up front, every other image is read and decoded when a batch needs it (its shape
-// checked then, the error naming the file). A zip archive's handle serves one reader at a
-// time; decoding, the expensive part, runs in parallel.
+// checked then, the error naming the file).
 class StreamedPngs final : public ImageReader {
 public:
     StreamedPngs(std::shared_ptr<const FileTree> tree, std::vector<std::string> names, ImageInfo first)
-        : tree_(std::move(tree)), names_(std::move(names)), first_(first) {}
+        : files_(std::move(tree), std::move(names)), first_(first) {}
 
     void read(int64_t index, uint8_t* chw) const override {
-        const std::string& name = names_.at(static_cast<std::size_t>(index));
-        const std::string where = tree_->describe(name);
-        std::vector<uint8_t> bytes;
-        {
-            const std::lock_guard lock(mutex_);
-            bytes = tree_->read(name);
-        }
+        const auto [bytes, where] = files_.read(index);
         const ImageInfo info = png_info(bytes, where);
-        detail::check_same_shape(info, first_, where, tree_->describe(names_.front()));
+        detail::check_same_shape(info, first_, where, files_.first());
         const std::vector<uint8_t> pixels = decode_png_chw(bytes, info, where);
         std::copy(pixels.begin(), pixels.end(), chw);
     }
 
 private:
-    std::shared_ptr<const FileTree> tree_;
-    std::vector<std::string> names_;
+    DatasetFiles files_;
     ImageInfo first_;
-    mutable std::mutex mutex_;
 };
 
 namespace detail {
@@ -106,27 +119,19 @@ inline void check_latent_shape(const NpyArray& a, const std::string& where) {
 class StreamedLatents final : public ImageReader {
 public:
     StreamedLatents(std::shared_ptr<const FileTree> tree, std::vector<std::string> names, std::vector<int64_t> shape)
-        : tree_(std::move(tree)), names_(std::move(names)), shape_(std::move(shape)) {}
+        : files_(std::move(tree), std::move(names)), shape_(std::move(shape)) {}
 
     void read(int64_t, uint8_t*) const override { fail("this dataset holds latents, not images"); }
     void read_latent(int64_t index, float* mean_std) const override {
-        const std::string& name = names_.at(static_cast<std::size_t>(index));
-        const std::string where = tree_->describe(name);
-        std::vector<uint8_t> bytes;
-        {
-            const std::lock_guard lock(mutex_);
-            bytes = tree_->read(name);
-        }
+        const auto [bytes, where] = files_.read(index);
         const NpyArray a = parse_npy(bytes, where);
-        check(a.shape == shape_, where, ": latent of another shape than ", tree_->describe(names_.front()));
+        check(a.shape == shape_, where, ": latent of another shape than ", files_.first());
         std::copy(a.values.begin(), a.values.end(), mean_std);
     }
 
 private:
-    std::shared_ptr<const FileTree> tree_;
-    std::vector<std::string> names_;
+    DatasetFiles files_;
     std::vector<int64_t> shape_;
-    mutable std::mutex mutex_;
 };
 
 // Whether a folder's images are decoded into memory up front or read on demand.
