@@ -29,7 +29,7 @@ struct Options {
     std::string source, dest, transform;
     std::optional<int64_t> max_images;
     std::optional<int> width, height;
-    bool quiet = false;
+    bool quiet = false, skip_bad = false;
 };
 
 const char* overview = R"(Usage: mpnet-dataset convert --source PATH --dest PATH [options]
@@ -70,6 +70,8 @@ are the reference tool's, with Pillow's resampling, so the pixels are the same.)
                    o.width = cli::parse_integer<int>("--resolution", m[1].str(), 1, 1 << 15);
                    o.height = cli::parse_integer<int>("--resolution", m[2].str(), 1, 1 << 15);
                })
+        .flag("--skip-bad", "leave out images that cannot be read (corrupt, truncated, another\nformat), each named on stderr, instead of stopping; their numbers\nstay unused, as center-crop-wide's skipped images' do",
+              [&] { o.skip_bad = true; })
         .flag("--quiet", "no progress line", [&] { o.quiet = true; });
     p.epilog(R"(Exit status: 0 on success, 1 on bad input or a failed run, 2 on a command-line
 error.)");
@@ -188,12 +190,20 @@ void convert(const Options& o) {
     std::vector<std::pair<std::string, int64_t>> labels;
     std::optional<std::pair<int, int>> shape;
     std::string first;
+    int64_t skipped = 0;
     for (int64_t i = 0; i < total; ++i) {
         const std::string& name = src.names[std::size_t(i)];
         const std::string where = tree.describe(name);
-        const auto img = data::transform_image(data::read_rgb(tree.read(name), where), transform, o.width, o.height);
+        std::optional<io::Image> img;
+        try {
+            img = data::transform_image(data::read_rgb(tree.read(name), where), transform, o.width, o.height);
+        } catch (const Error& e) {
+            if (!o.skip_bad) throw;
+            std::fprintf(stderr, "%smpnet-dataset: skipping %s\n", o.quiet ? "" : "\n", e.what());
+            ++skipped;
+        }
         progress.update(i + 1);
-        if (!img) continue;  // center-crop-wide: too small; its number stays unused, as in the reference
+        if (!img) continue;  // unreadable (--skip-bad) or too small for center-crop-wide: its number stays unused
         char digits[32];
         std::snprintf(digits, sizeof digits, "%08lld", static_cast<long long>(i));
         const std::string archive_name = std::string(digits).substr(0, 5) + "/img" + digits + ".png";
@@ -212,7 +222,9 @@ void convert(const Options& o) {
         out.add(archive_name, std::span(reinterpret_cast<const uint8_t*>(png.data()), png.size()));
         labels.emplace_back(archive_name, src.labels ? (*src.labels)[std::size_t(i)] : -1);
     }
-    check(shape.has_value(), o.source, ": center-crop-wide skipped every image (all smaller than --resolution)");
+    check(shape.has_value(), o.source, ": no image was converted (",
+          skipped ? "every one unreadable" : "center-crop-wide: all smaller than --resolution", ")");
+    if (skipped) std::fprintf(stderr, "mpnet-dataset: %lld unreadable images left out\n", static_cast<long long>(skipped));
     const std::string json = dataset_json(labels, src.labels.has_value());
     out.add("dataset.json", std::span(reinterpret_cast<const uint8_t*>(json.data()), json.size()));
     out.finish();

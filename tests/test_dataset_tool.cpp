@@ -194,6 +194,19 @@ TEST_CASE("dataset tool: bad sources, destinations and options are named, and no
     write_file(root / "source" / "cat" / "b_gray.png", bytes);
     expect("convert" + src + " --dest " + (root / "c").string() + " --resolution 32x32", "b_gray.png", 1);
     CHECK(!fs::exists(root / "c"));
+    // --skip-bad leaves it out, names it, and keeps its number unused.
+    const Outcome skipped = expect("convert --skip-bad" + src + " --dest " + (root / "c").string() + " --resolution 32x32",
+                                   "skipping " + (root / "source" / "cat" / "b_gray.png").string(), 0);
+    CHECK(skipped.output.find("1 unreadable images left out") != std::string::npos);
+    CHECK(fs::exists(root / "c" / "00000" / "img00000000.png"));
+    CHECK(!fs::exists(root / "c" / "00000" / "img00000001.png"));  // cat/b_gray.png's number
+    CHECK(fs::exists(root / "c" / "00000" / "img00000002.png"));   // cat/j_gray.jpg
+    {
+        const data::FileTree out(root / "c");
+        std::size_t pngs = 0;
+        for (const auto& n : out.files()) pngs += n.ends_with(".png");
+        CHECK(pngs == 11);  // the 12 sources less the corrupt one
+    }
     write_file(root / "source" / "cat" / "b_gray.png", golden().read<uint8_t>("source/cat/b_gray.png"));
     // Unsupported formats are refused rather than left out (the reference would read them).
     write_file(root / "source" / "cat" / "z.gif", std::vector<uint8_t>{'G', 'I', 'F', '8', '9', 'a'});

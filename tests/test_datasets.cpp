@@ -629,6 +629,20 @@ std::pair<fs::path, fs::path> write_small_dataset(const fs::path& root) {
     return {root / "folder", root / "data.zip"};
 }
 
+// AddressSanitizer keeps freed memory in quarantine and maps shadow memory: resident sizes
+// then say nothing about the program's own use, and the memory checks only report.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool memory_is_measurable = false;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr bool memory_is_measurable = false;
+#else
+constexpr bool memory_is_measurable = true;
+#endif
+#else
+constexpr bool memory_is_measurable = true;
+#endif
+
 // Resident memory of this process in MiB.
 double resident_mib() {
     std::ifstream statm("/proc/self/statm");
@@ -740,7 +754,7 @@ TEST_CASE("streamed datasets: 200 000 images in a zip train in the memory of 2 0
     const double after_220 = resident_mib();
     MESSAGE("200 000 64x64 images (781 MiB decoded), streamed: 200 more batches of 64 +" << (after_220 - after_20)
                                                                                        << " MiB resident");
-    CHECK(after_220 - after_20 < 16);  // no growth with the images seen
+    if (memory_is_measurable) CHECK(after_220 - after_20 < 16);  // no growth with the images seen
 #ifdef MPNET_TRAIN_EXE
     // The trainer on the 200 000 images and on 2 000 of them: the same resident memory but for
     // the file list. (A zip of 2 000 made from the first members of the same content.)
@@ -772,9 +786,8 @@ TEST_CASE("streamed datasets: 200 000 images in a zip train in the memory of 2 0
     CHECK(rss[0] > 0);
     // The index of 198 000 more images (their names, twice, and libzip's directory entries:
     // about 0.4 KiB per image); their decoded pixels would be 773 MiB.
-    CHECK(rss[1] - rss[0] < 100);
+    if (memory_is_measurable) CHECK(rss[1] - rss[0] < 100);
 #endif
-    CHECK(after_220 - after_20 < 16);  // no growth with the images seen
 }
 
 // ---- latent datasets ----------------------------------------------------------------
