@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "cli.hpp"
+#include "openmp_spin.hpp"
 #include "processes.hpp"
 #include "mpnet/backend/cpu/cpu.hpp"
 #include "mpnet/io/image_grid.hpp"
@@ -430,5 +431,6 @@ void run(const Options& o) {
 }  // namespace
 
 int main(int argc, char** argv) {
+    cli::bound_openmp_spinning(argv);
     return cli::run_main("mpnet-generate", argc, argv, parse_args, run);
 }

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "cli.hpp"
+#include "openmp_spin.hpp"
 #include "mpnet/phema/combine.hpp"
 #include "mpnet/phema/reconstruct.hpp"
 #include "mpnet/phema/snapshot_files.hpp"
@@ -249,5 +250,6 @@ void run(const Options& o) {
 }  // namespace
 
 int main(int argc, char** argv) {
+    cli::bound_openmp_spinning(argv);
     return cli::run_main("mpnet-phema", argc, argv, parse_args, run);
 }

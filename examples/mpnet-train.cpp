@@ -13,6 +13,7 @@
 #include <string>
 
 #include "cli.hpp"
+#include "openmp_spin.hpp"
 #include "processes.hpp"
 #include "mpnet/backend/cpu/cpu.hpp"
 #include "mpnet/data/load_dataset.hpp"
@@ -274,4 +275,7 @@ void run(const Options& opts) {
 
 }  // namespace
 
-int main(int argc, char** argv) { return cli::run_main("mpnet-train", argc, argv, parse_args, run); }
+int main(int argc, char** argv) {
+    cli::bound_openmp_spinning(argv);
+    return cli::run_main("mpnet-train", argc, argv, parse_args, run);
+}
