@@ -104,19 +104,22 @@ public:
     using TensorT = Tensor<T, B>;
     using Log = std::function<void(const std::string&)>;
 
-    // Rank 0 takes the run directory's lock (created if missing) for the trainer's lifetime.
-    // `comm` (which must outlive the trainer) holds the processes the run is split over.
+    // Rank 0 takes the run directory's lock (created if missing) for the trainer's lifetime,
+    // before anything large is allocated. `comm` (which must outlive the trainer) holds the
+    // processes the run is split over.
     Trainer(ResolvedRun run, const data::Dataset& ds, Log log, dist::Communicator& comm = dist::SingleProcess::instance())
         : run_(std::move(run)), ds_(ds), log_(std::move(log)), comm_(comm), dir_(run_.opt.outdir),
+          lock_([&]() -> std::optional<RunDirLock> {
+              if (comm.is_root()) return std::optional<RunDirLock>(std::in_place, dir_);
+              return std::nullopt;
+          }()),
           chunks_per_rank_(chunks_per_rank(run_.opt, comm)),
           net_(run_.net, rng::substream(run_.opt.seed, init_stream)), adam_(net_),
           ema_(run_.opt.ema, net_.arena().layout(), net_.flat_values()),
           loader_(ds, run_.opt.batch_gpu, rng::substream(run_.opt.seed, data_stream), run_.opt.xflip, 4,
                   data::Shard{comm.rank() * chunks_per_rank_, (comm.rank() + 1) * chunks_per_rank_,
                               chunks_per_rank_ * comm.size()},
-                  static_cast<int>(run_.opt.data_threads)) {
-        if (comm_.is_root()) lock_.emplace(dir_);
-    }
+                  static_cast<int>(run_.opt.data_threads)) {}
 
     // Makes the run directory this run's and continues from its newest readable checkpoint,
     // if any; returns whether it did. Temporary files a killed run left are removed first.
