@@ -132,6 +132,11 @@ public:
         entries_.push_back({std::move(name), std::move(metavar), std::move(help), {}, std::move(set)});
         return *this;
     }
+    // Receives the arguments that are not options, in order (without it they are refused).
+    Parser& positional(std::function<void(const std::string&)> take) {
+        positional_ = std::move(take);
+        return *this;
+    }
     // Text after the options (outputs, exit statuses).
     Parser& epilog(std::string text) {
         epilog_ = std::move(text);
@@ -142,7 +147,11 @@ public:
         for (int i = 1; i < argc; ++i) {
             std::string arg = argv[i];
             if (arg == "-h" || arg == "--help") throw HelpRequested{help()};
-            if (!arg.starts_with("--")) usage_error("unexpected argument '", arg, "'");
+            if (!arg.starts_with("--")) {
+                if (!positional_) usage_error("unexpected argument '", arg, "'");
+                positional_(arg);
+                continue;
+            }
             std::string value;
             const auto eq = arg.find('=');
             const bool inline_value = eq != std::string::npos;
@@ -203,6 +212,7 @@ private:
 
     std::string usage_, description_, epilog_;
     std::vector<Entry> entries_;
+    std::function<void(const std::string&)> positional_;
     std::set<std::string> given_;
 };
 
