@@ -2,6 +2,7 @@
 #pragma once
 #include "mpnet/backend/cpu/adam.hpp"
 #include "mpnet/backend/cpu/attention.hpp"
+#include "mpnet/backend/cpu/autoencoder_ops.hpp"
 #include "mpnet/backend/cpu/backend.hpp"
 #include "mpnet/backend/cpu/conv.hpp"
 #include "mpnet/backend/cpu/elementwise.hpp"

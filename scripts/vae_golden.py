@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""Golden data for the latent autoencoder (tests/test_autoencoder.cpp).
+
+    python3 -m venv --system-site-packages VENV      # with Debian's python3-torch
+    VENV/bin/pip install "diffusers==0.27.2" "huggingface_hub<0.26"
+    VENV/bin/python scripts/vae_golden.py PATH/TO/NVlabs/edm2 tests/data/vae
+
+Builds diffusers' AutoencoderKL (the architecture of stabilityai/sd-vae-ft-mse: DownEncoderBlock2D
+and UpDecoderBlock2D levels, two resnets per level, mid-block attention) at reduced width
+(block_out_channels 16, 32, 32; 8 groups) with random weights, and runs it through the
+unmodified EDM2 StabilityVAEEncoder (training/encoders.py) as generate_images.py and
+dataset_tool.py do. Writes
+
+  vae.safetensors       the model's state_dict in float32, under diffusers' names
+  vae_f16.safetensors   the same in float16
+  golden.safetensors    pixels [2, 3, 32, 32] (uint8 values as float32);
+                        raw_latents = encoder.encode_pixels(pixels): mean and std [2, 8, 8, 8];
+                        latents [2, 4, 8, 8] (final latents, drawn);
+                        decoded = the VAE's float output for them before quantisation;
+                        decoded_pixels = encoder.decode(latents) (uint8 values);
+                        decoded_f16 = the float output of the float16 weights (run in float32);
+                        metadata: scale, bias (the encoder's), groups
+"""
+import json
+import os
+import struct
+import sys
+
+import numpy as np
+import torch
+
+GROUPS = 8
+
+
+def write_safetensors(path, tensors, metadata=None, dtype=np.float32):
+    code = {np.float32: 'F32', np.float16: 'F16'}[dtype]
+    header, blobs, offset = {}, [], 0
+    for name, array in tensors.items():
+        data = np.ascontiguousarray(array, dtype=dtype).tobytes()
+        header[name] = {'dtype': code, 'shape': list(array.shape), 'data_offsets': [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    if metadata:
+        header['__metadata__'] = metadata
+    text = json.dumps(header).encode()
+    text += b' ' * (-len(text) % 8)
+    with open(path, 'wb') as f:
+        f.write(struct.pack('<Q', len(text)) + text + b''.join(blobs))
+
+
+def main(repo, out):
+    sys.path.insert(0, repo)
+    from diffusers import AutoencoderKL
+    from training.encoders import StabilityVAEEncoder
+
+    os.makedirs(out, exist_ok=True)
+    torch.manual_seed(0)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=['DownEncoderBlock2D'] * 3,
+                        up_block_types=['UpDecoderBlock2D'] * 3, block_out_channels=[16, 32, 32],
+                        layers_per_block=2, latent_channels=4, norm_num_groups=GROUPS, sample_size=32)
+    with torch.no_grad():  # group norms away from the identity, so that their affine parts matter
+        for name, p in vae.named_parameters():
+            if 'norm' in name:
+                p.copy_((1 if name.endswith('weight') else 0) + 0.2 * torch.randn_like(p))
+    vae = vae.eval().requires_grad_(False)
+    state = {k: v.numpy() for k, v in vae.state_dict().items()}
+    write_safetensors(os.path.join(out, 'vae.safetensors'), state)
+    write_safetensors(os.path.join(out, 'vae_f16.safetensors'), state, dtype=np.float16)
+
+    encoder = StabilityVAEEncoder()
+    encoder._vae = vae
+    g = torch.Generator().manual_seed(1)
+    smooth = torch.nn.functional.interpolate(torch.rand([2, 3, 8, 8], generator=g), scale_factor=4, mode='bilinear')
+    pixels = (smooth * 255).to(torch.uint8)
+    raw = encoder.encode_pixels(pixels)
+    latents = encoder.encode_latents(raw)  # mean + N(0, 1) std, normalised
+    z = (latents - torch.as_tensor(encoder.bias).reshape(1, -1, 1, 1)) / torch.as_tensor(encoder.scale).reshape(1, -1, 1, 1)
+    decoded = vae.decode(z)['sample']
+    decoded_pixels = encoder.decode(latents)
+    vae16 = AutoencoderKL.from_config(vae.config)
+    vae16.load_state_dict({k: v.half().float() for k, v in vae.state_dict().items()})
+    decoded_f16 = vae16.eval().decode(z)['sample']
+
+    tensors = {
+        'pixels': pixels.float().numpy(), 'raw_latents': raw.numpy(), 'latents': latents.numpy(),
+        'decoded': decoded.detach().numpy(), 'decoded_pixels': decoded_pixels.float().numpy(),
+        'decoded_f16': decoded_f16.detach().numpy(),
+    }
+    metadata = {'scale': json.dumps([float(v) for v in encoder.scale]),
+                'bias': json.dumps([float(v) for v in encoder.bias]), 'groups': str(GROUPS),
+                'torch': torch.__version__}
+    write_safetensors(os.path.join(out, 'golden.safetensors'), tensors, metadata)
+
+
+if __name__ == '__main__':
+    if len(sys.argv) != 3:
+        sys.exit(__doc__)
+    main(sys.argv[1], sys.argv[2])
