@@ -24,7 +24,10 @@
 #include "mpnet/io/image_grid.hpp"
 #include "mpnet/io/png.hpp"
 #include "mpnet/nn/weights.hpp"
+#include "mpnet/data/latents.hpp"
 #include "mpnet/sample/edm_sampler.hpp"
+#include "mpnet/sample/generation_presets.hpp"
+#include "mpnet/vae/stability_vae.hpp"
 #include "mpnet/sample/seeds.hpp"
 
 namespace fs = std::filesystem;
@@ -36,7 +39,8 @@ using TensorF = CpuTensor<float>;
 namespace {
 
 struct Options {
-    fs::path net, gnet, outdir, grid, noise, out_tensor;
+    fs::path net, gnet, outdir, grid, noise, out_tensor, vae, models;
+    std::string preset;
     double guidance = 1;
     std::optional<std::vector<uint64_t>> seeds;
     std::optional<int64_t> cls;
@@ -58,6 +62,12 @@ Image i starts from the noise normal(seed_i) over one image and, when churn is
 on, draws its extra noise from seed_i's own stream, so an image depends only on
 its seed and the options: never on --batch or the thread count (OMP_NUM_THREADS).)");
     p.section("Networks")
+        .value("--preset", "NAME", "the main network, guide and guidance weight of a preset of\nthe EDM2 authors' generate_images.py, e.g.\nedm2-img512-xs-guid-fid (docs/pretrained.md lists them); the\nnetworks are <stem of the pickle>.safetensors in --models",
+               [&](const std::string& v) { o.preset = v; })
+        .value("--models", "DIR", "folder of the converted networks --preset names",
+               [&](const std::string& v) { o.models = v; })
+        .value("--vae", "FILE", "latent networks: decode their latents to RGB with this\nautoencoder (diffusers' diffusion_pytorch_model.safetensors of\nstabilityai/sd-vae-ft-mse, float32 or float16), as EDM2 does",
+               [&](const std::string& v) { o.vae = v; })
         .value("--net", "FILE", "weights file (safetensors with the network configuration in\nits metadata, as mpnet-train and mpnet-phema write them)",
                [&](const std::string& v) { o.net = v; })
         .value("--gnet", "FILE", "guiding network: same image shape; the same label_dim, or\nunconditional (label_dim 0) for classifier-free guidance",
@@ -123,7 +133,11 @@ its seed and the options: never on --batch or the thread count (OMP_NUM_THREADS)
                    o.collective_timeout = cli::parse_real("--collective-timeout", v, {1, 1e6, false, false});
                });
     p.epilog(R"(Pixels are uint8(clip(x * 127.5 + 128, 0, 255)): 1 channel is written as a
-grayscale PNG, 3 channels as RGB. Every file is written atomically. A run whose
+grayscale PNG, 3 channels as RGB. With --vae, the latents are first brought back
+to the autoencoder's scale with the network's `encoder` metadata (mpnet-convert
+writes it; EDM2's defaults otherwise) and decoded one image at a time to
+uint8(clip(x, 0, 1) * 255), as EDM2's StabilityVAEEncoder does; --out-tensor
+still holds the latents. Every file is written atomically. A run whose
 network gives non-finite values (NaN weights, overflow) fails instead of writing
 black images.
 
@@ -132,10 +146,29 @@ error.)");
     return p;
 }
 
+// --preset NAME sets --net, --gnet and --guidance from the authors' table; giving any of
+// them as well would leave it unclear which one holds.
+void apply_preset(const cli::Parser& parser, Options& o) {
+    const auto* p = sample::find_generation_preset(o.preset);
+    if (!p) {
+        std::string names;
+        for (const auto& q : sample::generation_presets) names += std::string(names.empty() ? "" : ", ") + std::string(q.name);
+        throw UsageError("--preset: unknown preset '" + o.preset + "' (" + names + ")");
+    }
+    for (const char* option : {"--net", "--gnet", "--guidance"})
+        if (parser.given(option)) throw UsageError(std::string("--preset sets ") + option + "; give one or the other");
+    if (o.models.empty()) throw UsageError("--preset needs --models DIR, the folder of the converted networks");
+    o.net = o.models / (std::string(p->net) + ".safetensors");
+    if (!p->gnet.empty()) o.gnet = o.models / (std::string(p->gnet) + ".safetensors");
+    o.guidance = p->guidance;
+}
+
 Options parse_args(int argc, char** argv) {
     Options o;
     cli::Parser parser = make_parser(o);
     parser.parse(argc, argv);
+    if (!o.preset.empty()) apply_preset(parser, o);
+    else if (!o.models.empty()) throw UsageError("--models is for --preset");
     if (o.net.empty()) throw UsageError("--net is required");
     if (o.outdir.empty() && o.grid.empty() && o.out_tensor.empty())
         throw UsageError("give --outdir or --grid (or --out-tensor)");
@@ -362,6 +395,55 @@ std::vector<float> gather_outputs(dist::Communicator& comm, const std::vector<fl
     return ordered;
 }
 
+// How a latent network's outputs become images: the autoencoder and the normalisation to undo.
+struct Decoder {
+    vae::AutoencoderKL<float, CpuBackend> vae;
+    vae::LatentScaling scaling;
+};
+
+// The network's `encoder` metadata (mpnet-convert writes it from the pickle), if any.
+std::optional<nlohmann::json> encoder_metadata(const fs::path& net) {
+    const auto file = io::SafetensorsFile::open(net);
+    const auto it = file.metadata().find("encoder");
+    if (it == file.metadata().end()) return std::nullopt;
+    try {
+        return nlohmann::json::parse(it->second);
+    } catch (const nlohmann::json::exception& e) {
+        fail("--net ", net.string(), ": metadata `encoder` is not JSON: ", e.what());
+    }
+}
+
+std::optional<Decoder> make_decoder(const Options& o, const nn::NetworkConfig& cfg, bool png) {
+    const auto encoder = encoder_metadata(o.net);
+    const std::string cls = encoder ? encoder->value("class", std::string()) : std::string();
+    if (o.vae.empty()) {
+        check(!png || cls != "StabilityVAEEncoder", "--net ", o.net.string(),
+              " makes latents of the Stability VAE: give --vae FILE to decode them to images (or write them with "
+              "--out-tensor)");
+        return std::nullopt;
+    }
+    check(cls != "StandardRGBEncoder", "--vae: the network ", o.net.string(), " makes pixels, not latents");
+    Decoder d{vae::AutoencoderKL<float, CpuBackend>::load(o.vae), {}};
+    check(d.vae.config().latent_channels == cfg.img_channels && d.vae.config().out_channels == 3, "--vae ",
+          o.vae.string(), ": the autoencoder's latents have ", d.vae.config().latent_channels,
+          " channels, the network makes ", cfg.img_channels);
+    if (cls == "StabilityVAEEncoder") {
+        try {
+            d.scaling = {encoder->at("scale").get<std::vector<double>>(), encoder->at("bias").get<std::vector<double>>()};
+        } catch (const nlohmann::json::exception& e) {
+            fail("--net ", o.net.string(), ": metadata `encoder` has no usable scale and bias: ", e.what());
+        }
+    } else {
+        // A network without the metadata (trained by mpnet-train on latents): EDM2's normalisation.
+        const auto n = data::stability_vae_normalization();
+        d.scaling = {std::vector<double>(n.scale.begin(), n.scale.end()), std::vector<double>(n.bias.begin(), n.bias.end())};
+    }
+    check(d.scaling.scale.size() == std::size_t(cfg.img_channels) && d.scaling.bias.size() == d.scaling.scale.size(),
+          "--net ", o.net.string(), ": the encoder's scale and bias have ", d.scaling.scale.size(), " channels, the network ",
+          cfg.img_channels);
+    return d;
+}
+
 void generate(const Options& o, dist::Communicator& comm) {
     Net net = load_net(o.net, "--net");
     std::optional<Net> guide;
@@ -373,8 +455,12 @@ void generate(const Options& o, dist::Communicator& comm) {
     }
     const nn::NetworkConfig& cfg = net.config();
     const bool png = !o.outdir.empty() || !o.grid.empty();
-    check(!png || cfg.img_channels == 1 || cfg.img_channels == 3, "--net ", o.net.string(), ": ", cfg.img_channels,
-          "-channel images cannot be written as PNG (need 1 or 3 channels; --out-tensor takes any)");
+    const std::optional<Decoder> decoder = make_decoder(o, cfg, png);
+    check(!png || decoder || cfg.img_channels == 1 || cfg.img_channels == 3, "--net ", o.net.string(), ": ",
+          cfg.img_channels, "-channel images cannot be written as PNG (need 1 or 3 channels; --out-tensor takes any)");
+    // The images' shape as written: the decoder's RGB at its scale, or the network's own.
+    const int64_t shown_channels = decoder ? 3 : cfg.img_channels;
+    const int64_t shown_resolution = cfg.img_resolution * (decoder ? decoder->vae.config().factor() : 1);
     const Plan p = make_plan(o, cfg);
     const std::vector<std::string> names = o.grid.empty() ? std::vector<std::string>{} : class_names(o);
     // Rank 0 makes the folders first: ranks creating one folder at once could race.
@@ -387,7 +473,8 @@ void generate(const Options& o, dist::Communicator& comm) {
     if (guide) d_guide.emplace(*guide);
     const Progress progress(o.quiet || !comm.is_root(), p.seeds.size());
     const bool gather = !o.grid.empty() || !o.out_tensor.empty();
-    std::vector<float> raw;  // this rank's sampler outputs, for --grid and --out-tensor
+    std::vector<float> raw;    // this rank's sampler outputs, for --out-tensor (and --grid without --vae)
+    std::vector<float> shown;  // with --vae: this rank's decoded pixels, for --grid
     int64_t nfe = 0;
     for (std::size_t begin = 0, b = 0; begin < p.seeds.size(); begin += std::size_t(o.batch), ++b) {
         if (!mine(b, comm)) continue;
@@ -406,17 +493,36 @@ void generate(const Options& o, dist::Communicator& comm) {
         nfe = result.nfe;
         check_sampled(result.images, seeds, o.net);
         if (gather) raw.insert(raw.end(), result.images.data(), result.images.data() + result.images.numel());
+        if (!png) continue;
+        std::vector<io::Image> images;
+        if (decoder) {
+            const auto pixels = vae::decode_to_pixels(decoder->vae, result.images, decoder->scaling);
+            if (!o.grid.empty()) shown.insert(shown.end(), pixels.begin(), pixels.end());
+            images = io::images_from_pixels(pixels, n, 3, int(shown_resolution), int(shown_resolution));
+        } else {
+            images = io::images_from_batch(result.images);
+        }
         if (o.outdir.empty()) continue;
-        const std::vector<io::Image> images = io::images_from_batch(result.images);
         for (std::size_t i = 0; i < images.size(); ++i) io::write_png(image_path(o.outdir, seeds[i]), images[i]);
     }
     if (gather) {
         const auto per_image = std::size_t(cfg.img_channels * cfg.img_resolution * cfg.img_resolution);
         const std::vector<float> all = gather_outputs(comm, raw, p.seeds.size(), std::size_t(o.batch), per_image);
+        std::vector<float> all_shown;
+        if (decoder && !o.grid.empty())
+            all_shown = gather_outputs(comm, shown, p.seeds.size(), std::size_t(o.batch),
+                                       std::size_t(shown_channels * shown_resolution * shown_resolution));
         if (comm.is_root()) {
             if (!o.grid.empty()) {
-                const Shape shape{int64_t(p.seeds.size()), cfg.img_channels, cfg.img_resolution, cfg.img_resolution};
-                io::write_png(o.grid, make_grid(p, names, io::images_from_batch(TensorF::from_host(shape, all))));
+                const auto n = int64_t(p.seeds.size());
+                std::vector<io::Image> images;
+                if (decoder)
+                    images = io::images_from_pixels(std::vector<uint8_t>(all_shown.begin(), all_shown.end()), n, 3,
+                                                    int(shown_resolution), int(shown_resolution));
+                else
+                    images = io::images_from_batch(TensorF::from_host(
+                        Shape{n, cfg.img_channels, cfg.img_resolution, cfg.img_resolution}, all));
+                io::write_png(o.grid, make_grid(p, names, images));
             }
             if (!o.out_tensor.empty()) write_tensor(o.out_tensor, all, p.seeds, cfg);
         }

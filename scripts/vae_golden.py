@@ -11,7 +11,8 @@ and UpDecoderBlock2D levels, two resnets per level, mid-block attention) at redu
 unmodified EDM2 StabilityVAEEncoder (training/encoders.py) as generate_images.py and
 dataset_tool.py do. Writes
 
-  vae.safetensors       the model's state_dict in float32, under diffusers' names
+  vae.safetensors       the model's state_dict in float32, under diffusers' names, with
+                        metadata norm_num_groups (8; the real files have 32 and no metadata)
   vae_f16.safetensors   the same in float16
   golden.safetensors    pixels [2, 3, 32, 32] (uint8 values as float32);
                         raw_latents = encoder.encode_pixels(pixels): mean and std [2, 8, 8, 8];
@@ -64,8 +65,10 @@ def main(repo, out):
                 p.copy_((1 if name.endswith('weight') else 0) + 0.2 * torch.randn_like(p))
     vae = vae.eval().requires_grad_(False)
     state = {k: v.numpy() for k, v in vae.state_dict().items()}
-    write_safetensors(os.path.join(out, 'vae.safetensors'), state)
-    write_safetensors(os.path.join(out, 'vae_f16.safetensors'), state, dtype=np.float16)
+    # diffusers keeps the group count in config.json; these files carry it as metadata.
+    groups = {'norm_num_groups': str(GROUPS)}
+    write_safetensors(os.path.join(out, 'vae.safetensors'), state, groups)
+    write_safetensors(os.path.join(out, 'vae_f16.safetensors'), state, groups, dtype=np.float16)
 
     encoder = StabilityVAEEncoder()
     encoder._vae = vae

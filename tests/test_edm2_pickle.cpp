@@ -19,6 +19,8 @@
 #include "mpnet/backend/cpu/cpu.hpp"
 #include "mpnet/nn/edm2_pickle.hpp"
 #include "mpnet/sample/edm_sampler.hpp"
+#include "mpnet/vae/stability_vae.hpp"
+#include <stb/stb_image.h>
 
 using namespace mpnet;
 using namespace std::string_literals;
@@ -201,6 +203,73 @@ TEST_CASE("mpnet-convert: writes a weights file that loads, and refuses without 
     CHECK(run(dir + "snapshot.pkl") == 2);
     CHECK(run((scratch / "missing.pkl").string() + " " + (scratch / "x.safetensors").string()) == 1);
     CHECK(read_bytes(scratch / "log").find("missing.pkl") != std::string::npos);
+    fs::remove_all(scratch);
+}
+#endif
+
+#if defined(MPNET_CONVERT_EXE) && defined(MPNET_GENERATE_EXE)
+TEST_CASE("mpnet-generate: an authors' preset from converted pickles, decoded by --vae") {
+    const fs::path scratch = fs::temp_directory_path() / ("mpnet_preset_" + std::to_string(::getpid()));
+    fs::remove_all(scratch);
+    fs::create_directories(scratch / "models");
+    const fs::path log = scratch / "log";
+    auto run = [&](const std::string& exe, const std::string& args) {
+        const int raw = std::system((exe + " " + args + " > " + log.string() + " 2>&1").c_str());
+        return WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
+    };
+    // edm2-img512-xs-guid-fid: net edm2-img512-xs-2147483-0.045, guide edm2-img512-xs-uncond-2147483-0.045, w = 1.4.
+    const fs::path net = scratch / "models" / "edm2-img512-xs-2147483-0.045.safetensors";
+    const fs::path gnet = scratch / "models" / "edm2-img512-xs-uncond-2147483-0.045.safetensors";
+    REQUIRE(run(MPNET_CONVERT_EXE, dir + "snapshot.pkl " + net.string()) == 0);
+    REQUIRE(run(MPNET_CONVERT_EXE, dir + "guide.pkl " + gnet.string()) == 0);
+    const std::string vae_file = std::string(MPNET_TEST_DATA) + "/vae/vae.safetensors";
+    const std::string common = " --seeds 0-3 --steps 4 --quiet --vae " + vae_file;
+    REQUIRE(run(MPNET_GENERATE_EXE, "--preset edm2-img512-xs-guid-fid --models " + (scratch / "models").string() + common +
+                                        " --outdir " + (scratch / "out").string() + " --grid " +
+                                        (scratch / "grid.png").string() + " --out-tensor " +
+                                        (scratch / "latents.safetensors").string()) == 0);
+    REQUIRE(run(MPNET_GENERATE_EXE, "--net " + net.string() + " --gnet " + gnet.string() + " --guidance 1.4" + common +
+                                        " --out-tensor " + (scratch / "explicit.safetensors").string()) == 0);
+    CHECK(read_bytes(scratch / "latents.safetensors") == read_bytes(scratch / "explicit.safetensors"));
+
+    // Each PNG is the EDM2 decoding of its latents: 8x8x4 latents, 32x32 RGB through the test VAE.
+    const auto latents = io::SafetensorsFile::open(scratch / "latents.safetensors");
+    const auto all = test::load<float>(latents, "images");
+    REQUIRE(all.shape() == Shape{4, 4, 8, 8});
+    const auto vae = vae::AutoencoderKL<float, CpuBackend>::load(vae_file);
+    const auto enc = io::SafetensorsFile::open(net).metadata().at("encoder");
+    const auto j = nlohmann::json::parse(enc);
+    const vae::LatentScaling scaling{j.at("scale").get<std::vector<double>>(), j.at("bias").get<std::vector<double>>()};
+    const auto expected = vae::decode_to_pixels(vae, all, scaling);
+    for (int seed = 0; seed < 4; ++seed) {
+        CAPTURE(seed);
+        int w = 0, h = 0, c = 0;
+        char name[64];
+        std::snprintf(name, sizeof name, "out/000000/%06d.png", seed);
+        unsigned char* px = stbi_load((scratch / name).c_str(), &w, &h, &c, 0);
+        REQUIRE(px != nullptr);
+        CHECK((w == 32 && h == 32 && c == 3));
+        int mismatches = 0;
+        for (int p = 0; p < 32 * 32; ++p)
+            for (int ch = 0; ch < 3; ++ch)
+                mismatches += px[p * 3 + ch] != expected[std::size_t(((seed * 3 + ch) * 32 * 32) + p)];
+        CHECK(mismatches == 0);
+        stbi_image_free(px);
+    }
+    CHECK(fs::exists(scratch / "grid.png"));
+
+    // A latent network without --vae cannot make PNGs; a pixel network refuses --vae.
+    CHECK(run(MPNET_GENERATE_EXE, "--net " + net.string() + " --seeds 0 --steps 2 --grid " +
+                                      (scratch / "g2.png").string()) == 1);
+    CHECK(read_bytes(log).find("give --vae") != std::string::npos);
+    CHECK(run(MPNET_GENERATE_EXE, "--net " + gnet.string() + " --seeds 0 --steps 2 --vae " + vae_file +
+                                      " --out-tensor " + (scratch / "t.safetensors").string()) == 1);
+    CHECK(read_bytes(log).find("makes pixels, not latents") != std::string::npos);
+    CHECK(run(MPNET_GENERATE_EXE, "--preset edm2-img512-xs --models " + scratch.string() + " --grid x.png") == 2);
+    CHECK(read_bytes(log).find("unknown preset") != std::string::npos);
+    CHECK(run(MPNET_GENERATE_EXE, "--preset edm2-img512-xs-fid --net " + net.string() + " --grid x.png") == 2);
+    CHECK(run(MPNET_GENERATE_EXE, "--preset edm2-img512-xs-fid --grid x.png") == 2);
+    CHECK(read_bytes(log).find("--models") != std::string::npos);
     fs::remove_all(scratch);
 }
 #endif

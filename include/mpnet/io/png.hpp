@@ -61,6 +61,23 @@ std::vector<Image> images_from_batch(const Tensor<T, B>& x) {
     return out;
 }
 
+// Images from uint8 pixels laid out [N, C, H, W] (C = 1 or 3).
+inline std::vector<Image> images_from_pixels(std::span<const uint8_t> chw, int64_t n, int c, int h, int w) {
+    check(c == 1 || c == 3, "images with ", c, " channels cannot be written as PNG (need 1 or 3)");
+    const std::size_t plane = std::size_t(h) * std::size_t(w);
+    check(chw.size() == std::size_t(n) * std::size_t(c) * plane, "images_from_pixels: ", chw.size(),
+          " pixels are not ", n, "x", c, "x", h, "x", w);
+    std::vector<Image> out;
+    for (int64_t i = 0; i < n; ++i) {
+        Image img(w, h, c);
+        const uint8_t* src = chw.data() + std::size_t(i) * plane * std::size_t(c);
+        for (std::size_t p = 0; p < plane; ++p)
+            for (int ch = 0; ch < c; ++ch) img.pixels[p * std::size_t(c) + std::size_t(ch)] = src[std::size_t(ch) * plane + p];
+        out.push_back(std::move(img));
+    }
+    return out;
+}
+
 // The PNG file's bytes.
 inline std::vector<std::byte> encode_png(const Image& img) {
     check(img.channels == 1 || img.channels == 3 || img.channels == 4, "encode_png: ", img.channels,

@@ -16,6 +16,7 @@
 // Group norms have 32 groups and eps 1e-6; convs have biases. The kernels come from the
 // backend's header (backend/cpu/autoencoder_ops.hpp on the CPU), which the user includes.
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
@@ -203,15 +204,28 @@ public:
     using TensorT = Tensor<T, B>;
 
     // Loads diffusers' diffusion_pytorch_model.safetensors (float32 or float16): the
-    // configuration is read from the tensors' shapes, except the group count (32 in every
-    // Stable Diffusion VAE). Every tensor must be used.
-    static AutoencoderKL load(const std::filesystem::path& path, int64_t groups = 32) {
+    // configuration is read from the tensors' shapes, except the group count, which diffusers
+    // keeps in config.json: the file's `norm_num_groups` metadata if it has one, else 32, as
+    // in every Stable Diffusion VAE. Every tensor must be used.
+    static AutoencoderKL load(const std::filesystem::path& path) {
+        const auto file = io::SafetensorsFile::open(path);
+        int64_t groups = 32;
+        if (const auto it = file.metadata().find("norm_num_groups"); it != file.metadata().end()) {
+            const auto& v = it->second;
+            check(!v.empty() && v.size() < 5 && std::all_of(v.begin(), v.end(), [](char c) { return c >= '0' && c <= '9'; }),
+                  file.label(), ": metadata norm_num_groups '", v, "' is not a group count");
+            groups = std::stoll(v);
+        }
+        return AutoencoderKL(file, groups);
+    }
+    static AutoencoderKL load(const std::filesystem::path& path, int64_t groups) {
         const auto file = io::SafetensorsFile::open(path);
         return AutoencoderKL(file, groups);
     }
 
     AutoencoderKL(const io::SafetensorsFile& file, int64_t groups) {
         WeightReader r(file);
+        check(groups > 0, file.label(), ": group count ", groups);
         c_.groups = groups;
         for (int64_t i = 0; r.has("encoder.down_blocks." + std::to_string(i) + ".resnets.0.conv1.weight"); ++i)
             c_.block_out_channels.push_back(r.shape("encoder.down_blocks." + std::to_string(i) + ".resnets.0.conv1.weight")[0]);
