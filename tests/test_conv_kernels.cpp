@@ -62,6 +62,8 @@ TEST_CASE("conv kernels: float forward and backward match a direct convolution i
         {3, 6, 10, 5, 7, 5},    {3, 37, 19, 8, 8, 1},  {1, 1, 3, 4, 4, 1},    {3, 70, 40, 16, 16, 3},
         {3, 300, 33, 8, 8, 1},  {1, 2, 64, 16, 16, 3}, {3, 64, 1, 8, 8, 3},   {1, 9, 17, 3, 11, 3},
         {2, 40, 64, 32, 32, 3}, {2, 20, 24, 32, 32, 1}, {2, 5, 6, 8, 4, 3},    {2, 3, 4, 16, 2, 5},
+        // Images larger than a unit of columns, units starting mid-row: staged as windows of rows.
+        {1, 6, 8, 37, 29, 3},   {2, 5, 7, 23, 41, 5},
     };
     uint64_t seed = 100;
     for (const Case& c : cases) {

@@ -262,6 +262,7 @@ public:
         for (std::size_t i = 0; i < enc_levels_.size(); ++i) {
             for (const auto& block : enc_levels_[i]) h = block.forward(h);
             if (i < enc_down_.size()) h = enc_down_[i].forward(h);
+            release_cached();
         }
         h = enc_mid_->forward(h);
         enc_norm_->apply(h, true);
@@ -282,12 +283,19 @@ public:
                 h = TensorT{};
                 h = dec_up_[i].forward(up);
             }
+            release_cached();
         }
         dec_norm_->apply(h, true);
         return dec_out_->forward(h);
     }
 
 private:
+    // Each level's activations have sizes no later level uses: a caching allocator would
+    // otherwise hold every level's at once (2.1 GB instead of 1.2 GB for a 512x512 decode).
+    static void release_cached() {
+        if constexpr (requires { B::release_cached(); }) B::release_cached();
+    }
+
     void load_encoder(WeightReader& r) {
         const auto& boc = c_.block_out_channels;
         enc_in_ = Conv<T, B>::load(r, "encoder.conv_in", c_.in_channels, boc[0], 3);

@@ -23,6 +23,8 @@ struct CpuBackend {
     static void synchronize() {}
     static std::size_t peak_bytes() { return MemoryPool::instance().peak_bytes(); }
     static void reset_peak() { MemoryPool::instance().reset_peak(); }
+    // Returns the pool's freed blocks to the system: after a phase whose shapes will not recur.
+    static void release_cached() { MemoryPool::instance().release_cached(); }
 };
 
 template <class T>

@@ -127,7 +127,7 @@ inline void output_product(const Images& g, const float* a, int64_t m, float* y)
     const Units units = units_of(total);
     // In place, planes a multiple of 4 KiB apart would put all rows of a panel into the
     // same L1 sets.
-    const Stager stager(g, g.hw() % 1024 == 0, /*vectors=*/true);
+    const Stager stager(g, units.size, g.hw() % 1024 == 0, /*vectors=*/true);
     const std::vector<int32_t> offsets = stager.window_offsets(units.size);
 #pragma omp parallel num_threads(threads_for(total * m * depth, units))
     {
@@ -210,7 +210,7 @@ inline void weight_product(const Images& g, const float* dy, int64_t m, float* d
     const Groups groups = weight_groups(total, depth * padded_m);
     const int threads =
         total * m * depth < parallel_work ? 1 : int(std::min<int64_t>(omp_get_max_threads(), groups.count));
-    const Stager stager(g, false);  // X is the broadcast side here: its rows stream
+    const Stager stager(g, max_unit, false);  // X is the broadcast side here: its rows stream
     const std::vector<int32_t> offsets = stager.window_offsets(max_unit);
     CpuTensor<float> partial(Shape{groups.count, depth, padded_m});
 #pragma omp parallel num_threads(threads)
