@@ -10,7 +10,7 @@ images=${MPNET_DEMO_IMAGES:-64000}
 out=${MPNET_DEMO_OUT:-out/demo}
 
 cmake -S . -B build/release -G Ninja -DCMAKE_BUILD_TYPE=Release
-cmake --build build/release -j "$(nproc)" --target mpnet-train mpnet-phema mpnet-generate
+cmake --build build/release -j "$(nproc)" --target mpnet-train mpnet-phema mpnet-generate mpnet-convert
 bin=build/release/examples
 
 "$bin"/mpnet-train --outdir "$out/run" --data fashion-mnist --preset fmnist-xs --batch 64 \

@@ -12,6 +12,7 @@
 
 #include "golden.hpp"
 #include "mpnet/backend/cpu/cpu.hpp"
+#include "mpnet/data/latents.hpp"
 #include "mpnet/vae/stability_vae.hpp"
 
 using namespace mpnet;
@@ -144,4 +145,27 @@ TEST_CASE("autoencoder: older attention names, and files that do not fit") {
     CHECK_THROWS_WITH_AS(Vae::load(std::string(MPNET_TEST_DATA) + "/reference/unet.safetensors"),
                          doctest::Contains("not an AutoencoderKL"), Error);
     fs::remove_all(scratch);
+}
+
+TEST_CASE("autoencoder: EDM2's latent normalisation, both directions") {
+    // mpnet's built-in normalisation (used for datasets and for networks without `encoder`
+    // metadata) is the pickled encoder's, in float32 exactly.
+    const auto s = golden_scaling();
+    const auto builtin = data::stability_vae_normalization();
+    for (std::size_t c = 0; c < 4; ++c) {
+        CHECK(double(builtin.scale[c]) == s.scale[c]);
+        CHECK(double(builtin.bias[c]) == s.bias[c]);
+    }
+    // Final latents from the stored mean (no noise) come back to the mean within float32
+    // rounding: decoding undoes what encoding applies.
+    const auto raw = vae_golden().read<float>("raw_latents");  // [2, 8, 8, 8]: mean, then std
+    const int64_t plane = 64;
+    for (int64_t n = 0; n < 2; ++n)
+        for (int64_t c = 0; c < 4; ++c)
+            for (int64_t i = 0; i < plane; ++i) {
+                const float mean = raw[std::size_t((n * 8 + c) * plane + i)];
+                const float final = data::final_latent(mean, 1.0f, 0.0f, builtin.scale[std::size_t(c)], builtin.bias[std::size_t(c)]);
+                const float back = (final - builtin.bias[std::size_t(c)]) / builtin.scale[std::size_t(c)];
+                CHECK(back == doctest::Approx(mean).epsilon(1e-6).scale(10));
+            }
 }

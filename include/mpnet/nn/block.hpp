@@ -175,9 +175,10 @@ private:
             if (*c) f(**c);
     }
     static void add_scalar_grad(Param<T, B>& p, double g) {
-        auto v = p.grad.to_host();
+        auto& grad = p.grad_to_accumulate();
+        auto v = grad.to_host();
         v[0] += T(g);
-        B::copy_from_host(p.grad.data(), v.data(), sizeof(T));
+        B::copy_from_host(grad.data(), v.data(), sizeof(T));
     }
 
     BlockSpec spec_;

@@ -253,7 +253,7 @@ Precond<T, B> network_from(Edm2Pickle& p, const std::string& label) {
           " values, the pickle holds ", stored);
     std::map<std::string, io::HostTensor*> by_name;
     for (auto& [name, t] : p.state) check(by_name.emplace(name, &t).second, label, ": tensor '", name, "' appears twice");
-    Precond<T, B> net(p.config);
+    Precond<T, B> net(p.config, 0, Precond<T, B>::Gradients::none);
     std::set<std::string> used;
     for_each_state_tensor(net, [&](const std::string& name, Tensor<T, B>& t) {
         const auto it = by_name.find(name);

@@ -69,7 +69,7 @@ public:
         affine(B{}, dw_eff, T(k), T(0), dw_eff);  // gradient w.r.t. normalize(weight)
         TensorT dw(weight.value.shape());
         normalize_backward(B{}, weight.value, dw_eff, ops::Dims::all_but_first(), ctx.w_scale, dw);
-        axpby(B{}, T(1), dw, T(1), weight.grad);
+        axpby(B{}, T(1), dw, T(1), weight.grad_to_accumulate());
         return dx;
     }
 

@@ -12,7 +12,15 @@ struct Param {
     Tensor<T, B> grad;  // accumulated by backward; zeroed by the optimizer's caller
 
     Param() = default;
-    explicit Param(Shape shape) : value(shape), grad(Tensor<T, B>::zeros(shape)) {}
+    explicit Param(Shape shape) : value(shape) {}
+
+    // The gradient backward accumulates into. A network's arena binds every gradient to its
+    // flat buffer; a network built for inference has none, and only a backward pass through
+    // it (a test's) allocates one, zero, here.
+    Tensor<T, B>& grad_to_accumulate() {
+        if (grad.data() == nullptr || grad.shape() != value.shape()) grad = Tensor<T, B>::zeros(value.shape());
+        return grad;
+    }
 };
 
 // Modules implement visit(prefix, f), calling f(name, Param&) for each parameter, so that

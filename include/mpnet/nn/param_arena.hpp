@@ -56,22 +56,31 @@ public:
 
     ParamArena() = default;
 
-    // Copies every parameter net.visit() reaches into the arena and rebinds its value and
-    // gradient to views of it; the tensors each parameter held before are released.
+    // Copies every parameter net.visit() reaches into the arena and rebinds its value and,
+    // `with_grads`, its gradient (zero) to views of it; the tensors each parameter held before
+    // are released. Without gradients (inference) the arena holds the values alone.
     template <class Net>
-    explicit ParamArena(Net& net) {
+    explicit ParamArena(Net& net, bool with_grads = true) {
         net.visit([&](const std::string& name, Param<T, B>& p) { layout_.append<T>(name, p.value.shape()); });
         values_ = TensorT::zeros(Shape{layout_.numel});
-        grads_ = TensorT::zeros(Shape{layout_.numel});
+        if (with_grads) grads_ = TensorT::zeros(Shape{layout_.numel});
         std::size_t i = 0;
         net.visit([&](const std::string&, Param<T, B>& p) {
             const auto& e = layout_.entries[i++];
-            TensorT value = ParamLayout::view(values_, e), grad = ParamLayout::view(grads_, e);
+            TensorT value = ParamLayout::view(values_, e);
             value.copy_from(p.value);
-            grad.copy_from(p.grad);
             p.value = value;
+            if (!with_grads) {
+                p.grad = TensorT{};
+                return;
+            }
+            TensorT grad = ParamLayout::view(grads_, e);
+            if (p.grad.data() != nullptr) grad.copy_from(p.grad);
             p.grad = grad;
         });
+        // The per-parameter tensors just released have sizes nothing else asks for: a caching
+        // allocator would hold them (twice the network) for the rest of the run.
+        if constexpr (requires { B::release_cached(); }) B::release_cached();
     }
 
     [[nodiscard]] const ParamLayout& layout() const { return layout_; }

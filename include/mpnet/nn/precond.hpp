@@ -15,13 +15,17 @@ class Precond {
 public:
     using TensorT = Tensor<T, B>;
 
-    explicit Precond(const NetworkConfig& cfg, uint64_t seed = 0)
+    // Gradients::none builds a network for inference: no gradient buffer (half the memory);
+    // a backward pass through it still works, allocating per-parameter gradients.
+    enum class Gradients { flat, none };
+
+    explicit Precond(const NetworkConfig& cfg, uint64_t seed = 0, Gradients gradients = Gradients::flat)
         : cfg_((cfg.validate(), cfg)), unet(cfg, rng::substream(seed, 100)),
           logvar_fourier(cfg.logvar_channels, rng::substream(seed, 2)), logvar_linear(cfg.logvar_channels, 1, 0) {
         // The arena is built here, once every module exists, rather than threaded through the
         // module constructors: modules keep declaring plain Params, and the one list visit()
         // walks decides the layout, as it decides the names.
-        arena_ = ParamArena<T, B>(*this);
+        arena_ = ParamArena<T, B>(*this, gradients == Gradients::flat);
         initialize(seed);
     }
 

@@ -82,7 +82,7 @@ public:
     void backward(const TensorT& dF, const Context& s) {
         double dgain = 0;
         TensorT dh = out_conv.backward(dF, s.out_conv, &dgain);
-        add_to_scalar(out_gain.grad, dgain);
+        add_to_scalar(out_gain.grad_to_accumulate(), dgain);
         TensorT demb = TensorT::zeros(s.emb_pre_silu.shape());
         std::vector<TensorT> dskips;  // gradients of the skip stack, in pop order
         for (size_t i = dec.size(); i-- > 0;) {

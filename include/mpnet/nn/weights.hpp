@@ -102,13 +102,15 @@ inline void check_config_fits(const io::SafetensorsFile& file, const NetworkConf
           " values, the file holds ", stored);
 }
 
-// Builds the network a weights file describes and loads it.
+// Builds the network a weights file describes and loads it, for inference (no gradient
+// buffer; Gradients::flat for one to train).
 template <Scalar T, Backend B>
-Precond<T, B> load_network(const std::filesystem::path& path) {
+Precond<T, B> load_network(const std::filesystem::path& path,
+                           typename Precond<T, B>::Gradients gradients = Precond<T, B>::Gradients::none) {
     const auto file = io::SafetensorsFile::open(path);
     const NetworkConfig config = read_config(file);
     check_config_fits(file, config);
-    Precond<T, B> net(config);
+    Precond<T, B> net(config, 0, gradients);
     load_state(net, file);
     return net;
 }
