@@ -15,9 +15,12 @@
 #include <vector>
 
 #include "cli.hpp"
+#include "mpnet/backend/cpu/cpu.hpp"
 #include "mpnet/data/dataset_tool.hpp"
+#include "mpnet/data/npy.hpp"
 #include "mpnet/io/atomic_file.hpp"
 #include "mpnet/io/zip_writer.hpp"
+#include "mpnet/vae/stability_vae.hpp"
 
 namespace fs = std::filesystem;
 using namespace mpnet;
@@ -26,21 +29,45 @@ using cli::UsageError;
 namespace {
 
 struct Options {
-    std::string source, dest, transform;
+    std::string command;  // convert or encode
+    std::string source, dest, transform, vae;
     std::optional<int64_t> max_images;
     std::optional<int> width, height;
     bool quiet = false, skip_bad = false;
 };
 
-const char* overview = R"(Usage: mpnet-dataset convert --source PATH --dest PATH [options]
+const char* overview = R"(Usage: mpnet-dataset (convert | encode) --source PATH --dest PATH [options]
 
 Makes training datasets as the reference implementation's dataset_tool.py does.
 
 Commands:
   convert   a folder or zip of images -> a zip or folder of PNGs and dataset.json
+  encode    a folder or zip of images -> their Stable Diffusion VAE posteriors as .npy
+            files and dataset.json (the latent datasets of EDM2's img512 presets)
 
-Run 'mpnet-dataset convert --help' for its options.
+Run 'mpnet-dataset convert --help' or 'mpnet-dataset encode --help' for the options.
 )";
+
+cli::Parser make_encode_parser(Options& o) {
+    cli::Parser p("mpnet-dataset encode --source PATH --dest PATH --vae FILE [options]",
+                  R"(Encodes images (normally a dataset made by `convert`, e.g. 512x512 ImageNet) to
+latents, as the reference's `dataset_tool.py encode` does: each image's VAE
+posterior, mean and std of the pixels / 255, stored as a float32 [8, H/8, W/8]
+array by np.save in 00000/img-mean-std-00000000.npy, ...; dataset.json keeps the
+labels. mpnet-train samples mean + std * noise from them and normalises it as
+EDM2 does (docs/datasets.md).)");
+    p.section("Options")
+        .value("--source", "PATH", "a folder (searched recursively) or a .zip of images; labels as\nfor convert", [&](const std::string& v) { o.source = v; })
+        .value("--dest", "PATH", "the output: DIR (new or empty) or FILE.zip; written under a\ntemporary name and moved into place when complete",
+               [&](const std::string& v) { o.dest = v; })
+        .value("--vae", "FILE", "the autoencoder: diffusers' diffusion_pytorch_model.safetensors\nof stabilityai/sd-vae-ft-mse (the reference's default model)",
+               [&](const std::string& v) { o.vae = v; })
+        .value("--max-images", "N", "encode at most N images",
+               [&](const std::string& v) { o.max_images = cli::parse_integer<int64_t>("--max-images", v, 1); })
+        .flag("--quiet", "no progress line, only errors", [&] { o.quiet = true; });
+    p.epilog(R"(Exit status: 0 on success, 1 on bad input, 2 on a command-line error.)");
+    return p;
+}
 
 cli::Parser make_parser(Options& o) {
     cli::Parser p("mpnet-dataset convert --source PATH --dest PATH [options]",
@@ -83,10 +110,14 @@ Options parse_args(int argc, char** argv) {
         if (argc >= 2) throw cli::HelpRequested{overview};
         throw UsageError("give a command: convert");
     }
-    if (std::string(argv[1]) != "convert") throw UsageError("unknown command '" + std::string(argv[1]) + "' (convert)");
+    const std::string command = argv[1];
+    if (command != "convert" && command != "encode")
+        throw UsageError("unknown command '" + command + "' (convert, encode)");
     Options o;
-    cli::Parser parser = make_parser(o);
+    o.command = command;
+    cli::Parser parser = command == "convert" ? make_parser(o) : make_encode_parser(o);
     parser.parse(argc - 1, argv + 1);
+    if (command == "encode" && o.vae.empty()) throw UsageError("--vae is required");
     if (o.source.empty()) throw UsageError("--source is required");
     if (o.dest.empty()) throw UsageError("--dest is required");
     cli::as_usage_error([&] {
@@ -175,6 +206,57 @@ std::string dataset_json(const std::vector<std::pair<std::string, int64_t>>& lab
     return out + "]}";
 }
 
+// The source's images and labels, checked to exist.
+struct Source {
+    data::FileTree tree;
+    data::SourceImages images;
+    int64_t total;
+};
+
+Source open_source(const Options& o) {
+    std::error_code ec;
+    const bool is_folder = fs::is_directory(o.source, ec);
+    check(is_folder || fs::exists(o.source, ec), o.source, ": no such file or directory");
+    check(is_folder || fs::path(o.source).extension() == ".zip", o.source, ": only folders and .zip archives are supported");
+    data::FileTree tree(o.source);
+    data::SourceImages images = data::list_source(tree, is_folder);
+    const auto total = int64_t(std::min<std::size_t>(images.names.size(), std::size_t(o.max_images.value_or(INT64_MAX))));
+    return {std::move(tree), std::move(images), total};
+}
+
+void encode(const Options& o) {
+    const auto vae = vae::AutoencoderKL<float, CpuBackend>::load(o.vae);
+    const Source src = open_source(o);
+    const int64_t factor = vae.config().factor();
+    Output out(o.dest);
+    const Progress progress(o.quiet, src.total);
+    std::vector<std::pair<std::string, int64_t>> labels;
+    for (int64_t i = 0; i < src.total; ++i) {
+        const std::string& name = src.images.names[std::size_t(i)];
+        const std::string where = src.tree.describe(name);
+        const io::Image img = data::read_rgb(src.tree.read(name), where);
+        check(img.width % factor == 0 && img.height % factor == 0, where, ": ", img.width, "x", img.height,
+              " is not a multiple of the autoencoder's ", factor, " pixels per latent");
+        // [1, 3, H, W] valued 0..255, as the reference's torch.tensor(image).permute(2, 0, 1).
+        CpuTensor<float> pixels(Shape{1, 3, img.height, img.width});
+        const std::size_t plane = std::size_t(img.width) * std::size_t(img.height);
+        for (std::size_t p = 0; p < plane; ++p)
+            for (std::size_t c = 0; c < 3; ++c) pixels.data()[c * plane + p] = img.pixels[p * 3 + c];
+        const auto latents = vae::encode_pixels(vae, pixels);  // [1, 8, H/8, W/8]: mean, std
+        const std::vector<int64_t> shape{latents.size(1), latents.size(2), latents.size(3)};
+        const auto bytes = data::npy_bytes(shape, std::span<const float>(latents.data(), std::size_t(latents.numel())));
+        char digits[32];
+        std::snprintf(digits, sizeof digits, "%08lld", static_cast<long long>(i));
+        const std::string archive_name = std::string(digits).substr(0, 5) + "/img-mean-std-" + digits + ".npy";
+        out.add(archive_name, bytes);
+        labels.emplace_back(archive_name, src.images.labels ? (*src.images.labels)[std::size_t(i)] : -1);
+        progress.update(i + 1);
+    }
+    const std::string json = dataset_json(labels, src.images.labels.has_value());
+    out.add("dataset.json", std::span(reinterpret_cast<const uint8_t*>(json.data()), json.size()));
+    out.finish();
+}
+
 void convert(const Options& o) {
     std::error_code ec;
     const bool is_folder = fs::is_directory(o.source, ec);
@@ -232,4 +314,9 @@ void convert(const Options& o) {
 
 }  // namespace
 
-int main(int argc, char** argv) { return cli::run_main("mpnet-dataset", argc, argv, parse_args, convert); }
+void run(const Options& o) {
+    if (o.command == "encode") encode(o);
+    else convert(o);
+}
+
+int main(int argc, char** argv) { return cli::run_main("mpnet-dataset", argc, argv, parse_args, run); }

@@ -21,9 +21,16 @@ dataset_tool.py do. Writes
                         decoded_pixels = encoder.decode(latents) (uint8 values);
                         decoded_f16 = the float output of the float16 weights (run in float32);
                         metadata: scale, bias (the encoder's), groups
+  encode.safetensors    dataset_tool.py encode run on a folder of three 32x32 PNGs in two
+                        class folders (with this VAE; the tool's .to('cuda') kept on the CPU):
+                        source/<path> the PNG files' bytes, out/<name> every file of the
+                        archive it wrote (the .npy files and dataset.json), as bytes
 """
+import io
 import json
 import os
+import tempfile
+import zipfile
 import struct
 import sys
 
@@ -34,10 +41,11 @@ GROUPS = 8
 
 
 def write_safetensors(path, tensors, metadata=None, dtype=np.float32):
-    code = {np.float32: 'F32', np.float16: 'F16'}[dtype]
     header, blobs, offset = {}, [], 0
     for name, array in tensors.items():
-        data = np.ascontiguousarray(array, dtype=dtype).tobytes()
+        kind = np.uint8 if array.dtype == np.uint8 else dtype
+        code = {np.float32: 'F32', np.float16: 'F16', np.uint8: 'U8'}[kind]
+        data = np.ascontiguousarray(array, dtype=kind).tobytes()
         header[name] = {'dtype': code, 'shape': list(array.shape), 'data_offsets': [offset, offset + len(data)]}
         blobs.append(data)
         offset += len(data)
@@ -93,6 +101,33 @@ def main(repo, out):
                 'bias': json.dumps([float(v) for v in encoder.bias]), 'groups': str(GROUPS),
                 'torch': torch.__version__}
     write_safetensors(os.path.join(out, 'golden.safetensors'), tensors, metadata)
+    encode_golden(vae, out)
+
+
+def encode_golden(vae, out):
+    import PIL.Image
+    import dataset_tool
+    import training.encoders
+    training.encoders.load_stability_vae = lambda *args, **kwargs: vae  # the test VAE for any name
+    to = torch.Tensor.to
+    torch.Tensor.to = lambda self, *a, **k: self if a and a[0] == 'cuda' else to(self, *a, **k)
+    tensors = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, 'source')
+        rng = np.random.RandomState(4)
+        for rel in ['cat/a.png', 'cat/b.png', 'dog/c.png']:
+            os.makedirs(os.path.dirname(os.path.join(src, rel)), exist_ok=True)
+            img = np.clip(rng.rand(1, 1, 3) * 255 + rng.randint(-30, 31, (32, 32, 3)), 0, 255).astype(np.uint8)
+            PIL.Image.fromarray(img).save(os.path.join(src, rel))
+            with open(os.path.join(src, rel), 'rb') as f:
+                tensors['source/' + rel] = np.frombuffer(f.read(), dtype=np.uint8)
+        dest = os.path.join(tmp, 'latents.zip')
+        dataset_tool.encode.callback(model_url='stabilityai/sd-vae-ft-mse', source=src, dest=dest, max_images=None)
+        with zipfile.ZipFile(dest) as z:
+            for name in z.namelist():
+                tensors['out/' + name] = np.frombuffer(z.read(name), dtype=np.uint8)
+    torch.Tensor.to = to
+    write_safetensors(os.path.join(out, 'encode.safetensors'), tensors)
 
 
 if __name__ == '__main__':

@@ -296,3 +296,63 @@ TEST_CASE("npy: NumPy's own files read back (float32, float16, float64, a 0-d ar
     fortran.insert(fortran.begin() + std::ptrdiff_t(at), {'T', 'r', 'u', 'e', ' '});
     expect(fortran, "Fortran-ordered");
 }
+
+#ifdef MPNET_DATASET_EXE
+TEST_CASE("dataset tool: encode writes the reference's latent archive (names, headers, labels, values)") {
+    // tests/data/vae/encode.safetensors: dataset_tool.py encode of three PNGs with the test VAE.
+    const auto ref = io::SafetensorsFile::open(std::string(MPNET_TEST_DATA) + "/vae/encode.safetensors");
+    const fs::path src = fresh_dir("encode-source");
+    std::map<std::string, std::vector<uint8_t>> expected;
+    for (const auto& info : ref.tensors()) {
+        const auto bytes = ref.read<uint8_t>(info.name);
+        if (info.name.starts_with("source/")) write_file(src / info.name.substr(7), bytes);
+        else expected[info.name.substr(4)] = bytes;
+    }
+    const fs::path dest = fresh_dir("encode-dest") / "latents.zip";
+    const std::string vae = std::string(MPNET_TEST_DATA) + "/vae/vae.safetensors";
+    const auto r = run_tool("encode --source " + src.string() + " --dest " + dest.string() + " --vae " + vae + " --quiet");
+    INFO(r.output);
+    REQUIRE(r.exit_code == 0);
+    const data::FileTree tree(dest);
+    REQUIRE(tree.files().size() == expected.size());
+    for (const auto& [name, want] : expected) {
+        CAPTURE(name);
+        REQUIRE(tree.contains(name));
+        const auto got = tree.read(name);
+        if (!name.ends_with(".npy")) {
+            CHECK(got == want);  // dataset.json, byte for byte
+            continue;
+        }
+        REQUIRE(got.size() == want.size());
+        CHECK(std::equal(got.begin(), got.begin() + 128, want.begin()));  // np.save's header, byte for byte
+        const auto a = data::parse_npy(got, name), b = data::parse_npy(want, name);
+        CHECK(a.shape == std::vector<int64_t>{8, 8, 8});
+        double err = 0, scale = 0;
+        for (std::size_t i = 0; i < b.values.size(); ++i) {
+            err = std::max(err, double(std::abs(a.values[i] - b.values[i])));
+            scale = std::max(scale, double(std::abs(b.values[i])));
+        }
+        CHECK(err <= 2e-5 * scale);  // the autoencoder's float32 tolerance (test_autoencoder.cpp)
+    }
+#ifdef MPNET_TRAIN_EXE
+    // The archive trains a reduced img512 network (latents 4x8x8 here: the test VAE's 4x).
+    const fs::path run = fresh_dir("encode-train");
+    const std::string cmd = std::string(MPNET_TRAIN_EXE) + " --outdir " + run.string() + " --data " + dest.string() +
+                            " --preset edm2-img512-xs --model-channels 16 --channel-mult 1,2 --num-blocks 1"
+                            " --attn-resolutions 4 --channels-per-head 16 --batch 4 --duration 8 --status 4 --quiet"
+                            " > " + (run / "out.txt").string() + " 2>&1";
+    const int status = std::system(cmd.c_str());
+    CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 0));
+    std::ifstream log(run / "log.txt");
+    const std::string text{std::istreambuf_iterator<char>(log), {}};
+    CHECK(text.find("4x8x8, 2 classes, VAE latents") != std::string::npos);
+#endif
+    // A missing --vae is a usage error; an autoencoder file that is not one is named.
+    CHECK(run_tool("encode --source " + src.string() + " --dest " + dest.string() + "2.zip").exit_code == 2);
+    const auto bad = run_tool("encode --source " + src.string() + " --dest " + (dest.string() + "3.zip") + " --vae " +
+                              std::string(MPNET_TEST_DATA) + "/reference/unet.safetensors");
+    CHECK(bad.exit_code == 1);
+    CHECK(bad.output.find("not an AutoencoderKL") != std::string::npos);
+    CHECK_FALSE(fs::exists(dest.string() + "3.zip"));
+}
+#endif

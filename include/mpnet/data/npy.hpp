@@ -1,4 +1,4 @@
-// Reading NumPy .npy files (format versions 1 to 3) of floating-point arrays, as the reference
+// Reading (and writing) NumPy .npy files (format versions 1 to 3) of floating-point arrays, as the reference
 // dataset tool's `encode` writes VAE latents: np.save of a [2C, H, W] array, the posterior
 // mean's C channels followed by its standard deviation's.
 #pragma once
@@ -88,6 +88,26 @@ inline NpyArray parse_npy(std::span<const uint8_t> bytes, const std::string& whe
         }
     }
     return a;
+}
+
+// The bytes np.save writes for a float32 C-order array (format 1.0): the header dict with
+// NumPy's spare room for growing the first axis (21 digits), padded with spaces so that the
+// data starts on a 64-byte boundary, then the values, little-endian.
+inline std::vector<uint8_t> npy_bytes(std::span<const int64_t> shape, std::span<const float> values) {
+    std::string dims;
+    for (std::size_t i = 0; i < shape.size(); ++i) dims += (i ? ", " : "") + std::to_string(shape[i]);
+    if (shape.size() == 1) dims += ",";
+    std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (" + dims + "), }";
+    if (!shape.empty()) header += std::string(21 - std::to_string(shape[0]).size(), ' ');
+    const std::size_t used = 10 + header.size() + 1;  // magic, version, length; the newline
+    header += std::string(64 - used % 64, ' ') + "\n";
+    check(header.size() < 65536, "npy_bytes: header too long");
+    std::vector<uint8_t> out = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, uint8_t(header.size() & 0xff), uint8_t(header.size() >> 8)};
+    out.insert(out.end(), header.begin(), header.end());
+    const auto* bytes = reinterpret_cast<const uint8_t*>(values.data());
+    static_assert(std::endian::native == std::endian::little, "npy_bytes writes little-endian floats");
+    out.insert(out.end(), bytes, bytes + values.size() * sizeof(float));
+    return out;
 }
 
 }  // namespace mpnet::data
