@@ -13,6 +13,7 @@
 
 #include "mpnet/data/load_dataset.hpp"
 #include "mpnet/data/loader.hpp"
+#include "mpnet/data/npy.hpp"
 #include "mpnet/io/png.hpp"
 #include "mpnet/io/zip_writer.hpp"
 
@@ -50,6 +51,28 @@ fs::path dataset_zip(int side, int count) {
     return made[side] = path;
 }
 
+// A zip of `count` latent posteriors [8, side, side] (np.save bytes, as mpnet-dataset encode
+// writes them), made once.
+fs::path latent_zip(int side, int count) {
+    static Made made_files;
+    auto& made = made_files.paths;
+    if (made.contains(side)) return made[side];
+    const fs::path path = fs::temp_directory_path() / ("mpnet-bench-loader-latents-" + std::to_string(::getpid()) + "-" +
+                                                       std::to_string(side) + ".zip");
+    io::ZipWriter z(path);
+    std::vector<float> v(std::size_t(8 * side * side));
+    const std::vector<int64_t> shape{8, side, side};
+    for (int i = 0; i < count; ++i) {
+        for (std::size_t k = 0; k < v.size(); ++k) v[k] = k < v.size() / 2 ? float((k * 7 + std::size_t(i)) % 13) - 6 : 0.5f;
+        const auto npy = data::npy_bytes(shape, v);
+        char name[48];
+        std::snprintf(name, sizeof name, "%05d/img-mean-std-%08d.npy", i / 1000, i);
+        z.add(name, npy);
+    }
+    z.finish();
+    return made[side] = path;
+}
+
 void BM_Loader(benchmark::State& state) {
     const int side = int(state.range(0)), threads = int(state.range(1));
     const bool stream = threads > 0;
@@ -61,7 +84,21 @@ void BM_Loader(benchmark::State& state) {
     state.SetLabel(stream ? "streamed, " + std::to_string(threads) + " decode thread(s)" : "in memory");
 }
 
+// Latents of 512x512 images (64x64x4 drawn from mean and std, normalised): the img512 presets' input.
+void BM_LoaderLatents(benchmark::State& state) {
+    const int threads = int(state.range(0));
+    const bool stream = threads > 0;
+    const auto ds = data::load_dataset(latent_zip(64, 256).string(), stream ? data::Storage::stream : data::Storage::memory);
+    data::Loader loader(ds, 64, 1, true, 4, {}, std::max(threads, 1));
+    for (auto _ : state) benchmark::DoNotOptimize(loader.next().images.data());
+    state.SetItemsProcessed(int64_t(state.iterations()) * 64);
+    state.SetLabel(stream ? "streamed, " + std::to_string(threads) + " decode thread(s)" : "in memory");
+}
+
 }  // namespace
+
+// {decode threads (0: in memory)}
+BENCHMARK(BM_LoaderLatents)->Arg(0)->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 // {side, decode threads (0: in memory)}
 BENCHMARK(BM_Loader)->Args({64, 0})->Args({64, 1})->Args({64, 2})->Args({512, 0})->Args({512, 1})->Args({512, 2})

@@ -3,6 +3,7 @@
 #pragma once
 #include "mpnet/backend/cuda/adam.cuh"
 #include "mpnet/backend/cuda/attention.cuh"
+#include "mpnet/backend/cuda/autoencoder_ops.cuh"
 #include "mpnet/backend/cuda/backend.cuh"
 #include "mpnet/backend/cuda/conv.cuh"
 #include "mpnet/backend/cuda/elementwise.cuh"
