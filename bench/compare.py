@@ -7,6 +7,9 @@ faster), and mpnet's achieved rate with its fraction of the machine's measured p
   python3 bench/compare.py --build build --filter 'mpconv3x3/fwd'
   python3 bench/compare.py --build build --preset edm2-img64-xs --filter block
   python3 bench/compare.py --build build --backend cuda --python python3   # the GPU suite
+  python3 bench/compare.py --build build --python /usr/bin/python3 --python VENV/bin/python --compile
+      # against several PyTorch installations, eager and (PyTorch 2) torch.compile'd:
+      # each row is compared with the fastest, which the table names
 
 Times are medians over --repetitions runs. The network benchmarks run one per process on
 both sides, so that each process's memory figures are that benchmark's own. On the GPU,
@@ -80,18 +83,43 @@ def torch_name(name):
     return None if name.startswith("peak/") or (mode and mode.group(1) != "fp32") else MATH_MODE.sub("", name)
 
 
-def run_torch(names, args):
+def torch_variants(args):
+    """(label, python, compile) for every PyTorch run asked for: each --python eager, and with
+    --compile also compiled where its PyTorch has torch.compile."""
+    variants = []
+    for python in args.python or ["/usr/bin/python3"]:
+        version = subprocess.run([python, "-c", "import torch; print(torch.__version__)"], check=True,
+                                 capture_output=True, text=True).stdout.strip().split("+")[0]
+        variants.append((f"{version} eager", python, False))
+        if args.compile and int(version.split(".")[0]) >= 2:
+            variants.append((f"{version} compile", python, True))
+    return variants
+
+
+def run_torch_all(names, args):
+    """{name: (time_ms, extra, label)}: the fastest variant of each row."""
+    best = {}
+    for label, python, compiled in torch_variants(args):
+        for name, (t, extra) in run_torch(names, args, python, compiled).items():
+            if compiled and not name.startswith("network/"):
+                continue  # layer rows are eager in every variant
+            if name not in best or t < best[name][0]:
+                best[name] = (t, extra, label)
+    return best
+
+
+def run_torch(names, args, python, compiled):
     """{name: (time_ms, extra)} from bench/torch_layers.py, network cases one per process."""
     results = {}
     names = list(dict.fromkeys(t for t in map(torch_name, names) if t))
-    layers = [n for n in names if not n.startswith("network/")]
+    layers = [] if compiled else [n for n in names if not n.startswith("network/")]
     groups = [layers] + [[n] for n in names if n.startswith("network/")]
     for group in filter(None, groups):
         with tempfile.NamedTemporaryFile(suffix=".json") as out:
             regex = "^(" + "|".join(re.escape(n) for n in group) + ")$"
-            cmd = [args.python, os.path.join(HERE, "torch_layers.py"), "--filter", regex, "--json", out.name,
+            cmd = [python, os.path.join(HERE, "torch_layers.py"), "--filter", regex, "--json", out.name,
                    "--device", args.backend, "--threads", str(args.threads), "--min-time", str(args.min_time),
-                   "--repetitions", str(args.repetitions)]
+                   "--repetitions", str(args.repetitions)] + (["--compile"] if compiled else [])
             for p in PRESETS:
                 if all(f"/{p}/" in n for n in group):
                     cmd += ["--preset", p]
@@ -124,15 +152,15 @@ def rate(counters):
 
 
 def print_table(names, mp, th, markdown):
-    header = ["benchmark", "mpnet ms", "PyTorch ms", "ratio", "mpnet rate (of peak)"]
+    header = ["benchmark", "mpnet ms", "fastest PyTorch ms", "PyTorch", "ratio", "mpnet rate (of peak)"]
     rows = []
     for n in names:
         if n not in mp:
             continue
         t_mp, counters = mp[n]
-        t_th = th.get(torch_name(n), (None, {}))[0]
+        t_th, _, label = th.get(torch_name(n), (None, {}, "-"))
         ratio = f"{t_th / t_mp:.2f}" if t_th else "-"
-        rows.append([n, fmt_time(t_mp), fmt_time(t_th), ratio, rate(counters)])
+        rows.append([n, fmt_time(t_mp), fmt_time(t_th), label, ratio, rate(counters)])
     if markdown:
         print("| " + " | ".join(header) + " |")
         print("|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|")
@@ -152,7 +180,7 @@ def print_network(names, mp, th):
     for n in names:
         if n.startswith("network/") and n in mp:
             t_mp, c = mp[n]
-            t_th, extra = th.get(torch_name(n), (None, {}))
+            t_th, extra, label = th.get(torch_name(n), (None, {}, "-"))
             mem = f"mpnet pool peak {c.get('peak_MiB', 0):.0f} MiB"
             if "pool_held_MiB" in c:
                 mem += f" (held {c['pool_held_MiB']:.0f} MiB)"
@@ -162,7 +190,7 @@ def print_network(names, mp, th):
                 mem += f"; PyTorch RSS growth {extra['rss_growth_MiB']:.0f} MiB"
             if extra.get("peak_MiB") is not None:
                 mem += f"; PyTorch peak allocated {extra['peak_MiB']:.0f} MiB"
-            speed = f"{t_th / t_mp:.2f}x PyTorch's speed" if t_th else "no PyTorch time"
+            speed = f"{t_th / t_mp:.2f}x the speed of PyTorch {label}" if t_th else "no PyTorch time"
             print(f"{n}: mpnet {fmt_time(t_mp)} ms, PyTorch {fmt_time(t_th)} ms ({speed}); {mem}")
 
 
@@ -176,7 +204,10 @@ def main():
     ap.add_argument("--repetitions", type=int, default=3)
     ap.add_argument("--min-time", type=float, default=0.1, help="seconds per repetition (default 0.1)")
     ap.add_argument("--threads", type=int, default=2, help="PyTorch threads (mpnet uses OpenMP's default)")
-    ap.add_argument("--python", default="/usr/bin/python3", help="the Python that has PyTorch")
+    ap.add_argument("--python", action="append",
+                    help="a Python that has PyTorch (repeatable; default /usr/bin/python3)")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time the network rows under torch.compile (PyTorch 2 installations)")
     ap.add_argument("--no-torch", action="store_true", help="time mpnet only")
     ap.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     ap.add_argument("--mpnet-json", help="append Google Benchmark's JSON output to this file")
@@ -191,7 +222,7 @@ def main():
     if not names:
         sys.exit("no benchmark matches (the CUDA suite lists nothing without a GPU)")
     mp = run_mpnet(binary, names, args)
-    th = {} if args.no_torch else run_torch(names, args)
+    th = {} if args.no_torch else run_torch_all(names, args)
     print()
     print_table(names, mp, th, args.markdown)
     print()

@@ -32,6 +32,7 @@ from torch_edm2 import (PRESETS, Block, MPConv, MPFourier, Precond, attention, m
                         resample)
 
 DEVICE = torch.device("cpu")  # set by --device
+COMPILE = False  # set by --compile: the network cases run torch.compile'd (inductor)
 
 
 def edm2_loss(net, images, labels, P_mean, P_std, sigma_data=0.5):
@@ -232,6 +233,8 @@ def network_cases(cases, preset_name):
 
     def inference():
         net = build_precond(cfg).eval()
+        if COMPILE:
+            net = torch.compile(net)
         images, labels = data()
         sigma = (torch.randn(n, device=DEVICE) * 1.2 - 1.2).exp()
 
@@ -243,6 +246,8 @@ def network_cases(cases, preset_name):
     def train_step():
         net = build_precond(cfg).train()
         optimizer = torch.optim.Adam(net.parameters(), betas=(0.9, 0.99), eps=1e-8)
+        if COMPILE:
+            net = torch.compile(net)
         images, labels = data()
         state = {"nimg": 0}
 
@@ -314,9 +319,12 @@ def main():
     ap.add_argument("--repetitions", type=int, default=3, help="repetitions; the median is reported")
     ap.add_argument("--json", help="write the results to this file")
     ap.add_argument("--list", action="store_true", help="list the benchmark names and exit")
+    ap.add_argument("--compile", action="store_true",
+                    help="run the network cases through torch.compile (PyTorch 2; the layer cases stay eager)")
     args = ap.parse_args()
 
-    global DEVICE
+    global DEVICE, COMPILE
+    COMPILE = args.compile
     DEVICE = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.backends.cudnn.allow_tf32 = False
@@ -339,7 +347,7 @@ def main():
             row["peak_MiB" if DEVICE.type == "cuda" else "rss_growth_MiB"] = growth
         results.append(row)
         print(f"{name:60s} {row['time_ms']:10.3f} ms", file=sys.stderr, flush=True)
-    out = {"context": {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(DEVICE),
+    out = {"context": {"torch": torch.__version__, "compile": COMPILE, "threads": torch.get_num_threads(), "device": str(DEVICE),
                        "parallel_info": torch.__config__.parallel_info()}, "benchmarks": results}
     if args.json:
         with open(args.json, "w") as f:
