@@ -139,16 +139,23 @@ inline HostTensor tensor(const PyObject* o, const std::string& label) {
     t.shape = int_tuple(a[2], label, "a tensor's size");
     const auto stride = int_tuple(a[3], label, "a tensor's stride");
     check(stride.size() == t.shape.size(), label, ": a tensor's size and stride differ in length");
-    // The last element the view touches must lie inside the storage.
-    int64_t numel = 1, last = offset;
+    int64_t numel = 1;
     for (std::size_t d = 0; d < t.shape.size(); ++d) {
-        check(t.shape[d] >= 0 && t.shape[d] < (int64_t(1) << 40) && stride[d] >= 0 && stride[d] < (int64_t(1) << 40),
-              label, ": a tensor has a bad size or stride");
+        check(t.shape[d] >= 0 && t.shape[d] < (int64_t(1) << 40) && stride[d] >= 0, label,
+              ": a tensor has a negative size or stride");
         numel *= t.shape[d];
         check(numel < (int64_t(1) << 40), label, ": a tensor is too large");
-        if (t.shape[d]) last += (t.shape[d] - 1) * stride[d];
     }
-    check(offset >= 0 && (numel == 0 || last < s.numel), label, ": a tensor's view reaches past its storage");
+    // The last element the view touches, offset + sum (size - 1) stride, must lie inside the
+    // storage; each term is bounded by what is left before it is added, so nothing overflows.
+    check(offset >= 0 && (numel == 0 || offset < s.numel), label, ": a tensor's view reaches past its storage");
+    int64_t last = offset;
+    for (std::size_t d = 0; d < t.shape.size() && numel > 0; ++d) {
+        const int64_t steps = t.shape[d] - 1;
+        check(steps == 0 || stride[d] <= (s.numel - 1 - last) / steps, label,
+              ": a tensor's view reaches past its storage");
+        last += steps * stride[d];
+    }
     t.values.resize(std::size_t(numel));
     std::vector<int64_t> index(t.shape.size(), 0);
     for (int64_t i = 0; i < numel; ++i) {

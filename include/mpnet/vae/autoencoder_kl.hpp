@@ -56,6 +56,12 @@ public:
         check(file_.contains(name), file_.label(), ": missing tensor '", name, "'");
         return file_.info(name).shape;
     }
+    // Extent i of a tensor that must have more than i dimensions.
+    [[nodiscard]] int64_t dim(const std::string& name, std::size_t i) const {
+        const auto s = shape(name);
+        check(s.size() > i, file_.label(), ": tensor '", name, "' has ", s.size(), " dimensions, expected more than ", i);
+        return s[i];
+    }
 
     // The tensor under the first of `names` present, which must have `expected` elements in
     // the given shape (a linear layer's [out, in] is accepted for a 1x1 conv's [out, in, 1, 1]).
@@ -228,17 +234,15 @@ public:
         check(groups > 0, file.label(), ": group count ", groups);
         c_.groups = groups;
         for (int64_t i = 0; r.has("encoder.down_blocks." + std::to_string(i) + ".resnets.0.conv1.weight"); ++i)
-            c_.block_out_channels.push_back(r.shape("encoder.down_blocks." + std::to_string(i) + ".resnets.0.conv1.weight")[0]);
+            c_.block_out_channels.push_back(r.dim("encoder.down_blocks." + std::to_string(i) + ".resnets.0.conv1.weight", 0));
         check(!c_.block_out_channels.empty() && c_.block_out_channels.size() <= 8, file.label(),
               ": not an AutoencoderKL (no encoder.down_blocks.<i>.resnets.0.conv1.weight)");
         c_.layers_per_block = 0;
         while (r.has("encoder.down_blocks.0.resnets." + std::to_string(c_.layers_per_block) + ".conv1.weight"))
             ++c_.layers_per_block;
-        const auto pq = r.shape("post_quant_conv.weight");
-        check(!pq.empty(), file.label(), ": post_quant_conv.weight has no shape");
-        c_.latent_channels = pq[0];
-        c_.in_channels = r.shape("encoder.conv_in.weight").at(1);
-        c_.out_channels = r.shape("decoder.conv_out.weight").at(0);
+        c_.latent_channels = r.dim("post_quant_conv.weight", 0);
+        c_.in_channels = r.dim("encoder.conv_in.weight", 1);
+        c_.out_channels = r.dim("decoder.conv_out.weight", 0);
         for (auto ch : c_.block_out_channels)
             check(ch > 0 && ch <= 4096, file.label(), ": block of ", ch, " channels");
         check(c_.latent_channels > 0 && c_.latent_channels <= 64 && c_.in_channels > 0 && c_.in_channels <= 64 &&
