@@ -21,26 +21,13 @@ import copy
 import json
 import os
 import pickle
-import struct
 import subprocess
 import sys
 import time
 
-import numpy as np
 import torch
 
-
-def write_safetensors(path, tensors):
-    header, blobs, offset = {}, [], 0
-    for name, t in tensors.items():
-        data = np.ascontiguousarray(t.detach().float().numpy()).tobytes()
-        header[name] = {'dtype': 'F32', 'shape': list(t.shape), 'data_offsets': [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    text = json.dumps(header).encode()
-    text += b' ' * (-len(text) % 8)
-    with open(path, 'wb') as f:
-        f.write(struct.pack('<Q', len(text)) + text + b''.join(blobs))
+from safetensors_file import read_safetensors, write_safetensors
 
 
 def make_vae():
@@ -56,7 +43,8 @@ def make_files(repo, out):
     from training.encoders import StabilityVAEEncoder
     from training.training_loop import EDM2Loss
     os.makedirs(os.path.join(out, 'vae'), exist_ok=True)
-    write_safetensors(os.path.join(out, 'vae', 'diffusion_pytorch_model.safetensors'), make_vae().state_dict())
+    write_safetensors(os.path.join(out, 'vae', 'diffusion_pytorch_model.safetensors'),
+                      {k: v.detach().float().numpy() for k, v in make_vae().state_dict().items()})
     for name, label_dim, seed in [('edm2-img512-xs-2147483-0.045', 1000, 1), ('edm2-img512-xs-uncond-2147483-0.045', 0, 2)]:
         torch.manual_seed(seed)
         net = dnnlib.util.construct_class_by_name(class_name='training.networks_edm2.Precond', img_resolution=64,
@@ -109,15 +97,6 @@ def measure(repo, out, what, compile_):
         peak = next(int(line.split()[1]) for line in f if line.startswith('VmHWM')) / 1024
     print(json.dumps({'what': what, 'compile': compile_, 'seconds': round(t, 2), 'peak_rss_mib': round(peak),
                       'torch': torch.__version__, 'threads': torch.get_num_threads()}))
-
-
-def read_safetensors(path):
-    with open(path, 'rb') as f:
-        b = f.read()
-    n = struct.unpack('<Q', b[:8])[0]
-    h = json.loads(b[8:8 + n])
-    return {k: np.frombuffer(b[8 + n + v['data_offsets'][0]:8 + n + v['data_offsets'][1]], dtype=np.float32)
-            .reshape(v['shape']).copy() for k, v in h.items() if k != '__metadata__'}
 
 
 def main():

@@ -17,7 +17,6 @@ for `encode` are stubbed.
 import io
 import json
 import os
-import struct
 import sys
 import tempfile
 import types
@@ -25,6 +24,8 @@ import zipfile
 
 import numpy as np
 import PIL.Image
+
+from safetensors_file import write_safetensors
 
 
 def import_dataset_tool(repo):
@@ -90,21 +91,6 @@ def read_dest(path):
         meta = z.read('dataset.json').decode()
         pixels = np.stack([np.array(PIL.Image.open(io.BytesIO(z.read(n)))) for n in names])
     return names, meta, pixels
-
-
-def write_safetensors(path, tensors, metadata):
-    header, blobs, offset = {}, [], 0
-    for name, array in tensors.items():
-        dtype = {np.dtype(np.uint8): 'U8', np.dtype(np.float32): 'F32'}[array.dtype]
-        data = np.ascontiguousarray(array).tobytes()
-        header[name] = {'dtype': dtype, 'shape': list(array.shape), 'data_offsets': [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    header['__metadata__'] = metadata
-    text = json.dumps(header).encode()
-    text += b' ' * (-len(text) % 8)
-    with open(path, 'wb') as f:
-        f.write(struct.pack('<Q', len(text)) + text + b''.join(blobs))
 
 
 def main(repo, out):

@@ -23,27 +23,13 @@ import copy
 import json
 import os
 import pickle
-import struct
 import sys
 
-import numpy as np
 import torch
 
+from safetensors_file import write_safetensors
+
 STEPS, GUIDANCE = 6, 1.8
-
-
-def write_safetensors(path, tensors, metadata):
-    header, blobs, offset = {}, [], 0
-    for name, array in tensors.items():
-        data = np.ascontiguousarray(array, dtype=np.float32).tobytes()
-        header[name] = {'dtype': 'F32', 'shape': list(array.shape), 'data_offsets': [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    header['__metadata__'] = metadata
-    text = json.dumps(header).encode()
-    text += b' ' * (-len(text) % 8)
-    with open(path, 'wb') as f:
-        f.write(struct.pack('<Q', len(text)) + text + b''.join(blobs))
 
 
 def make_net(dnnlib, seed, label_dim, **network_kwargs):

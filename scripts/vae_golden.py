@@ -26,35 +26,18 @@ dataset_tool.py do. Writes
                         source/<path> the PNG files' bytes, out/<name> every file of the
                         archive it wrote (the .npy files and dataset.json), as bytes
 """
-import io
 import json
 import os
 import tempfile
 import zipfile
-import struct
 import sys
 
 import numpy as np
 import torch
 
+from safetensors_file import write_safetensors
+
 GROUPS = 8
-
-
-def write_safetensors(path, tensors, metadata=None, dtype=np.float32):
-    header, blobs, offset = {}, [], 0
-    for name, array in tensors.items():
-        kind = np.uint8 if array.dtype == np.uint8 else dtype
-        code = {np.float32: 'F32', np.float16: 'F16', np.uint8: 'U8'}[kind]
-        data = np.ascontiguousarray(array, dtype=kind).tobytes()
-        header[name] = {'dtype': code, 'shape': list(array.shape), 'data_offsets': [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    if metadata:
-        header['__metadata__'] = metadata
-    text = json.dumps(header).encode()
-    text += b' ' * (-len(text) % 8)
-    with open(path, 'wb') as f:
-        f.write(struct.pack('<Q', len(text)) + text + b''.join(blobs))
 
 
 def main(repo, out):
@@ -76,7 +59,7 @@ def main(repo, out):
     # diffusers keeps the group count in config.json; these files carry it as metadata.
     groups = {'norm_num_groups': str(GROUPS)}
     write_safetensors(os.path.join(out, 'vae.safetensors'), state, groups)
-    write_safetensors(os.path.join(out, 'vae_f16.safetensors'), state, groups, dtype=np.float16)
+    write_safetensors(os.path.join(out, 'vae_f16.safetensors'), state, groups, float_dtype=np.float16)
 
     encoder = StabilityVAEEncoder()
     encoder._vae = vae
