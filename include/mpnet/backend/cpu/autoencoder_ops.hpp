@@ -12,6 +12,7 @@
 #include "mpnet/backend/cpu/eigen.hpp"
 #include "mpnet/backend/cpu/elementwise.hpp"
 #include "mpnet/backend/cpu/packet_math.hpp"
+#include "mpnet/ops/autoencoder_checks.hpp"
 
 namespace mpnet::cpu {
 
@@ -21,9 +22,7 @@ namespace mpnet::cpu {
 template <Scalar T>
 void group_norm_forward(CpuBackend, const CpuTensor<T>& x, int64_t groups, double eps, const CpuTensor<T>& gamma,
                         const CpuTensor<T>& beta, bool silu, CpuTensor<T>& y) {
-    check(x.rank() == 4 && y.shape() == x.shape() && groups > 0 && x.size(1) % groups == 0 &&
-              gamma.numel() == x.size(1) && beta.numel() == x.size(1),
-          "group_norm_forward: x ", x.shape(), ", y ", y.shape(), ", ", groups, " groups, gamma ", gamma.shape());
+    ops::check_group_norm(x.shape(), groups, gamma.shape(), beta.shape(), y.shape());
     const int64_t n = x.size(0), c = x.size(1), hw = x.size(2) * x.size(3), per = c / groups;
     const int64_t count = per * hw;
     using P = packet::Packet<T>;
@@ -53,7 +52,7 @@ void group_norm_forward(CpuBackend, const CpuTensor<T>& x, int64_t groups, doubl
 // y[n, c, :, :] += bias[c]
 template <Scalar T>
 void add_channel_bias(CpuBackend, const CpuTensor<T>& bias, CpuTensor<T>& y) {
-    check(y.rank() == 4 && bias.numel() == y.size(1), "add_channel_bias: y ", y.shape(), ", bias ", bias.shape());
+    ops::check_channel_bias(bias.shape(), y.shape());
     const int64_t planes = y.size(0) * y.size(1), hw = y.size(2) * y.size(3);
 #pragma omp parallel for schedule(static) if (planes * hw > 65536)
     for (int64_t p = 0; p < planes; ++p) {
@@ -66,9 +65,7 @@ void add_channel_bias(CpuBackend, const CpuTensor<T>& bias, CpuTensor<T>& y) {
 // y[n, c, 2i + a, 2j + b] = x[n, c, i, j]: nearest-neighbour 2x upsampling.
 template <Scalar T>
 void upsample_nearest2x(CpuBackend, const CpuTensor<T>& x, CpuTensor<T>& y) {
-    check(x.rank() == 4 && y.rank() == 4 && y.size(0) == x.size(0) && y.size(1) == x.size(1) &&
-              y.size(2) == 2 * x.size(2) && y.size(3) == 2 * x.size(3),
-          "upsample_nearest2x: x ", x.shape(), ", y ", y.shape());
+    ops::check_doubled(x.shape(), y.shape(), "upsample_nearest2x");
     const int64_t planes = x.size(0) * x.size(1), h = x.size(2), w = x.size(3);
 #pragma omp parallel for schedule(static) if (planes * h * w > 16384)
     for (int64_t p = 0; p < planes; ++p)
@@ -85,9 +82,7 @@ void upsample_nearest2x(CpuBackend, const CpuTensor<T>& x, CpuTensor<T>& y) {
 // (the encoder's downsampling).
 template <Scalar T>
 void take_odd_pixels(CpuBackend, const CpuTensor<T>& x, CpuTensor<T>& y) {
-    check(x.rank() == 4 && y.rank() == 4 && y.size(0) == x.size(0) && y.size(1) == x.size(1) &&
-              x.size(2) == 2 * y.size(2) && x.size(3) == 2 * y.size(3),
-          "take_odd_pixels: x ", x.shape(), ", y ", y.shape());
+    ops::check_doubled(y.shape(), x.shape(), "take_odd_pixels");
     const int64_t planes = y.size(0) * y.size(1), h = y.size(2), w = y.size(3);
 #pragma omp parallel for schedule(static) if (planes * h * w > 16384)
     for (int64_t p = 0; p < planes; ++p)
@@ -104,8 +99,7 @@ void take_odd_pixels(CpuBackend, const CpuTensor<T>& x, CpuTensor<T>& y) {
 template <Scalar T>
 void softmax_attention_forward(CpuBackend, const CpuTensor<T>& q, const CpuTensor<T>& k, const CpuTensor<T>& v,
                                CpuTensor<T>& y) {
-    check(q.rank() == 4 && k.shape() == q.shape() && v.shape() == q.shape() && y.shape() == q.shape(),
-          "softmax_attention_forward: q ", q.shape(), ", k ", k.shape(), ", v ", v.shape(), ", y ", y.shape());
+    ops::check_softmax_attention(q.shape(), k.shape(), v.shape(), y.shape());
     const int64_t n = q.size(0), c = q.size(1), hw = q.size(2) * q.size(3);
     constexpr int64_t block = 1024;
     const T scale = T(1 / std::sqrt(double(c)));

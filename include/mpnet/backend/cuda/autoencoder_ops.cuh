@@ -10,6 +10,7 @@
 
 #include "mpnet/backend/cuda/gemm.cuh"
 #include "mpnet/backend/cuda/launch.cuh"
+#include "mpnet/ops/autoencoder_checks.hpp"
 
 namespace mpnet::cuda {
 
@@ -115,9 +116,7 @@ struct TakeOddPixels {
 template <Scalar T>
 void group_norm_forward(CudaBackend, const CudaTensor<T>& x, int64_t groups, double eps, const CudaTensor<T>& gamma,
                         const CudaTensor<T>& beta, bool silu, CudaTensor<T>& y) {
-    check(x.rank() == 4 && y.shape() == x.shape() && groups > 0 && x.size(1) % groups == 0 &&
-              gamma.numel() == x.size(1) && beta.numel() == x.size(1),
-          "group_norm_forward: x ", x.shape(), ", y ", y.shape(), ", ", groups, " groups, gamma ", gamma.shape());
+    ops::check_group_norm(x.shape(), groups, gamma.shape(), beta.shape(), y.shape());
     const int64_t hw = x.size(2) * x.size(3), per = x.size(1) / groups, blocks = x.size(0) * groups;
     if (blocks == 0 || hw == 0) return;
     detail::group_norm_kernel<<<unsigned(blocks), detail::block_size, 0, current_stream()>>>(
@@ -127,25 +126,21 @@ void group_norm_forward(CudaBackend, const CudaTensor<T>& x, int64_t groups, dou
 
 template <Scalar T>
 void add_channel_bias(CudaBackend, const CudaTensor<T>& bias, CudaTensor<T>& y) {
-    check(y.rank() == 4 && bias.numel() == y.size(1), "add_channel_bias: y ", y.shape(), ", bias ", bias.shape());
+    ops::check_channel_bias(bias.shape(), y.shape());
     detail::for_each(y.numel(), detail::AddChannelBias<T>{bias.data(), y.data(), y.size(2) * y.size(3), y.size(1)},
                      "add_channel_bias");
 }
 
 template <Scalar T>
 void upsample_nearest2x(CudaBackend, const CudaTensor<T>& x, CudaTensor<T>& y) {
-    check(x.rank() == 4 && y.rank() == 4 && y.size(0) == x.size(0) && y.size(1) == x.size(1) &&
-              y.size(2) == 2 * x.size(2) && y.size(3) == 2 * x.size(3),
-          "upsample_nearest2x: x ", x.shape(), ", y ", y.shape());
+    ops::check_doubled(x.shape(), y.shape(), "upsample_nearest2x");
     detail::for_each(y.numel(), detail::UpsampleNearest2x<T>{x.data(), y.data(), x.size(2), x.size(3)},
                      "upsample_nearest2x");
 }
 
 template <Scalar T>
 void take_odd_pixels(CudaBackend, const CudaTensor<T>& x, CudaTensor<T>& y) {
-    check(x.rank() == 4 && y.rank() == 4 && y.size(0) == x.size(0) && y.size(1) == x.size(1) &&
-              x.size(2) == 2 * y.size(2) && x.size(3) == 2 * y.size(3),
-          "take_odd_pixels: x ", x.shape(), ", y ", y.shape());
+    ops::check_doubled(y.shape(), x.shape(), "take_odd_pixels");
     detail::for_each(y.numel(), detail::TakeOddPixels<T>{x.data(), y.data(), y.size(2), y.size(3)}, "take_odd_pixels");
 }
 
@@ -154,8 +149,7 @@ void take_odd_pixels(CudaBackend, const CudaTensor<T>& x, CudaTensor<T>& y) {
 template <Scalar T>
 void softmax_attention_forward(CudaBackend, const CudaTensor<T>& q, const CudaTensor<T>& k, const CudaTensor<T>& v,
                                CudaTensor<T>& y) {
-    check(q.rank() == 4 && k.shape() == q.shape() && v.shape() == q.shape() && y.shape() == q.shape(),
-          "softmax_attention_forward: q ", q.shape(), ", k ", k.shape(), ", v ", v.shape(), ", y ", y.shape());
+    ops::check_softmax_attention(q.shape(), k.shape(), v.shape(), y.shape());
     const int64_t n = q.size(0), c = q.size(1), hw = q.size(2) * q.size(3);
     if (n == 0 || hw == 0) return;
     CudaTensor<T> scores(Shape{n, hw, hw});
