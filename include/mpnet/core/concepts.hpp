@@ -29,4 +29,11 @@ concept Backend = std::default_initializable<B> &&
         B::synchronize();
     };
 
+// Returns a backend's cached free blocks to the system, where its allocator caches (after a
+// phase whose tensor sizes will not recur); a no-op for backends without such a cache.
+template <Backend B>
+void release_cached_memory() {
+    if constexpr (requires { B::release_cached(); }) B::release_cached();
+}
+
 }  // namespace mpnet

@@ -14,6 +14,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -262,8 +263,12 @@ Precond<T, B> network_from(Edm2Pickle& p, const std::string& label) {
         const Shape shape = src.shape.empty() ? Shape{} : Shape(std::span<const int64_t>(src.shape));
         check(shape == t.shape(), label, ": tensor '", name, "' has shape ", shape, ", the configuration gives ",
               t.shape());
-        const std::vector<T> values(src.values.begin(), src.values.end());
-        B::copy_from_host(t.data(), values.data(), t.bytes());
+        if constexpr (std::is_same_v<T, float>) {
+            B::copy_from_host(t.data(), src.values.data(), t.bytes());
+        } else {
+            const std::vector<T> values(src.values.begin(), src.values.end());
+            B::copy_from_host(t.data(), values.data(), t.bytes());
+        }
         std::vector<float>().swap(src.values);
         used.insert(name);
     });

@@ -80,7 +80,7 @@ public:
         });
         // The per-parameter tensors just released have sizes nothing else asks for: a caching
         // allocator would hold them (twice the network) for the rest of the run.
-        if constexpr (requires { B::release_cached(); }) B::release_cached();
+        release_cached_memory<B>();
     }
 
     [[nodiscard]] const ParamLayout& layout() const { return layout_; }

@@ -266,7 +266,7 @@ public:
         for (std::size_t i = 0; i < enc_levels_.size(); ++i) {
             for (const auto& block : enc_levels_[i]) h = block.forward(h);
             if (i < enc_down_.size()) h = enc_down_[i].forward(h);
-            release_cached();
+            release_cached_memory<B>();  // each level's sizes recur at no later level
         }
         h = enc_mid_->forward(h);
         enc_norm_->apply(h, true);
@@ -287,19 +287,15 @@ public:
                 h = TensorT{};
                 h = dec_up_[i].forward(up);
             }
-            release_cached();
+            // Each level's activation sizes recur at no later level: a caching allocator would
+            // otherwise hold every level's at once (2.1 GB instead of 1.45 GB RSS at 512x512).
+            release_cached_memory<B>();
         }
         dec_norm_->apply(h, true);
         return dec_out_->forward(h);
     }
 
 private:
-    // Each level's activations have sizes no later level uses: a caching allocator would
-    // otherwise hold every level's at once (2.1 GB instead of 1.2 GB for a 512x512 decode).
-    static void release_cached() {
-        if constexpr (requires { B::release_cached(); }) B::release_cached();
-    }
-
     void load_encoder(WeightReader& r) {
         const auto& boc = c_.block_out_channels;
         enc_in_ = Conv<T, B>::load(r, "encoder.conv_in", c_.in_channels, boc[0], 3);

@@ -28,19 +28,17 @@ struct LatentScaling {
 // Raw latents [N, 2 latent, H/8, W/8] (mean, then std) of pixels [N, 3, H, W] valued 0..255.
 template <Scalar T, Backend B>
 Tensor<T, B> encode_pixels(const AutoencoderKL<T, B>& vae, const Tensor<T, B>& pixels) {
-    const int64_t n = pixels.size(0), lc = vae.config().latent_channels;
+    const int64_t n = pixels.size(0), lc = vae.config().latent_channels, f = vae.config().factor();
     std::vector<T> out;
-    Shape one_shape;
     for (int64_t i = 0; i < n; ++i) {
         auto host = pixels.slice(i, i + 1).to_host();
         for (auto& v : host) v = T(float(v) / 255.0f);
         const Shape in_shape{1, pixels.size(1), pixels.size(2), pixels.size(3)};
         auto m = vae.encode_moments(Tensor<T, B>::from_host(in_shape, host)).to_host();
-        one_shape = Shape{1, 2 * lc, pixels.size(2) / vae.config().factor(), pixels.size(3) / vae.config().factor()};
         for (std::size_t j = m.size() / 2; j < m.size(); ++j) m[j] = std::exp(T(0.5) * std::clamp(m[j], T(-30), T(20)));
         out.insert(out.end(), m.begin(), m.end());
     }
-    return Tensor<T, B>::from_host(Shape{n, 2 * lc, one_shape[2], one_shape[3]}, out);
+    return Tensor<T, B>::from_host(Shape{n, 2 * lc, pixels.size(2) / f, pixels.size(3) / f}, out);
 }
 
 // Pixels [N, 3, H 8, W 8] (uint8, channel-major) of final latents [N, latent, H, W].
