@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <string>
 
@@ -22,55 +23,54 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// A zip of `count` RGB images of side x side (smooth content, stored PNG), made once per size.
-struct Made {
-    std::map<int, fs::path> paths;
-    ~Made() {
-        for (const auto& [side, path] : paths) fs::remove(path);
-    }
-};
-
-fs::path dataset_zip(int side, int count) {
-    static Made made_files;
-    auto& made = made_files.paths;
-    if (made.contains(side)) return made[side];
-    const fs::path path = fs::temp_directory_path() / ("mpnet-bench-loader-" + std::to_string(::getpid()) + "-" +
-                                                       std::to_string(side) + ".zip");
+// Temporary zips, made once per name and removed at exit.
+fs::path made_once(const std::string& name, const std::function<void(io::ZipWriter&)>& fill) {
+    struct Made {
+        std::map<std::string, fs::path> paths;
+        ~Made() {
+            for (const auto& [key, path] : paths) fs::remove(path);
+        }
+    };
+    static Made made;
+    if (made.paths.contains(name)) return made.paths[name];
+    const fs::path path =
+        fs::temp_directory_path() / ("mpnet-bench-loader-" + std::to_string(::getpid()) + "-" + name + ".zip");
     io::ZipWriter z(path);
-    for (int i = 0; i < count; ++i) {
-        io::Image img(side, side, 3);
-        for (int y = 0; y < side; ++y)
-            for (int x = 0; x < side; ++x)
-                for (int c = 0; c < 3; ++c) img.at(x, y, c) = uint8_t((x * (c + 1) + y * 3 + i * 7) & 255);
-        const auto png = io::encode_png_uncompressed(img);
-        char name[32];
-        std::snprintf(name, sizeof name, "%05d/img%08d.png", i / 1000, i);
-        z.add(name, std::span(reinterpret_cast<const uint8_t*>(png.data()), png.size()));
-    }
+    fill(z);
     z.finish();
-    return made[side] = path;
+    return made.paths[name] = path;
+}
+
+// A zip of `count` RGB images of side x side (smooth content, stored PNG).
+fs::path dataset_zip(int side, int count) {
+    return made_once("png" + std::to_string(side), [&](io::ZipWriter& z) {
+        for (int i = 0; i < count; ++i) {
+            io::Image img(side, side, 3);
+            for (int y = 0; y < side; ++y)
+                for (int x = 0; x < side; ++x)
+                    for (int c = 0; c < 3; ++c) img.at(x, y, c) = uint8_t((x * (c + 1) + y * 3 + i * 7) & 255);
+            const auto png = io::encode_png_uncompressed(img);
+            char name[32];
+            std::snprintf(name, sizeof name, "%05d/img%08d.png", i / 1000, i);
+            z.add(name, std::span(reinterpret_cast<const uint8_t*>(png.data()), png.size()));
+        }
+    });
 }
 
 // A zip of `count` latent posteriors [8, side, side] (np.save bytes, as mpnet-dataset encode
-// writes them), made once.
+// writes them).
 fs::path latent_zip(int side, int count) {
-    static Made made_files;
-    auto& made = made_files.paths;
-    if (made.contains(side)) return made[side];
-    const fs::path path = fs::temp_directory_path() / ("mpnet-bench-loader-latents-" + std::to_string(::getpid()) + "-" +
-                                                       std::to_string(side) + ".zip");
-    io::ZipWriter z(path);
-    std::vector<float> v(std::size_t(8 * side * side));
-    const std::vector<int64_t> shape{8, side, side};
-    for (int i = 0; i < count; ++i) {
-        for (std::size_t k = 0; k < v.size(); ++k) v[k] = k < v.size() / 2 ? float((k * 7 + std::size_t(i)) % 13) - 6 : 0.5f;
-        const auto npy = data::npy_bytes(shape, v);
-        char name[48];
-        std::snprintf(name, sizeof name, "%05d/img-mean-std-%08d.npy", i / 1000, i);
-        z.add(name, npy);
-    }
-    z.finish();
-    return made[side] = path;
+    return made_once("npy" + std::to_string(side), [&](io::ZipWriter& z) {
+        std::vector<float> v(std::size_t(8 * side * side));
+        const std::vector<int64_t> shape{8, side, side};
+        for (int i = 0; i < count; ++i) {
+            for (std::size_t k = 0; k < v.size(); ++k)
+                v[k] = k < v.size() / 2 ? float((k * 7 + std::size_t(i)) % 13) - 6 : 0.5f;
+            char name[48];
+            std::snprintf(name, sizeof name, "%05d/img-mean-std-%08d.npy", i / 1000, i);
+            z.add(name, data::npy_bytes(shape, v));
+        }
+    });
 }
 
 void BM_Loader(benchmark::State& state) {
