@@ -18,22 +18,19 @@
 #include <vector>
 
 #include "cli.hpp"
+#include "device.hpp"
 #include "openmp_spin.hpp"
 #include "processes.hpp"
-#include "mpnet/backend/cpu/cpu.hpp"
+#include "sampling_engine.hpp"
+#include "mpnet/data/latents.hpp"
 #include "mpnet/io/image_grid.hpp"
 #include "mpnet/io/png.hpp"
-#include "mpnet/nn/weights.hpp"
-#include "mpnet/data/latents.hpp"
-#include "mpnet/sample/edm_sampler.hpp"
 #include "mpnet/sample/generation_presets.hpp"
-#include "mpnet/vae/stability_vae.hpp"
 #include "mpnet/sample/seeds.hpp"
 
 namespace fs = std::filesystem;
 using namespace mpnet;
 using cli::UsageError;
-using Net = nn::Precond<float, CpuBackend>;
 using TensorF = CpuTensor<float>;
 
 namespace {
@@ -48,6 +45,7 @@ struct Options {
     sample::SamplerOptions sampler;
     int64_t batch = 32;
     bool quiet = false;
+    cli::DeviceOption device;
     double collective_timeout = 3600;  // seconds, under an MPI launcher
 };
 
@@ -119,6 +117,9 @@ its seed and the options: never on --batch or the thread count (OMP_NUM_THREADS)
         .flag("--euler", "first-order steps only (N network evaluations)", [&] { s.euler = true; })
         .value("--batch", "N", "images per network call (default 32); changes speed and\nmemory, never the images",
                [&](const std::string& v) { o.batch = cli::parse_integer<int64_t>("--batch", v, 1, 1 << 16); });
+    p.section("Device")
+        .value("--device", "DEVICE", cli::device_help, [&](const std::string& v) { cli::parse_device(v, o.device); })
+        .value("--math", "MODE", cli::math_help, [&](const std::string& v) { cli::parse_math(v, o.device); });
     p.section("Output (at least one of)")
         .value("--outdir", "DIR", "one PNG per seed: DIR/<seed/1000*1000, 6 digits>/<seed, 6\ndigits>.png, e.g. DIR/000000/000123.png",
                [&](const std::string& v) { o.outdir = v; })
@@ -174,6 +175,7 @@ Options parse_args(int argc, char** argv) {
         throw UsageError("give --outdir or --grid (or --out-tensor)");
     o.sampler.guidance = o.guidance;
     cli::as_usage_error([&] { o.sampler.validate(); });
+    cli::check_device_options(o.device);
     if (o.guidance != 1 && o.gnet.empty()) throw UsageError("--guidance needs a guiding network (--gnet)");
     return o;
 }
@@ -185,24 +187,8 @@ void check_finite(const TensorF& t, const std::string& what) {
         check(std::isfinite(v[i]), what, ", element ", i, " is not finite (", v[i], ")");
 }
 
-Net load_net(const fs::path& path, const char* option) {
-    try {
-        Net net = nn::load_network<float, CpuBackend>(path);
-        net.visit([&](const std::string& name, nn::Param<float, CpuBackend>& p) {
-            check_finite(p.value, path.string() + ": tensor '" + name + "'");
-        });
-        return net;
-    } catch (const Error& e) {
-        const std::string msg = e.what();
-        // Messages from the reader name the file already; others get it here.
-        if (msg.find(path.string()) != std::string::npos) fail(option, " ", msg);
-        fail(option, " ", path.string(), ": ", msg);
-    }
-}
-
 // The guide must produce the same images; it may drop the labels (classifier-free guidance).
-void check_guide(const Net& net, const Net& guide, const fs::path& path) {
-    const auto &a = net.config(), &b = guide.config();
+void check_guide(const nn::NetworkConfig& a, const nn::NetworkConfig& b, const fs::path& path) {
     check(a.img_channels == b.img_channels && a.img_resolution == b.img_resolution, "--gnet ", path.string(),
           ": the guide makes ", b.img_channels, "x", b.img_resolution, "x", b.img_resolution, " images, the network ",
           a.img_channels, "x", a.img_resolution, "x", a.img_resolution);
@@ -397,7 +383,7 @@ std::vector<float> gather_outputs(dist::Communicator& comm, const std::vector<fl
 
 // How a latent network's outputs become images: the autoencoder and the normalisation to undo.
 struct Decoder {
-    vae::AutoencoderKL<float, CpuBackend> vae;
+    vae::AutoencoderConfig vae;  // the autoencoder itself is the engine's
     vae::LatentScaling scaling;
 };
 
@@ -413,7 +399,7 @@ std::optional<nlohmann::json> encoder_metadata(const fs::path& net) {
     }
 }
 
-std::optional<Decoder> make_decoder(const Options& o, const nn::NetworkConfig& cfg, bool png) {
+std::optional<Decoder> make_decoder(cli::SamplingEngine& engine, const Options& o, const nn::NetworkConfig& cfg, bool png) {
     const auto encoder = encoder_metadata(o.net);
     const std::string cls = encoder ? encoder->value("class", std::string()) : std::string();
     if (o.vae.empty()) {
@@ -423,9 +409,9 @@ std::optional<Decoder> make_decoder(const Options& o, const nn::NetworkConfig& c
         return std::nullopt;
     }
     check(cls != "StandardRGBEncoder", "--vae: the network ", o.net.string(), " makes pixels, not latents");
-    Decoder d{vae::AutoencoderKL<float, CpuBackend>::load(o.vae), {}};
-    check(d.vae.config().latent_channels == cfg.img_channels && d.vae.config().out_channels == 3, "--vae ",
-          o.vae.string(), ": the autoencoder's latents have ", d.vae.config().latent_channels,
+    Decoder d{engine.load_vae(o.vae), {}};
+    check(d.vae.latent_channels == cfg.img_channels && d.vae.out_channels == 3, "--vae ",
+          o.vae.string(), ": the autoencoder's latents have ", d.vae.latent_channels,
           " channels, the network makes ", cfg.img_channels);
     if (cls == "StabilityVAEEncoder") {
         try {
@@ -445,22 +431,24 @@ std::optional<Decoder> make_decoder(const Options& o, const nn::NetworkConfig& c
 }
 
 void generate(const Options& o, dist::Communicator& comm) {
-    Net net = load_net(o.net, "--net");
-    std::optional<Net> guide;
+    const std::unique_ptr<cli::SamplingEngine> engine =
+#ifdef MPNET_WITH_CUDA
+        o.device.cuda ? (cli::select_cuda_device(o.device, comm.rank()), cli::make_cuda_sampling_engine()) :
+#endif
+                      std::make_unique<cli::SamplingEngineOn<CpuBackend>>();
+    const nn::NetworkConfig cfg = engine->load_net(o.net, "--net");
     if (!o.gnet.empty()) {
-        guide.emplace(load_net(o.gnet, "--gnet"));
-        check_guide(net, *guide, o.gnet);
+        check_guide(cfg, engine->load_guide(o.gnet, "--gnet"), o.gnet);
         if (o.guidance == 1 && !o.quiet && comm.is_root())
             std::fprintf(stderr, "mpnet-generate: warning: --guidance is 1, so the guiding network is not used\n");
     }
-    const nn::NetworkConfig& cfg = net.config();
     const bool png = !o.outdir.empty() || !o.grid.empty();
-    const std::optional<Decoder> decoder = make_decoder(o, cfg, png);
+    const std::optional<Decoder> decoder = make_decoder(*engine, o, cfg, png);
     check(!png || decoder || cfg.img_channels == 1 || cfg.img_channels == 3, "--net ", o.net.string(), ": ",
           cfg.img_channels, "-channel images cannot be written as PNG (need 1 or 3 channels; --out-tensor takes any)");
     // The images' shape as written: the decoder's RGB at its scale, or the network's own.
     const int64_t shown_channels = decoder ? 3 : cfg.img_channels;
-    const int64_t shown_resolution = cfg.img_resolution * (decoder ? decoder->vae.config().factor() : 1);
+    const int64_t shown_resolution = cfg.img_resolution * (decoder ? decoder->vae.factor() : 1);
     const Plan p = make_plan(o, cfg);
     const std::vector<std::string> names = o.grid.empty() ? std::vector<std::string>{} : class_names(o);
     // Rank 0 makes the folders first: ranks creating one folder at once could race.
@@ -468,9 +456,6 @@ void generate(const Options& o, dist::Communicator& comm) {
     (void)comm.any(false);
     if (!comm.is_root()) prepare_outputs(o, p);
 
-    sample::NetworkDenoiser<float, CpuBackend> d_net(net);
-    std::optional<sample::NetworkDenoiser<float, CpuBackend>> d_guide;
-    if (guide) d_guide.emplace(*guide);
     const Progress progress(o.quiet || !comm.is_root(), p.seeds.size());
     const bool gather = !o.grid.empty() || !o.out_tensor.empty();
     std::vector<float> raw;    // this rank's sampler outputs, for --out-tensor (and --grid without --vae)
@@ -489,14 +474,14 @@ void generate(const Options& o, dist::Communicator& comm) {
         else if (cfg.label_dim)
             labels = sample::one_hot<float, CpuBackend>(std::span(p.classes).subspan(begin, end - begin), cfg.label_dim);
         sample::SampleHooks hooks{seeds, [&](const sample::SampleProgress& s) { progress.step(begin, seeds.size(), s); }};
-        const auto result = sample::edm_sample(d_net, d_guide ? &*d_guide : nullptr, noise, labels, o.sampler, hooks);
+        const auto result = engine->sample(noise, labels, o.sampler, hooks);
         nfe = result.nfe;
         check_sampled(result.images, seeds, o.net);
         if (gather) raw.insert(raw.end(), result.images.data(), result.images.data() + result.images.numel());
         if (!png) continue;
         std::vector<io::Image> images;
         if (decoder) {
-            const auto pixels = vae::decode_to_pixels(decoder->vae, result.images, decoder->scaling);
+            const auto pixels = engine->decode(result.images, decoder->scaling);
             if (!o.grid.empty()) shown.insert(shown.end(), pixels.begin(), pixels.end());
             images = io::images_from_pixels(pixels, n, 3, int(shown_resolution), int(shown_resolution));
         } else {

@@ -1,4 +1,4 @@
-// mpnet-train: trains an EDM2 denoiser on the CPU and writes power-function EMA snapshots
+// mpnet-train: trains an EDM2 denoiser on the CPU or a GPU and writes power-function EMA snapshots
 // that mpnet-phema and mpnet-generate read. Rerunning with the same --outdir resumes. Under
 // mpirun (built with MPI) the processes train one run data-parallel (docs/distributed.md).
 #include <unistd.h>
@@ -13,11 +13,12 @@
 #include <string>
 
 #include "cli.hpp"
+#include "device.hpp"
 #include "openmp_spin.hpp"
 #include "processes.hpp"
+#include "train_on.hpp"
 #include "mpnet/backend/cpu/cpu.hpp"
 #include "mpnet/data/load_dataset.hpp"
-#include "mpnet/train/trainer.hpp"
 
 namespace fs = std::filesystem;
 using namespace mpnet;
@@ -70,6 +71,7 @@ struct Options {
     train::TrainOptions train;
     std::string net_config;
     nlohmann::json net_settings = nlohmann::json::object();  // from the per-setting options
+    cli::DeviceOption device;
     double collective_timeout = 600;                         // seconds, under an MPI launcher
 };
 
@@ -107,12 +109,17 @@ Image counts accept suffixes: 6400, 64k (1e3), 2M (1e6), 8Ki (2^10), 8Mi (2^20).
                        throw UsageError("--data-storage: '" + v + "' is not one of auto, memory, stream");
                    o.data_storage = v;
                })
+        .flag("--skip-bad", "a folder or zip: replace an unreadable image or latent (corrupt,\ntruncated, another shape) by the next readable one and report\nit, instead of stopping (the same choice in memory and streamed)",
+              [&] { o.skip_bad = true; })
         .value("--data-threads", "N", "threads decoding a streamed dataset's images (default: 1)",
                [&](const std::string& v) { o.data_threads = cli::parse_integer<int64_t>("--data-threads", v, 1, 256); })
         .value("--preset", "NAME", "network and recipe preset (default: fmnist-s); one of\nfmnist-s, fmnist-xs, rgb32-s, edm2-img64-{xs,s,m,l,xl},\nedm2-img512-{xxs,xs,s,m,l,xl,xxl}",
                [&](const std::string& v) { o.preset = v; })
         .value("--cond", "BOOL", "class-conditional training (default: true; needs labels)",
                [&](const std::string& v) { o.cond = cli::parse_bool("--cond", v); })
+        .value("--device", "DEVICE", cli::device_help,
+               [&](const std::string& v) { cli::parse_device(v, opts.device); })
+        .value("--math", "MODE", cli::math_help, [&](const std::string& v) { cli::parse_math(v, opts.device); })
         .flag("--start-over", "if DIR holds another run, move its files to\nDIR/previous-run-<n>/ and start a new run instead of refusing",
               [&] { o.start_over = true; });
     p.section("Recipe")
@@ -175,6 +182,7 @@ Options parse_args(int argc, char** argv) {
     auto& o = opts.train;
     if (!opts.net_config.empty()) o.net = read_net_config(opts.net_config);
     for (const auto& [key, value] : opts.net_settings.items()) o.net[key] = value;
+    cli::check_device_options(opts.device);
     cli::as_usage_error([&] {
         o.validate();
         (void)nn::find_preset(o.preset);
@@ -219,6 +227,9 @@ void check_same_run(dist::Communicator& comm, const train::ResolvedRun& run, con
 void train_here(const Options& opts, dist::Communicator& comm) {
     const auto& o = opts.train;
     const bool root = comm.is_root();
+#ifdef MPNET_WITH_CUDA
+    if (opts.device.cuda) cli::select_cuda_device(opts.device, comm.rank());
+#endif
     if (root) check_outdir(o.outdir);
     // Lines are kept until the trainer holds the directory: log.txt belongs to its run.
     // Rank 0 speaks for the run; the other ranks only report their own errors.
@@ -230,9 +241,17 @@ void train_here(const Options& opts, dist::Communicator& comm) {
         else pending.push_back(line);
         if (!o.quiet) std::cout << line << std::endl;
     };
-    const auto ds = data::load_dataset(o.data, o.data_storage == "memory"   ? data::Storage::memory
-                                               : o.data_storage == "stream" ? data::Storage::stream
-                                                                            : data::Storage::automatic);
+    std::shared_ptr<data::BadSamples> skip;
+    if (o.skip_bad)
+        skip = std::make_shared<data::BadSamples>([&](const std::string& m) {
+            // Every rank reads its own share of the data, and says what it skipped.
+            const std::string who = comm.size() > 1 ? "rank " + std::to_string(comm.rank()) + ": " : "";
+            std::fprintf(stderr, "mpnet-train: warning: %s%s\n", who.c_str(), m.c_str());
+        });
+    const auto storage = o.data_storage == "memory"   ? data::Storage::memory
+                         : o.data_storage == "stream" ? data::Storage::stream
+                                                      : data::Storage::automatic;
+    const auto ds = data::load_dataset(o.data, storage, skip);
     auto resolved = train::resolve(o, ds, comm.size());
     check_same_run(comm, resolved, ds);
     const auto cost = nn::network_cost(resolved.net);
@@ -253,19 +272,24 @@ void train_here(const Options& opts, dist::Communicator& comm) {
                  ? ""
                  : " (not a power of two: the gradient sum is grouped unlike one process's, see docs/distributed.md)"));
     }
-    train::Trainer<float, CpuBackend> trainer(resolved, ds, log, comm);
-    if (root) {
+    if (opts.device.cuda) log("device " + opts.device.str() + ", math " + opts.device.math);
+    auto holding_dir = [&] {
+        if (!root) return;
         log_file.open(fs::path(o.outdir) / "log.txt", std::ios::app);
         for (const auto& line : pending) log_file << line << "\n";
-    }
+    };
+    double images = 0;
     try {
-        if (!trainer.resume()) log("starting a new run in " + o.outdir);
-        trainer.run();
+#ifdef MPNET_WITH_CUDA
+        if (opts.device.cuda) images = cli::train_on_cuda(resolved, ds, log, comm, holding_dir);
+        else
+#endif
+            images = cli::train_on<CpuBackend>(resolved, ds, log, comm, holding_dir);
     } catch (const std::exception& e) {
-        log_file << "error: " << e.what() << std::endl;
+        if (log_file.is_open()) log_file << "error: " << e.what() << std::endl;
         throw;
     }
-    log("done: " + std::to_string(static_cast<long long>(trainer.images_seen())) + " images");
+    log("done: " + std::to_string(static_cast<long long>(images)) + " images");
 }
 
 void run(const Options& opts) {

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <functional>
 #include <map>
 #include <string>
@@ -31,11 +32,18 @@ inline nn::NetworkConfig golden_unet_config() {
     return c;
 }
 
+// The test data folder: $MPNET_TEST_DATA when set (a build carried to another machine, where
+// the source tree lies elsewhere), else the source tree's tests/data that the build recorded.
+inline std::string test_data_dir() {
+    const char* env = std::getenv("MPNET_TEST_DATA");
+    return env && *env ? std::string(env) : std::string(MPNET_TEST_DATA);
+}
+
 inline const io::SafetensorsFile& golden(const std::string& file) {
     static std::map<std::string, io::SafetensorsFile> cache;
     auto it = cache.find(file);
     if (it == cache.end())
-        it = cache.emplace(file, io::SafetensorsFile::open(std::string(MPNET_TEST_DATA) + "/reference/" + file)).first;
+        it = cache.emplace(file, io::SafetensorsFile::open(test_data_dir() + "/reference/" + file)).first;
     return it->second;
 }
 

@@ -201,6 +201,10 @@ TEST_CASE("mpnet-train: every bad value is refused naming its option, before any
              {"--duration inf", "--duration: 'inf' is not an image count"},
              {"--snapshot 10", "--snapshot 10 is below 1000 images"},
              {"--model-channels 2.5", "--model-channels: '2.5' is not an integer"},
+             {"--device gpu", "--device: 'gpu' is not cpu, cuda or cuda:N"},
+             {"--device cuda:x", "--device: 'x' is not an integer"},
+             {"--math fp8 --device cuda", "--math: 'fp8' is not one of fp32, tf32, fp16, bf16"},
+             {"--math bf16", "--math bf16 applies to --device cuda only"},
          }) {
         CAPTURE(args);
         const Outcome r = run(MPNET_TRAIN_EXE, base + args, s.dir);
@@ -208,6 +212,52 @@ TEST_CASE("mpnet-train: every bad value is refused naming its option, before any
         CHECK(r.status == 2);
         CHECK(r.output.find(message) != std::string::npos);
         CHECK_FALSE(fs::exists(s.dir / "run-bad" / "options.json"));
+    }
+}
+
+// A GPU no machine has: refused before anything is written, whether the program was built
+// with CUDA (no such device: status 1) or without (status 2).
+TEST_CASE("mpnet-train and mpnet-generate: --device names a missing GPU clearly") {
+    const auto& s = scratch();
+    Outcome r = run(MPNET_TRAIN_EXE, "--outdir run-gpu --data " + s.path("data") + " --preset fmnist-xs --device cuda:1023",
+                    s.dir);
+    CAPTURE(r.output);
+    CHECK((r.status == 1 || r.status == 2));
+    CHECK(r.output.find("mpnet-train: ") != std::string::npos);
+    CHECK(r.output.find("--device cuda:1023") != std::string::npos);
+    CHECK_FALSE(fs::exists(s.dir / "run-gpu"));
+    r = run(MPNET_GENERATE_EXE, "--net net.safetensors --seeds 0 --steps 2 --grid gpu.png --device cuda:1023", s.dir);
+    CAPTURE(r.output);
+    CHECK((r.status == 1 || r.status == 2));
+    CHECK(r.output.find("--device cuda:1023") != std::string::npos);
+    CHECK_FALSE(fs::exists(s.dir / "gpu.png"));
+}
+
+// A corrupt image stops a run, naming the file; with --skip-bad the run goes on, and says so.
+TEST_CASE("mpnet-train: --skip-bad trains past a corrupt image and reports it") {
+    const auto& s = scratch();
+    const fs::path data = s.dir / "data-bad";
+    fs::remove_all(data);
+    fs::copy(s.dir / "data", data);
+    {
+        std::fstream f(data / "img3.png", std::ios::in | std::ios::out | std::ios::binary);
+        f.seekp(45);
+        f.put('\x7f');  // inside the image data: the header still reads
+    }
+    const std::string base = "--data " + data.string() + " --preset fmnist-xs --batch 8 --duration 32 --status 16 ";
+    for (const char* storage : {"memory", "stream"}) {
+        CAPTURE(storage);
+        fs::remove_all(s.dir / "run-skip");
+        Outcome r = run(MPNET_TRAIN_EXE, base + "--outdir run-skip --data-storage " + storage, s.dir);
+        CAPTURE(r.output);
+        CHECK(r.status == 1);
+        CHECK(r.output.find("img3.png") != std::string::npos);
+        r = run(MPNET_TRAIN_EXE, base + "--outdir run-skip --skip-bad --data-storage " + storage, s.dir);
+        CAPTURE(r.output);
+        CHECK(r.status == 0);
+        CHECK(r.output.find("mpnet-train: warning: skipping a bad sample: ") != std::string::npos);
+        CHECK(r.output.find("img3.png") != std::string::npos);
+        CHECK(r.output.find("skipped 1 bad sample(s)") != std::string::npos);
     }
 }
 

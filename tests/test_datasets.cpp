@@ -17,6 +17,7 @@
 #include <functional>
 #include <iterator>
 #include <map>
+#include <mutex>
 #include <numeric>
 #include <set>
 #include <stdexcept>
@@ -155,7 +156,7 @@ void check_error(F&& f, std::initializer_list<std::string> parts) {
 // A labelled dataset of `n` gray side x side images, pixel (i, y, x) = pattern(i, 0, y, x).
 data::Dataset synthetic(int64_t n, int64_t side, int64_t classes) {
     data::Dataset ds{.source = "synthetic", .size = n, .channels = 1, .resolution = side,
-                     .num_classes = classes, .pixels = {}, .labels = {}, .reader = {}, .latent = false, .latent_values = {}};
+                     .num_classes = classes, .pixels = {}, .labels = {}, .reader = {}, .latent = false, .latent_values = {}, .bad_samples = {}};
     for (int64_t i = 0; i < n; ++i) {
         for (int64_t y = 0; y < side; ++y)
             for (int64_t x = 0; x < side; ++x)
@@ -709,6 +710,65 @@ TEST_CASE("streamed datasets: a corrupt or mis-shaped image stops the batch that
     }
 }
 
+TEST_CASE("--skip-bad: a bad sample is replaced by the next readable one, image and label, in memory as streamed") {
+    TempDir tmp;
+    const fs::path dir = tmp.path / "ds";
+    nlohmann::json labels = nlohmann::json::array();
+    for (int i = 0; i < 6; ++i) {
+        const std::string name = std::string(1, char('a' + i)) + ".png";
+        Bytes bytes = png_bytes(8, 8, 3, i);
+        if (i == 0 || i == 2) bytes[bytes.size() / 2] ^= 0x10;  // corrupt: a.png, the first, and c.png
+        if (i == 4) bytes = png_bytes(16, 16, 3, i);             // another size: e.png
+        write_bytes(dir / name, bytes);
+        labels.push_back({name, i % 3});
+    }
+    std::ofstream(dir / "dataset.json") << nlohmann::json{{"labels", labels}}.dump();
+    // The good images alone, as the stand-ins' expected pixels.
+    write_bytes(tmp.path / "b" / "b.png", png_bytes(8, 8, 3, 1));
+    write_bytes(tmp.path / "d" / "d.png", png_bytes(8, 8, 3, 3));
+    write_bytes(tmp.path / "f" / "f.png", png_bytes(8, 8, 3, 5));
+    const data::Dataset b = data::load_image_folder(tmp.path / "b"), d = data::load_image_folder(tmp.path / "d"),
+                        f = data::load_image_folder(tmp.path / "f");
+
+    check_error([&] { (void)data::load_image_folder(dir, data::Storage::memory); }, {"a.png", "CRC mismatch"});
+    std::vector<std::string> reports;
+    std::mutex reports_mutex;
+    auto skipping = [&] {
+        return std::make_shared<data::BadSamples>([&](const std::string& m) {
+            const std::lock_guard lock(reports_mutex);
+            reports.push_back(m);
+        });
+    };
+    const data::Dataset memory = data::load_image_folder(dir, data::Storage::memory, skipping());
+    REQUIRE(reports.size() == 3);
+    CHECK(reports[0].find("a.png") != std::string::npos);
+    CHECK(reports[1].find("c.png") != std::string::npos);
+    CHECK(reports[2].find("e.png") != std::string::npos);
+    CHECK(memory.bad_samples->count() == 3);
+    // a -> b, c -> d, e -> f, each with the label of the image that stands in for it.
+    CHECK(memory.labels == std::vector<int32_t>{1, 1, 0, 0, 2, 2});
+    for (const auto& [index, standin] : std::vector<std::pair<int, const data::Dataset*>>{{0, &b}, {2, &d}, {4, &f}})
+        CHECK(std::equal(standin->pixels.begin(), standin->pixels.end(), memory.image(index)));
+
+    reports.clear();
+    const data::Dataset streamed = data::load_image_folder(dir, data::Storage::stream, skipping());
+    for (int threads : {1, 3}) {
+        data::Loader a(memory, 4, 7, true), c(streamed, 4, 7, true, 2, {}, threads);
+        for (int batch = 0; batch < 6; ++batch) {  // four epochs
+            const auto want = a.next(), got = c.next();
+            CHECK(got.images == want.images);
+            CHECK(got.labels_onehot == want.labels_onehot);
+            for (const int64_t i : got.indices) CHECK((i == 1 || i == 3 || i == 5));
+        }
+    }
+    CHECK(reports.size() == 3);  // each bad file reported once, whatever the threads and epochs
+    CHECK(streamed.bad_samples->count() == 3);
+
+    for (const char* name : {"b.png", "d.png", "e.png", "f.png"}) write_bytes(dir / name, Bytes{1, 2, 3});
+    check_error([&] { (void)data::load_image_folder(dir, data::Storage::memory, skipping()); },
+                {"no sample can be read (every one of the 6 is bad)"});
+}
+
 TEST_CASE("streamed datasets: 200 000 images in a zip train in the memory of 2 000 plus their index, not growing") {
     TempDir tmp;
     // 64x64 grayscale images (800 MB decoded), a few distinct contents sharing buffers.
@@ -903,4 +963,26 @@ TEST_CASE("latent datasets: .npy posteriors drawn as mean + noise * std and norm
         write_zip(tmp.path / "cut.zip", {{"a.npy", cut}});
         check_error([&] { (void)data::load_dataset((tmp.path / "cut.zip").string()); }, {"a.npy", "truncated"});
     }
+}
+
+TEST_CASE("--skip-bad: a corrupt latent .npy is replaced the same way in memory and streamed") {
+    TempDir tmp;
+    auto members = latent_members(6, 8, [](int i, int c, int p) { return float(i * 100 + c * 10 + p); },
+                                  [](int, int, int) { return 0.5f; });
+    members["00000/img-mean-std-00000002.npy"] = Bytes{0x93, 'N', 'U', 'M'};  // truncated
+    write_zip(tmp.path / "l.zip", members);
+    const std::string zip = (tmp.path / "l.zip").string();
+    check_error([&] { (void)data::load_dataset(zip, data::Storage::memory); }, {"img-mean-std-00000002.npy"});
+    const auto memory = data::load_dataset(zip, data::Storage::memory, std::make_shared<data::BadSamples>());
+    const auto streamed = data::load_dataset(zip, data::Storage::stream, std::make_shared<data::BadSamples>());
+    CHECK(memory.labels[2] == memory.labels[3]);
+    data::Loader a(memory, 4, 1, false), b(streamed, 4, 1, false, 2, {}, 2);
+    for (int batch = 0; batch < 6; ++batch) {
+        const auto want = a.next(), got = b.next();
+        CHECK(got.images == want.images);
+        CHECK(got.labels_onehot == want.labels_onehot);
+        CHECK(std::ranges::find(got.indices, 2) == got.indices.end());
+    }
+    CHECK(memory.bad_samples->count() == 1);
+    CHECK(streamed.bad_samples->count() == 1);
 }

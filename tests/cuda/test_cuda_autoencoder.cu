@@ -43,7 +43,7 @@ TEST_CASE_TEMPLATE("cuda autoencoder kernels: group norm (+ SiLU), bias, upsampl
 }
 
 TEST_CASE("cuda autoencoder: decoder and encoder match diffusers") {
-    const std::string dir = std::string(MPNET_TEST_DATA) + "/vae/";
+    const std::string dir = test::test_data_dir() + "/vae/";
     const auto golden = io::SafetensorsFile::open(dir + "golden.safetensors");
     const auto vae = vae::AutoencoderKL<float, CudaBackend>::load(dir + "vae.safetensors");
     const auto& m = golden.metadata();

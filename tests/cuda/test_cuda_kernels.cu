@@ -113,6 +113,11 @@ TEST_CASE_TEMPLATE("cuda kernels: normalize over rows, columns and any dims", T,
     struct Case {
         Shape shape;
         ops::Dims dims;
+        // Float's tolerance. Groups of one element are the ill-conditioned case: there
+        // dx = dy eps / s^2 is the difference of two terms |x| / eps (~1e4) times larger,
+        // which the CPU forms in float and the GPU in double before rounding, so the float
+        // results differ by ~1e4 float epsilons (the double comparison stays at 1e-12).
+        double float_tol = gpu_grad_tol<float>;
     };
     for (const Case& c : {Case{{6, 5, 3, 3}, ops::Dims::all_but_first()},  // rows (a conv weight)
                           Case{{16, 64, 3, 3}, ops::Dims::all_but_first()},
@@ -121,7 +126,7 @@ TEST_CASE_TEMPLATE("cuda kernels: normalize over rows, columns and any dims", T,
                           Case{{4, 3, 5, 2}, ops::Dims{0, 2}},               // a gap: element lists
                           Case{{3, 4, 2, 5}, ops::Dims{1, 3}},
                           Case{{3, 4, 2, 5}, ops::Dims{-1}},
-                          Case{{3, 4}, ops::Dims{}}}) {
+                          Case{{3, 4}, ops::Dims{}, 3e-3}}) {
         CAPTURE(c.shape.str());
         compare_backends<T>(
             [&](auto tag, const auto& in) {
@@ -133,7 +138,8 @@ TEST_CASE_TEMPLATE("cuda kernels: normalize over rows, columns and any dims", T,
                 normalize_forward(tag, in[0], c.dims, y_only);
                 return Outputs<T, decltype(tag)>{y, scale, dx, y_only};
             },
-            gpu_grad_tol<T>, {random_cpu<T>(c.shape, 12, 3.0), random_cpu<T>(c.shape, 13)});
+            std::is_same_v<T, float> ? c.float_tol : gpu_grad_tol<T>,
+            {random_cpu<T>(c.shape, 12, 3.0), random_cpu<T>(c.shape, 13)});
     }
 }
 

@@ -21,7 +21,7 @@ struct Batch {
     std::vector<float> images;         // [n, channels, resolution, resolution] in [-1, 1]
     std::vector<float> labels_onehot;  // [n, num_classes], empty for an unlabelled dataset
     int64_t n = 0;
-    std::vector<int64_t> indices;  // the dataset index of each image, for logs and tests
+    std::vector<int64_t> indices;  // the dataset index of each image (after --skip-bad's replacements)
 };
 
 // The n images at positions [first, first + n) of `order`, mirrored left-right where
@@ -39,16 +39,14 @@ inline Batch make_batch(const Dataset& ds, DataOrder& order, bool xflip, uint64_
         const uint64_t position = first + static_cast<uint64_t>(k);
         b.indices[static_cast<std::size_t>(k)] = order.index_at(position);
         flips[static_cast<std::size_t>(k)] = xflip && order.flip(position);
-        if (ds.num_classes > 0)
-            b.labels_onehot[static_cast<std::size_t>(
-                k * ds.num_classes + ds.labels[static_cast<std::size_t>(b.indices[static_cast<std::size_t>(k)])])] = 1.0f;
     }
     const LatentNormalization norm = ds.latent ? stability_vae_normalization() : LatentNormalization{};
     const uint64_t latent_stream = order.latent_stream();
     // A latent: drawn from its stored posterior with noise indexed by position and element.
     auto fill_latent = [&](int64_t k, std::vector<float>& scratch) {
         const int64_t res = ds.resolution, plane = res * res;
-        ds.read_latent(b.indices[static_cast<std::size_t>(k)], scratch.data());
+        int64_t& index = b.indices[static_cast<std::size_t>(k)];
+        index = ds.read_substituting(index, [&](int64_t j) { ds.read_latent(j, scratch.data()); });
         const bool flip = flips[static_cast<std::size_t>(k)] != 0;
         const uint64_t base = (first + static_cast<uint64_t>(k)) * static_cast<uint64_t>(image);
         float* dst = b.images.data() + k * image;
@@ -64,9 +62,9 @@ inline Batch make_batch(const Dataset& ds, DataOrder& order, bool xflip, uint64_
     };
     auto fill = [&](int64_t k, std::vector<uint8_t>& scratch) {
         const int64_t res = ds.resolution;
-        const int64_t index = b.indices[static_cast<std::size_t>(k)];
+        int64_t& index = b.indices[static_cast<std::size_t>(k)];
         const uint8_t* src = scratch.data();
-        if (ds.streamed()) ds.read_image(index, scratch.data());
+        if (ds.streamed()) index = ds.read_substituting(index, [&](int64_t j) { ds.read_image(j, scratch.data()); });
         else src = ds.image(index);
         const bool flip = flips[static_cast<std::size_t>(k)] != 0;
         float* dst = b.images.data() + k * image;
@@ -98,6 +96,10 @@ inline Batch make_batch(const Dataset& ds, DataOrder& order, bool xflip, uint64_
     for (auto& t : pool) t.join();
     for (const auto& e : errors)
         if (e) std::rethrow_exception(e);
+    // Labels last: with --skip-bad a slot may hold another sample than the order named.
+    for (int64_t k = 0; k < n && ds.num_classes > 0; ++k)
+        b.labels_onehot[static_cast<std::size_t>(
+            k * ds.num_classes + ds.labels[static_cast<std::size_t>(b.indices[static_cast<std::size_t>(k)])])] = 1.0f;
     return b;
 }
 

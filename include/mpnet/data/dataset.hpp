@@ -9,8 +9,12 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <memory>
+#include <mutex>
+#include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "mpnet/core/error.hpp"
@@ -26,6 +30,39 @@ public:
     virtual void read_latent(int64_t, float*) const { fail("this dataset holds images, not latents"); }
 };
 
+// --skip-bad: the samples found unreadable (a truncated archive member, a corrupt PNG or
+// .npy, another shape), each reported once. A bad sample is replaced by the next readable
+// one (index + 1, cyclically), image and label, whether the dataset is held in memory or
+// streamed: a pure function of the data, so batches and resumes stay exact. Shared by the
+// loader's threads.
+class BadSamples {
+public:
+    using Report = std::function<void(const std::string&)>;
+    explicit BadSamples(Report report = {}) : report_(std::move(report)) {}
+
+    void note(int64_t index, const std::string& why) {
+        bool first = false;
+        {
+            const std::lock_guard lock(mutex_);
+            first = bad_.insert(index).second;
+        }
+        if (first && report_) report_("skipping a bad sample: " + why);
+    }
+    [[nodiscard]] bool known(int64_t index) const {
+        const std::lock_guard lock(mutex_);
+        return bad_.contains(index);
+    }
+    [[nodiscard]] std::size_t count() const {
+        const std::lock_guard lock(mutex_);
+        return bad_.size();
+    }
+
+private:
+    Report report_;
+    mutable std::mutex mutex_;
+    std::set<int64_t> bad_;
+};
+
 struct Dataset {
     std::string source;  // the path the data came from, for messages
     int64_t size = 0, channels = 0, resolution = 0;  // images are square
@@ -38,6 +75,8 @@ struct Dataset {
     // `channels` is what the network sees. Held in latent_values (or read by `reader`).
     bool latent = false;
     std::vector<float> latent_values;
+    // Set (--skip-bad): unreadable samples are replaced instead of stopping the run.
+    std::shared_ptr<BadSamples> bad_samples;
 
     [[nodiscard]] bool streamed() const { return reader != nullptr; }
     [[nodiscard]] std::size_t image_bytes() const {
@@ -58,6 +97,26 @@ struct Dataset {
         if (reader) return reader->read_latent(index, mean_std);
         std::memcpy(mean_std, latent_values.data() + static_cast<std::size_t>(index) * latent_floats(),
                     latent_floats() * sizeof(float));
+    }
+    // read(j) for the sample that stands for `index`, returning j: `index` itself, or with
+    // bad_samples the next one (cyclically) that reads without error.
+    template <class Read>
+    int64_t read_substituting(int64_t index, Read&& read) const {
+        if (!bad_samples) {
+            read(index);
+            return index;
+        }
+        for (int64_t step = 0; step < size; ++step) {
+            const int64_t j = (index + step) % size;
+            if (bad_samples->known(j)) continue;
+            try {
+                read(j);
+                return j;
+            } catch (const Error& e) {
+                bad_samples->note(j, e.what());
+            }
+        }
+        fail(source, ": no sample can be read (every one of the ", size, " is bad)");
     }
 };
 

@@ -66,8 +66,9 @@ inline void check_same_shape(const ImageInfo& info, const ImageInfo& first, cons
 // at a time, so reading a member is serialised; decoding, the expensive part, runs in parallel.
 class DatasetFiles {
 public:
-    DatasetFiles(std::shared_ptr<const FileTree> tree, std::vector<std::string> names)
-        : tree_(std::move(tree)), names_(std::move(names)) {}
+    // `first`: the sample whose shape the others must have (the first readable one).
+    DatasetFiles(std::shared_ptr<const FileTree> tree, std::vector<std::string> names, std::size_t first = 0)
+        : tree_(std::move(tree)), names_(std::move(names)), first_(tree_->describe(names_.at(first))) {}
 
     // The bytes of sample `index` and how messages name its file.
     [[nodiscard]] std::pair<std::vector<uint8_t>, std::string> read(int64_t index) const {
@@ -75,11 +76,12 @@ public:
         const std::lock_guard lock(mutex_);
         return {tree_->read(name), tree_->describe(name)};
     }
-    [[nodiscard]] std::string first() const { return tree_->describe(names_.front()); }
+    [[nodiscard]] const std::string& first() const { return first_; }
 
 private:
     std::shared_ptr<const FileTree> tree_;
     std::vector<std::string> names_;
+    std::string first_;
     mutable std::mutex mutex_;
 };
 
@@ -88,8 +90,9 @@ private:
 // checked then, the error naming the file).
 class StreamedPngs final : public ImageReader {
 public:
-    StreamedPngs(std::shared_ptr<const FileTree> tree, std::vector<std::string> names, ImageInfo first)
-        : files_(std::move(tree), std::move(names)), first_(first) {}
+    StreamedPngs(std::shared_ptr<const FileTree> tree, std::vector<std::string> names, std::size_t first_index,
+                 ImageInfo first)
+        : files_(std::move(tree), std::move(names), first_index), first_(first) {}
 
     void read(int64_t index, uint8_t* chw) const override {
         const auto [bytes, where] = files_.read(index);
@@ -118,8 +121,9 @@ inline void check_latent_shape(const NpyArray& a, const std::string& where) {
 // A folder's or archive's latent .npy files read on demand, like StreamedPngs.
 class StreamedLatents final : public ImageReader {
 public:
-    StreamedLatents(std::shared_ptr<const FileTree> tree, std::vector<std::string> names, std::vector<int64_t> shape)
-        : files_(std::move(tree), std::move(names)), shape_(std::move(shape)) {}
+    StreamedLatents(std::shared_ptr<const FileTree> tree, std::vector<std::string> names, std::size_t first_index,
+                    std::vector<int64_t> shape)
+        : files_(std::move(tree), std::move(names), first_index), shape_(std::move(shape)) {}
 
     void read(int64_t, uint8_t*) const override { fail("this dataset holds latents, not images"); }
     void read_latent(int64_t index, float* mean_std) const override {
@@ -146,6 +150,50 @@ namespace detail {
 
 inline bool is_npy_name(const std::string& name) { return name.ends_with(".npy"); }
 
+// Runs f(i) for the first sample that f accepts and returns i; with --skip-bad the samples
+// before it that threw are noted as bad, without it the first sample must do.
+template <class F>
+std::size_t first_readable(const Dataset& ds, std::size_t count, F&& f) {
+    for (std::size_t i = 0; i < count; ++i) {
+        try {
+            f(i);
+            return i;
+        } catch (const Error& e) {
+            if (!ds.bad_samples) throw;
+            ds.bad_samples->note(static_cast<int64_t>(i), e.what());
+        }
+    }
+    fail(ds.source, ": no sample can be read (every one of the ", count, " is bad)");
+}
+
+// Decodes all ds.size samples into `out`, `per` values each, by decode(i, destination).
+// With --skip-bad a sample that throws is noted and then filled from the next readable one,
+// label included, exactly as a streamed dataset substitutes it.
+template <class V, class Decode>
+void decode_all(Dataset& ds, std::vector<V>& out, std::size_t per, Decode&& decode) {
+    const auto n = static_cast<std::size_t>(ds.size);
+    out.resize(n * per);
+    std::vector<char> good(n, 1);
+    for (std::size_t i = 0; i < n; ++i) {
+        try {
+            decode(i, out.data() + i * per);
+        } catch (const Error& e) {
+            if (!ds.bad_samples) throw;
+            ds.bad_samples->note(static_cast<int64_t>(i), e.what());
+            good[i] = 0;
+        }
+    }
+    check(std::ranges::find(good, 1) != good.end(), ds.source, ": no sample can be read (every one of the ", n,
+          " is bad)");
+    for (std::size_t i = 0; i < n; ++i) {
+        if (good[i]) continue;
+        std::size_t j = (i + 1) % n;
+        while (!good[j]) j = (j + 1) % n;
+        std::copy_n(out.begin() + std::ptrdiff_t(j * per), per, out.begin() + std::ptrdiff_t(i * per));
+        if (!ds.labels.empty()) ds.labels[i] = ds.labels[j];
+    }
+}
+
 // The labels of `names` from the tree's dataset.json, if it has labels.
 inline void read_labels(const FileTree& tree, const std::vector<std::string>& names, Dataset& ds) {
     if (!tree.contains(dataset_json_name)) return;
@@ -163,37 +211,43 @@ inline Dataset load_latents(std::shared_ptr<const FileTree> tree, std::vector<st
     ds.latent = true;
     ds.size = static_cast<int64_t>(names.size());
     read_labels(*tree, names, ds);
-    const std::string first_where = tree->describe(names[0]);
-    const NpyArray first = parse_npy(tree->read(names[0]), first_where);
-    check_latent_shape(first, first_where);
+    NpyArray first;
+    const std::size_t first_index = first_readable(ds, names.size(), [&](std::size_t i) {
+        const std::string where = tree->describe(names[i]);
+        first = parse_npy(tree->read(names[i]), where);
+        check_latent_shape(first, where);
+    });
+    const std::string first_where = tree->describe(names[first_index]);
     ds.channels = first.shape[0] / 2;
     ds.resolution = first.shape[1];
     check(ds.channels == 4, first_where, ": latents of ", ds.channels,
           " channels; the Stability VAE's (whose normalisation training applies) have 4");
     const std::size_t bytes = names.size() * ds.latent_floats() * sizeof(float);
     if (storage == Storage::stream || (storage == Storage::automatic && bytes > memory_limit_bytes)) {
-        ds.reader = std::make_shared<StreamedLatents>(std::move(tree), std::move(names), first.shape);
+        ds.reader = std::make_shared<StreamedLatents>(std::move(tree), std::move(names), first_index, first.shape);
         return ds;
     }
-    ds.latent_values.reserve(names.size() * ds.latent_floats());
-    for (const auto& name : names) {
-        const std::string where = tree->describe(name);
-        const NpyArray a = parse_npy(tree->read(name), where);
+    decode_all(ds, ds.latent_values, ds.latent_floats(), [&](std::size_t i, float* dst) {
+        const std::string where = tree->describe(names[i]);
+        const NpyArray a = parse_npy(tree->read(names[i]), where);
         check(a.shape == first.shape, where, ": latent of another shape than ", first_where);
-        ds.latent_values.insert(ds.latent_values.end(), a.values.begin(), a.values.end());
-    }
+        std::ranges::copy(a.values, dst);
+    });
     return ds;
 }
 
 }  // namespace detail
 
-inline Dataset load_image_folder(const std::filesystem::path& dir_or_zip, Storage storage = Storage::automatic) {
+// `bad_samples` (--skip-bad): unreadable samples are replaced rather than fatal (dataset.hpp).
+inline Dataset load_image_folder(const std::filesystem::path& dir_or_zip, Storage storage = Storage::automatic,
+                                 std::shared_ptr<BadSamples> bad_samples = nullptr) {
     auto tree = std::make_shared<const FileTree>(dir_or_zip);
     std::vector<std::string> images;
     std::ranges::copy_if(tree->files(), std::back_inserter(images), detail::is_png_name);
 
     Dataset ds;
     ds.source = dir_or_zip.string();
+    ds.bad_samples = std::move(bad_samples);
     if (images.empty()) {
         std::vector<std::string> latents;
         std::ranges::copy_if(tree->files(), std::back_inserter(latents), detail::is_npy_name);
@@ -203,27 +257,28 @@ inline Dataset load_image_folder(const std::filesystem::path& dir_or_zip, Storag
     ds.size = static_cast<int64_t>(images.size());
     detail::read_labels(*tree, images, ds);
 
-    const std::string first_where = tree->describe(images[0]);
-    const std::vector<uint8_t> first_bytes = tree->read(images[0]);
-    const ImageInfo first = png_info(first_bytes, first_where);
-    detail::check_first_image(first, first_where);
+    ImageInfo first;
+    const std::size_t first_index = detail::first_readable(ds, images.size(), [&](std::size_t i) {
+        const std::string where = tree->describe(images[i]);
+        first = png_info(tree->read(images[i]), where);
+        detail::check_first_image(first, where);
+    });
+    const std::string first_where = tree->describe(images[first_index]);
     ds.channels = first.channels;
     ds.resolution = first.width;
     const bool stream = storage == Storage::stream ||
                         (storage == Storage::automatic && images.size() * ds.image_bytes() > memory_limit_bytes);
     if (stream) {
-        ds.reader = std::make_shared<StreamedPngs>(std::move(tree), std::move(images), first);
+        ds.reader = std::make_shared<StreamedPngs>(std::move(tree), std::move(images), first_index, first);
         return ds;
     }
-    ds.pixels.reserve(images.size() * ds.image_bytes());
-    for (std::size_t i = 0; i < images.size(); ++i) {
+    detail::decode_all(ds, ds.pixels, ds.image_bytes(), [&](std::size_t i, uint8_t* dst) {
         const std::string where = tree->describe(images[i]);
-        const std::vector<uint8_t> bytes = i == 0 ? first_bytes : tree->read(images[i]);
+        const std::vector<uint8_t> bytes = tree->read(images[i]);
         const ImageInfo info = png_info(bytes, where);
         detail::check_same_shape(info, first, where, first_where);
-        const std::vector<uint8_t> chw = decode_png_chw(bytes, info, where);
-        ds.pixels.insert(ds.pixels.end(), chw.begin(), chw.end());
-    }
+        std::ranges::copy(decode_png_chw(bytes, info, where), dst);
+    });
     return ds;
 }
 

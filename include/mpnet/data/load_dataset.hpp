@@ -6,7 +6,8 @@
 //   FILE.zip               a zip archive of PNG images
 //
 // `storage` decides whether a PNG folder or archive is decoded into memory or streamed
-// (image_folder.hpp); Fashion-MNIST is always held in memory (60 MiB).
+// (image_folder.hpp); Fashion-MNIST is always held in memory (60 MiB). `bad_samples`
+// (--skip-bad) makes a folder's or archive's unreadable samples replaced rather than fatal.
 #pragma once
 #include <filesystem>
 #include <string>
@@ -19,7 +20,8 @@
 
 namespace mpnet::data {
 
-inline Dataset load_dataset(const std::string& spec, Storage storage = Storage::automatic) {
+inline Dataset load_dataset(const std::string& spec, Storage storage = Storage::automatic,
+                            std::shared_ptr<BadSamples> bad_samples = nullptr) {
     const std::string prefix = "fashion-mnist";
     if (spec == prefix) return load_fashion_mnist(fashion_mnist_default_dir);
     if (spec.starts_with(prefix + ":")) return load_fashion_mnist(spec.substr(prefix.size() + 1));
@@ -30,7 +32,7 @@ inline Dataset load_dataset(const std::string& spec, Storage storage = Storage::
     const bool has_idx = std::filesystem::exists(path / "train-images-idx3-ubyte.gz", ec) ||
                          std::filesystem::exists(path / "train-images-idx3-ubyte", ec);
     if (std::filesystem::is_directory(path, ec) && has_idx) return load_fashion_mnist(path);
-    return load_image_folder(path, storage);
+    return load_image_folder(path, storage, std::move(bad_samples));
 }
 
 }  // namespace mpnet::data

@@ -19,6 +19,7 @@ struct TrainOptions {
     std::string data = "fashion-mnist";
     std::string data_storage = "auto";  // a PNG folder or zip: "auto", "memory" or "stream" (data/image_folder.hpp)
     int64_t data_threads = 1;           // threads decoding a streamed dataset's images
+    bool skip_bad = false;              // replace unreadable samples instead of stopping (data/dataset.hpp)
     std::string preset = "fmnist-s";
     nlohmann::json net = nlohmann::json::object();  // network settings over the preset's (NetworkConfig keys)
     bool cond = true;
@@ -83,17 +84,18 @@ struct TrainOptions {
     }
 };
 
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(TrainOptions, outdir, data, data_storage, data_threads, preset, net, cond, batch, batch_gpu,
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(TrainOptions, outdir, data, data_storage, data_threads, skip_bad, preset, net, cond, batch, batch_gpu,
                                                 duration, lr, decay, rampup, dropout, P_mean, P_std, seed, status,
                                                 snapshot, checkpoint, ema, xflip, quiet, start_over,
                                                 max_nonfinite_steps)
 
 // Options that may change between the starts of one run: its length, reporting and
-// stopping policy, and how the data is held (the same pixels either way). Every other
-// option must stay as the run began.
+// stopping policy, and how the data is held (the same pixels either way). --skip-bad too:
+// a run stopped by a corrupt file is meant to continue with it. Every other option must
+// stay as the run began.
 inline bool may_change_on_resume(const std::string& key) {
     for (const char* k : {"duration", "status", "snapshot", "checkpoint", "quiet", "outdir", "start_over",
-                          "max_nonfinite_steps", "data_storage", "data_threads"})
+                          "max_nonfinite_steps", "data_storage", "data_threads", "skip_bad"})
         if (key == k) return true;
     return false;
 }

@@ -317,6 +317,8 @@ private:
             std::snprintf(line, sizeof line, "  ranks %d  gradient sum %.4f s/step", comm_.size(), sum_per_step);
             text += line;
         }
+        const std::size_t skipped = ds_.bad_samples ? ds_.bad_samples->count() : 0;
+        if (skipped) text += "  skipped " + std::to_string(skipped) + " bad sample(s)";
         log_(text);
         kimg_.push_back(nimg_ / 1000);
         losses_.push_back(loss);

@@ -11,6 +11,7 @@
 // where the dW operands are unfolded channel-major, so one long product covers the chunk.
 #pragma once
 #include <algorithm>
+#include <limits>
 
 #include "mpnet/backend/cuda/gemm.cuh"
 #include "mpnet/backend/cuda/launch.cuh"
@@ -25,45 +26,66 @@ using ops::ConvGeometry;
 // Unfolds `images` images of `channels` channels: element (i, p, pix), p = (c k + ky) k + kx,
 // is img[i, c, y + ky - k/2, x + kx - k/2] (zero outside) and goes to
 // cols[i * stride_image + p * stride_row + pix]. With k = 1 this is a layout permutation.
+// Blocks run over (pixels, p, image), so the index arithmetic per element is one 32-bit
+// division of the pixel index; consecutive threads read and write consecutive pixels.
 template <class T>
-struct Im2col {
-    const T* img;
-    int64_t channels, h, w, k;
-    int64_t stride_image, stride_row;
-    T* cols;
-    __device__ void operator()(int64_t e) const {
-        const int64_t hw = h * w, rows = channels * k * k;
-        const int64_t pix = e % hw, p = (e / hw) % rows, i = e / (hw * rows);
-        const int64_t kx = p % k, ky = (p / k) % k, c = p / (k * k);
-        const int64_t sy = pix / w + ky - k / 2, sx = pix % w + kx - k / 2;
-        const bool inside = sy >= 0 && sy < h && sx >= 0 && sx < w;
-        cols[i * stride_image + p * stride_row + pix] = inside ? img[((i * channels + c) * h + sy) * w + sx] : T(0);
-    }
-};
-
-// The adjoint of an image-major im2col, as a gather: each image element sums the k x k
-// unfolded entries that read it (in the CPU's ky, kx order).
-template <class T>
-struct Col2im {
-    const T* cols;
-    int64_t channels, h, w, k;
-    T* img;
-    __device__ void operator()(int64_t e) const {
-        const int64_t hw = h * w, pix = e % hw, c = (e / hw) % channels, i = e / (hw * channels);
-        const int64_t y = pix / w, x = pix % w, p = k / 2;
-        const T* base = cols + (i * channels + c) * k * k * hw;
-        T acc = 0;
-        for (int64_t ky = 0; ky < k; ++ky) {
-            const int64_t oy = y - ky + p;
-            if (oy < 0 || oy >= h) continue;
-            for (int64_t kx = 0; kx < k; ++kx) {
-                const int64_t ox = x - kx + p;
-                if (ox >= 0 && ox < w) acc += base[(ky * k + kx) * hw + oy * w + ox];
+__global__ void __launch_bounds__(block_size) im2col_kernel(const T* img, int channels, int h, int w, int k,
+                                                            int64_t stride_image, int64_t stride_row, int images,
+                                                            T* cols) {
+    const int hw = h * w, rows = channels * k * k, half = k / 2;
+    for (int i = blockIdx.z; i < images; i += gridDim.z)
+        for (int p = blockIdx.y; p < rows; p += gridDim.y) {
+            const int kx = p % k, ky = (p / k) % k, c = p / (k * k);
+            const T* src = img + (int64_t(i) * channels + c) * hw;
+            T* dst = cols + i * stride_image + p * stride_row;
+            for (int pix = blockIdx.x * blockDim.x + threadIdx.x; pix < hw; pix += gridDim.x * blockDim.x) {
+                const int sy = pix / w + ky - half, sx = pix % w + kx - half;
+                dst[pix] = sy >= 0 && sy < h && sx >= 0 && sx < w ? src[sy * w + sx] : T(0);
             }
         }
-        img[e] = acc;
-    }
-};
+}
+
+// The adjoint of an image-major im2col, as a gather: each image element sums the k x k
+// unfolded entries that read it (in the CPU's ky, kx order). Blocks over (pixels, channel, image).
+template <class T>
+__global__ void __launch_bounds__(block_size) col2im_kernel(const T* cols, int channels, int h, int w, int k,
+                                                            int images, T* img) {
+    const int hw = h * w, half = k / 2;
+    for (int i = blockIdx.z; i < images; i += gridDim.z)
+        for (int c = blockIdx.y; c < channels; c += gridDim.y) {
+            const T* base = cols + (int64_t(i) * channels + c) * k * k * hw;
+            T* out = img + (int64_t(i) * channels + c) * hw;
+            for (int pix = blockIdx.x * blockDim.x + threadIdx.x; pix < hw; pix += gridDim.x * blockDim.x) {
+                const int y = pix / w, x = pix % w;
+                T acc = 0;
+                for (int ky = 0; ky < k; ++ky) {
+                    const int oy = y - ky + half;
+                    if (oy < 0 || oy >= h) continue;
+                    for (int kx = 0; kx < k; ++kx) {
+                        const int ox = x - kx + half;
+                        if (ox >= 0 && ox < w) acc += base[(ky * k + kx) * hw + oy * w + ox];
+                    }
+                }
+                out[pix] = acc;
+            }
+        }
+}
+
+// A grid over (pixels of one plane, planes, images), each extent within CUDA's limits (the
+// kernels loop over what does not fit).
+inline dim3 plane_grid(int64_t hw, int64_t planes, int64_t images) {
+    constexpr int64_t max_yz = 65535;
+    return dim3(static_cast<unsigned>(std::clamp<int64_t>((hw + block_size - 1) / block_size, 1, 1 << 16)),
+                static_cast<unsigned>(std::clamp<int64_t>(planes, 1, max_yz)),
+                static_cast<unsigned>(std::clamp<int64_t>(images, 1, max_yz)));
+}
+
+// The kernels index one image's planes in 32 bits.
+inline void check_plane_extents(const ConvGeometry& g, int64_t channels, int64_t k, const char* what) {
+    constexpr int64_t int_max = std::numeric_limits<int>::max();
+    check(g.hw() <= int_max && channels * k * k <= int_max && g.n <= int_max, what, ": ", channels, " channels of ",
+          g.h, "x", g.w, " pixels (k=", k, ") exceed the unfolding's 32-bit plane indices");
+}
 
 // Images per chunk so that `per_image` scratch elements each stay within the backend's limit.
 inline int64_t images_per_chunk(int64_t n, int64_t per_image, std::size_t elem) {
@@ -75,11 +97,22 @@ inline int64_t images_per_chunk(int64_t n, int64_t per_image, std::size_t elem) 
 template <class T>
 void unfold(const T* img, int64_t images, int64_t channels, const ConvGeometry& g, int64_t k, bool channel_major,
             T* cols, const char* what) {
+    if (images == 0) return;
+    check_plane_extents(g, channels, k, what);
     const int64_t rows = channels * k * k;
-    const Im2col<T> op{img, channels, g.h, g.w, k, channel_major ? g.hw() : rows * g.hw(),
-                       channel_major ? images * g.hw() : g.hw(), cols};
-    for_each(images * rows * g.hw(), op, what, ": im2col of ", images, " images [", channels, ",", g.h, ",", g.w,
-             "], k=", k);
+    im2col_kernel<<<plane_grid(g.hw(), rows, images), block_size, 0, current_stream()>>>(
+        img, int(channels), int(g.h), int(g.w), int(k), channel_major ? g.hw() : rows * g.hw(),
+        channel_major ? images * g.hw() : g.hw(), int(images), cols);
+    launch_check(what, ": im2col of ", images, " images [", channels, ",", g.h, ",", g.w, "], k=", k);
+}
+
+template <class T>
+void fold(const T* cols, int64_t images, int64_t channels, const ConvGeometry& g, T* img, const char* what) {
+    if (images == 0) return;
+    check_plane_extents(g, channels, g.k, what);
+    col2im_kernel<<<plane_grid(g.hw(), channels, images), block_size, 0, current_stream()>>>(
+        cols, int(channels), int(g.h), int(g.w), int(g.k), int(images), img);
+    launch_check(what, ": col2im of ", images, " images [", channels, ",", g.h, ",", g.w, "], k=", g.k);
 }
 
 }  // namespace detail
@@ -141,8 +174,7 @@ void conv2d_backward(CudaBackend, const CudaTensor<T>& x, const CudaTensor<T>& w
         }
         detail::gemm<T>(P, hw, g.cout, 1, wt, {dy0, hw, g.cout * hw}, 0, dcols.data(), hw, P * hw, cn,
                         "conv2d_backward (input)");
-        detail::for_each(cn * g.cin * hw, detail::Col2im<T>{dcols.data(), g.cin, g.h, g.w, g.k, dx0},
-                         "conv2d_backward: col2im of ", cn, " images ", x.shape());
+        detail::fold(dcols.data(), cn, g.cin, g, dx0, "conv2d_backward");
     }
 }
 

@@ -1,0 +1,13 @@
+// mpnet-train's trainer on the GPU (--device cuda).
+#include "device_cuda.cuh"
+#include "train_on.hpp"
+
+namespace mpnet::cli {
+
+double train_on_cuda(const train::ResolvedRun& run, const data::Dataset& ds,
+                     const std::function<void(const std::string&)>& log, dist::Communicator& comm,
+                     const std::function<void()>& holding_dir) {
+    return train_on<CudaBackend>(run, ds, log, comm, holding_dir);
+}
+
+}  // namespace mpnet::cli

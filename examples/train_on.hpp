@@ -1,0 +1,30 @@
+// The part of mpnet-train that depends on where the network runs: the trainer on backend B.
+// mpnet-train.cpp runs it on the CPU; train_cuda.cu instantiates it for the GPU.
+#pragma once
+#include <functional>
+#include <string>
+
+#include "device.hpp"
+#include "mpnet/train/trainer.hpp"
+
+namespace mpnet::cli {
+
+// Trains (or resumes) the run; `holding_dir` is called once the trainer holds the run
+// directory. Returns the images seen.
+template <Backend B>
+double train_on(const train::ResolvedRun& run, const data::Dataset& ds,
+                const std::function<void(const std::string&)>& log, dist::Communicator& comm,
+                const std::function<void()>& holding_dir) {
+    train::Trainer<float, B> trainer(run, ds, log, comm);
+    holding_dir();
+    if (!trainer.resume()) log("starting a new run in " + run.opt.outdir);
+    trainer.run();
+    return trainer.images_seen();
+}
+
+// The GPU's instance (train_cuda.cu), on the device select_cuda_device made current.
+double train_on_cuda(const train::ResolvedRun& run, const data::Dataset& ds,
+                     const std::function<void(const std::string&)>& log, dist::Communicator& comm,
+                     const std::function<void()>& holding_dir);
+
+}  // namespace mpnet::cli
