@@ -108,9 +108,9 @@ public:
         Net::Context ctx;
         const auto out = net_.forward(noisy_, sigma, batch_.labels, {true, seed}, true, &ctx);
         edm2_loss(CpuBackend{}, out.D, batch_.images, sigma, out.logvar, preset_.net.sigma_data, 1.0 / double(n_), dD_,
-                  dlogvar_);
+                  dlogvar_, loss_);
         net_.backward(dD_, dlogvar_, ctx);
-        zero_nonfinite(CpuBackend{}, net_.flat_grads());
+        clear_nonfinite(CpuBackend{}, net_.flat_grads());
         ++steps_;
         const double nimg = double(steps_ * n_);
         adam_.step(train::learning_rate(nimg, double(n_), t.lr, t.decay, t.rampup_mimg * 1e6));
@@ -124,6 +124,7 @@ private:
     train::Adam<float, CpuBackend> adam_;
     Batch batch_;
     F noisy_, noise_, dD_, dlogvar_;
+    CpuTensor<double> loss_{Shape{1}};
 };
 
 void training_step(State& st, const BenchPreset& p) {

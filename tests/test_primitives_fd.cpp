@@ -115,16 +115,20 @@ TEST_CASE("fd: MPConv linear, 1x1, 3x3 and 5x5 with gain gradient") {
         conv.weight.value = random_tensor(conv.weight.value.shape(), 20 + uint64_t(k), 2.0);
         auto x = k ? random_tensor({2, 3, 6, 5}, 30) : random_tensor({4, 3}, 31);
         auto dy = random_tensor(conv.output_shape(x.shape()), 32);
+        // The gain a learned one-element tensor, its gradient accumulated on the backend.
         const double gain = 0.7;
+        const D g = D::from_host(Shape{1}, std::vector<double>{gain});
         nn::MPConv<double, CpuBackend>::Context ctx;
-        conv.forward(x, gain, &ctx);
-        double dgain = 0;
+        conv.forward(x, g, &ctx);
+        D dgain = D::from_host(Shape{1}, std::vector<double>{0.25});
         auto dx = conv.backward(dy, ctx, &dgain);
-        auto loss = [&](double g) { return dot(CpuBackend{}, conv.forward(x, g), dy); };
+        auto loss = [&](double v) { return dot(CpuBackend{}, conv.forward(x, v), dy); };
         MPNET_CHECK_CLOSE(dx, numerical_gradient(x, [&] { return loss(gain); }), fd_tol);
         MPNET_CHECK_CLOSE(conv.weight.grad, numerical_gradient(conv.weight.value, [&] { return loss(gain); }), fd_tol);
         const double h = 1e-6, num_gain = (loss(gain + h) - loss(gain - h)) / (2 * h);
-        CHECK(dgain == doctest::Approx(num_gain).epsilon(1e-7));
+        CHECK(dgain.to_host()[0] - 0.25 == doctest::Approx(num_gain).epsilon(1e-7));
+        // A fixed gain gives the same output as the learned one of the same value.
+        MPNET_CHECK_CLOSE(conv.forward(x, gain), conv.forward(x, g), 0.0);
     }
 }
 

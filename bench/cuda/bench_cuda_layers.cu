@@ -133,9 +133,9 @@ public:
         Net::Context ctx;
         const auto out = net_.forward(noisy_, batch_.sigma, batch_.labels, {true, seed}, true, &ctx);
         edm2_loss(CudaBackend{}, out.D, batch_.images, batch_.sigma, out.logvar, preset_.net.sigma_data,
-                  1.0 / double(n_), dD_, dlogvar_);
+                  1.0 / double(n_), dD_, dlogvar_, loss_);
         net_.backward(dD_, dlogvar_, ctx);
-        zero_nonfinite(CudaBackend{}, net_.flat_grads());
+        clear_nonfinite(CudaBackend{}, net_.flat_grads());
         ++steps_;
         adam_.step(train::learning_rate(double(steps_ * n_), double(n_), t.lr, t.decay, t.rampup_mimg * 1e6));
     }
@@ -148,6 +148,7 @@ private:
     train::Adam<float, CudaBackend> adam_;
     Batch batch_;
     F noisy_, noise_, dD_, dlogvar_;
+    CudaTensor<double> loss_{Shape{1}};
 };
 
 void register_network(const BenchPreset& p) {

@@ -274,6 +274,44 @@ TEST_CASE_TEMPLATE("cuda kernels: MPFourier and the EDM2 loss", T, float, double
     CHECK(loss_gpu == doctest::Approx(loss_cpu).epsilon(std::is_same_v<T, float> ? 1e-6 : 1e-12));
 }
 
+// The kernels that keep a training step's scalars on the device (core/host_reads.hpp).
+TEST_CASE_TEMPLATE("cuda kernels: scalars on the device: gains, their gradients, coefficients, the loss", T, float,
+                   double) {
+    auto sigma = random_cpu<T>({6}, 50);
+    for (int64_t i = 0; i < 6; ++i) sigma.data()[i] = T(std::exp(1.5 * sigma.data()[i]));
+    compare_backends<T>(
+        [](auto tag, const auto& in) {
+            using TT = TensorOf<T, decltype(tag)>;
+            TT y(in[0].shape()), acc = in[2].clone(), finite = in[0].clone();
+            scale_by_scalar(tag, in[0], in[2], 3.0, y);
+            dot_accumulate(tag, in[0], in[1], 3.0, acc);
+            dot_accumulate(tag, in[1], in[1], 1.0, acc);
+            clear_nonfinite(tag, finite);
+            TT skip(in[3].shape()), out(in[3].shape()), cin(in[3].shape()), noise(in[3].shape());
+            precond_coefficients(tag, in[3], 0.5, skip, out, cin, noise);
+            return Outputs<T, decltype(tag)>{y, acc, finite, skip, out, cin, noise};
+        },
+        gpu_grad_tol<T>, {random_cpu<T>({7, 300}, 51), random_cpu<T>({7, 300}, 52), random_cpu<T>({1}, 53), sigma});
+    // Non-finite values become zero, as zero_nonfinite does, without the count.
+    auto x = random_cpu<T>({1000}, 54);
+    x.data()[3] = std::numeric_limits<T>::quiet_NaN(), x.data()[999] = -std::numeric_limits<T>::infinity();
+    auto g = to_gpu(x);
+    clear_nonfinite(CudaBackend{}, g);
+    CHECK(zero_nonfinite(CpuBackend{}, x) == 2);
+    MPNET_CHECK_GPU(g, x, 0.0);
+    // The loss written to a device tensor equals the one returned to the host, bit for bit.
+    const Shape s{4, 3, 5, 5};
+    std::vector<CudaTensor<T>> in{to_gpu(random_cpu<T>(s, 55)), to_gpu(random_cpu<T>(s, 56)),
+                                  to_gpu(sigma.slice(0, 4)), to_gpu(random_cpu<T>({4}, 57, 0.5))};
+    CudaTensor<T> dD(s), dlogvar(Shape{4}), dD2(s), dlogvar2(Shape{4});
+    CudaTensor<double> total(Shape{1});
+    const double returned = edm2_loss(CudaBackend{}, in[0], in[1], in[2], in[3], 0.5, 0.01, dD, dlogvar);
+    edm2_loss(CudaBackend{}, in[0], in[1], in[2], in[3], 0.5, 0.01, dD2, dlogvar2, total);
+    CHECK(total.to_host()[0] == returned);
+    MPNET_CHECK_GPU(dD2, to_cpu(dD), 0.0);
+    MPNET_CHECK_GPU(dlogvar2, to_cpu(dlogvar), 0.0);
+}
+
 TEST_CASE_TEMPLATE("cuda kernels: adam_step", T, float, double) {
     const Shape s{33, 17};
     auto m0 = random_cpu<T>(s, 45, 0.1), v0 = random_cpu<T>(s, 46, 0.1);

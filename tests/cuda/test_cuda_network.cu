@@ -5,6 +5,7 @@
 #include <map>
 
 #include "cuda_test.cuh"
+#include "host_reads_cases.hpp"
 #include "mpnet/nn/weights.hpp"
 #include "mpnet/sample/edm_sampler.hpp"
 #include "mpnet/sample/seeds.hpp"
@@ -198,4 +199,10 @@ TEST_CASE_TEMPLATE("cuda network: guided sampling with churn matches the CPU's",
             return std::vector<Tensor<T, B>>{noise, result.images};
         },
         std::is_same_v<T, float> ? 1e-4 : 1e-10, {});
+}
+
+// On the GPU every read back waits for the stream: a training step and a sampler run make none.
+TEST_CASE("cuda network: a training step and guided sampling read nothing back to the host") {
+    test::check_training_step_reads_nothing<CudaBackend>();
+    test::check_sampling_reads_nothing<CudaBackend>();
 }

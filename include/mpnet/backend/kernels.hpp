@@ -36,7 +36,8 @@ struct Exactly {
 template <class B, class T>
 concept KernelsFor = requires(B b, const Tensor<T, B>& x, const Tensor<T, B>& a, const Tensor<T, B>& dy,
                               const Tensor<T, B>& s, Tensor<T, B>& y, Tensor<T, B>& dx, Tensor<T, B>& db,
-                              Tensor<T, B>& ds, Tensor<T, B>* scale, ops::AttentionContext<T, B>* ctx,
+                              Tensor<T, B>& ds, Tensor<T, B>* scale, Tensor<double, B>& total,
+                              ops::AttentionContext<T, B>* ctx,
                               const ops::AttentionContext<T, B>& saved, T alpha, T beta,
                               detail::Exactly<double> t, detail::Exactly<uint64_t> seed,
                               detail::Exactly<int64_t> count, detail::Exactly<ops::Dims> dims,
@@ -59,6 +60,10 @@ concept KernelsFor = requires(B b, const Tensor<T, B>& x, const Tensor<T, B>& a,
     { append_ones_channel(b, x, y) } -> std::same_as<void>;
     { axpby(b, alpha, x, beta, y) } -> std::same_as<void>;                 // y = alpha x + beta y
     { affine(b, x, alpha, beta, y) } -> std::same_as<void>;                // y = alpha x + beta
+    { scale_by_scalar(b, x, s, t, y) } -> std::same_as<void>;             // y = x s[0] / t
+    { dot_accumulate(b, x, a, t, y) } -> std::same_as<void>;              // y[0] += dot(x, a) / t
+    { clear_nonfinite(b, y) } -> std::same_as<void>;                      // NaN, inf -> 0, nothing read back
+    { precond_coefficients(b, x, t, y, dx, db, ds) } -> std::same_as<void>;  // sigma -> c_skip, c_out, c_in, c_noise
     { sum(b, x) } -> std::same_as<double>;
     { dot(b, x, a) } -> std::same_as<double>;
     { zero_nonfinite(b, y) } -> std::same_as<int64_t>;
@@ -85,8 +90,10 @@ concept KernelsFor = requires(B b, const Tensor<T, B>& x, const Tensor<T, B>& a,
     // fourier: MPFourier features of x (frequencies a, phases s)
     { mp_fourier_forward(b, x, a, s, y) } -> std::same_as<void>;
     { mp_fourier_backward(b, x, a, s, dy, dx) } -> std::same_as<void>;
-    // loss: the EDM2 loss (sigma_data, scale) with its gradients dD and dlogvar; returns the sum
+    // loss: the EDM2 loss (sigma_data, scale) with its gradients dD and dlogvar; returns the sum,
+    // or writes it to a one-element double tensor
     { edm2_loss(b, x, a, s, s, t, t, dx, db) } -> std::same_as<double>;
+    { edm2_loss(b, x, a, s, s, t, t, dx, db, total) } -> std::same_as<void>;  // the sum kept on the backend
     // adam: param, grad, m, v, lr, beta1, beta2, eps, step
     { adam_step(b, y, x, dx, db, t, t, t, t, count) } -> std::same_as<void>;
 };

@@ -59,7 +59,6 @@ public:
         std::optional<uint64_t> dropout_seed;  // set when dropout ran
         ops::AttentionContext<T, B> attn;
         TensorT pre_clip;
-        double emb_gain = 0;
     };
 
     void force_normalize() {
@@ -84,8 +83,7 @@ public:
         mp_silu_forward(B{}, x, a);
         if (ctx) s.a0_in = x;
         TensorT y = conv_res0.forward(a, 1, ctx ? &s.res0 : nullptr);
-        s.emb_gain = emb_gain.value.to_host()[0];
-        TensorT c = emb_linear.forward(emb, s.emb_gain, ctx ? &s.emb : nullptr);
+        TensorT c = emb_linear.forward(emb, emb_gain.value, ctx ? &s.emb : nullptr);
         affine(B{}, c, T(1), T(1), c);
         TensorT a1(y.shape());
         modulated_silu_forward(B{}, y, c, a1);
@@ -140,10 +138,8 @@ public:
         if (s.dropout_seed) dropout_apply(B{}, dym, cfg_.dropout, *s.dropout_seed, dym);
         TensorT dy0 = dym, dc(s.c.shape());  // in place over dym
         modulated_silu_backward(B{}, s.y0, s.c, dym, dy0, dc);
-        double dgain = 0;
-        TensorT de = emb_linear.backward(dc, s.emb, &dgain);
+        TensorT de = emb_linear.backward(dc, s.emb, &emb_gain.grad_to_accumulate());
         axpby(B{}, T(1), de, T(1), demb);
-        add_scalar_grad(emb_gain, dgain);
         TensorT da = conv_res0.backward(dy0, s.res0);
         mp_silu_backward_add(B{}, s.a0_in, da, dx);  // x feeds both the residual branch and the skip path
         if (spec_.encoder) {
@@ -173,12 +169,6 @@ private:
         for (Conv* c : {&conv_res0, &emb_linear, &conv_res1}) f(*c);
         for (auto* c : {&conv_skip, &attn_qkv, &attn_proj})
             if (*c) f(**c);
-    }
-    static void add_scalar_grad(Param<T, B>& p, double g) {
-        auto& grad = p.grad_to_accumulate();
-        auto v = grad.to_host();
-        v[0] += T(g);
-        B::copy_from_host(grad.data(), v.data(), sizeof(T));
     }
 
     BlockSpec spec_;

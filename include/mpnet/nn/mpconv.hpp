@@ -2,6 +2,9 @@
 //
 //   w_eff = normalize(weight) * gain / sqrt(fan_in);  y = conv2d(x, w_eff)  or  x w_eff^T
 //
+// The gain is a constant of the layer (1 in most places) or a learned one-element tensor on the
+// backend, which the kernels read there: a learned gain and its gradient never visit the host.
+//
 // In training mode, forced weight normalisation first overwrites the stored weight with
 // normalize(weight) (outside the gradient), which keeps its magnitude fixed through training.
 #pragma once
@@ -25,7 +28,8 @@ public:
 
     struct Context {
         TensorT x, w_normed, w_scale;  // input, normalize(weight), its per-channel eps + rms
-        double gain = 1;
+        TensorT gain;                  // the learned gain ([1]), or empty: then fixed_gain
+        double fixed_gain = 1;
     };
 
     [[nodiscard]] int64_t in_channels() const { return in_; }
@@ -43,30 +47,25 @@ public:
         weight.value.copy_from(normed);
     }
 
-    // ctx == nullptr is inference: nothing is kept.
+    // ctx == nullptr is inference: nothing is kept. A fixed gain:
     TensorT forward(const TensorT& x, double gain, Context* ctx = nullptr) const {
-        TensorT w_normed(weight.value.shape()), w_scale;
-        normalize_forward(B{}, weight.value, ops::Dims::all_but_first(), w_normed, ctx ? &w_scale : nullptr);
-        TensorT w_eff(weight.value.shape());
-        affine(B{}, w_normed, T(gain / std::sqrt(double(fan_in()))), T(0), w_eff);
-        TensorT y(output_shape(x.shape()));
-        if (kernel_) conv2d_forward(B{}, x, w_eff, y);
-        else linear_forward(B{}, x, w_eff, y);
-        if (ctx) *ctx = Context{x, w_normed, w_scale, gain};
-        return y;
+        return forward(x, TensorT(), gain, ctx);
+    }
+    // A learned gain, the one-element tensor `gain`.
+    TensorT forward(const TensorT& x, const TensorT& gain, Context* ctx = nullptr) const {
+        return forward(x, gain, 1, ctx);
     }
 
-    // Accumulates the weight gradient into weight.grad; returns dx (empty if !need_dx);
-    // *dgain (if given) receives dL/dgain.
-    TensorT backward(const TensorT& dy, const Context& ctx, double* dgain = nullptr, bool need_dx = true) {
-        const double k = ctx.gain / std::sqrt(double(fan_in()));
+    // Accumulates the weight gradient into weight.grad; returns dx (empty if !need_dx). With a
+    // learned gain, dL/dgain is added to *dgain (a one-element tensor) when given.
+    TensorT backward(const TensorT& dy, const Context& ctx, TensorT* dgain = nullptr, bool need_dx = true) {
         TensorT w_eff(weight.value.shape()), dw_eff(weight.value.shape());
-        affine(B{}, ctx.w_normed, T(k), T(0), w_eff);
+        scale_by_gain(ctx.w_normed, ctx.gain, ctx.fixed_gain, w_eff);
         TensorT dx = need_dx ? TensorT(ctx.x.shape()) : TensorT();
         if (kernel_) conv2d_backward(B{}, ctx.x, w_eff, dy, dx, dw_eff);
         else linear_backward(B{}, ctx.x, w_eff, dy, dx, dw_eff);
-        if (dgain) *dgain = dot(B{}, dw_eff, ctx.w_normed) / std::sqrt(double(fan_in()));
-        affine(B{}, dw_eff, T(k), T(0), dw_eff);  // gradient w.r.t. normalize(weight)
+        if (dgain) dot_accumulate(B{}, dw_eff, ctx.w_normed, std::sqrt(double(fan_in())), *dgain);
+        scale_by_gain(dw_eff, ctx.gain, ctx.fixed_gain, dw_eff);  // gradient w.r.t. normalize(weight)
         TensorT dw(weight.value.shape());
         normalize_backward(B{}, weight.value, dw_eff, ops::Dims::all_but_first(), ctx.w_scale, dw);
         axpby(B{}, T(1), dw, T(1), weight.grad_to_accumulate());
@@ -79,6 +78,23 @@ public:
     }
 
 private:
+    TensorT forward(const TensorT& x, const TensorT& gain, double fixed_gain, Context* ctx) const {
+        TensorT w_normed(weight.value.shape()), w_scale;
+        normalize_forward(B{}, weight.value, ops::Dims::all_but_first(), w_normed, ctx ? &w_scale : nullptr);
+        TensorT w_eff(weight.value.shape());
+        scale_by_gain(w_normed, gain, fixed_gain, w_eff);
+        TensorT y(output_shape(x.shape()));
+        if (kernel_) conv2d_forward(B{}, x, w_eff, y);
+        else linear_forward(B{}, x, w_eff, y);
+        if (ctx) *ctx = Context{x, w_normed, w_scale, gain, fixed_gain};
+        return y;
+    }
+    // y = x gain / sqrt(fan_in), the gain learned (read on the backend) or fixed.
+    void scale_by_gain(const TensorT& x, const TensorT& gain, double fixed_gain, TensorT& y) const {
+        if (gain.empty()) affine(B{}, x, T(fixed_gain / std::sqrt(double(fan_in()))), T(0), y);
+        else scale_by_scalar(B{}, x, gain, std::sqrt(double(fan_in())), y);
+    }
+
     int64_t in_, out_, kernel_;
 
 public:

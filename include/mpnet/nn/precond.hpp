@@ -52,23 +52,15 @@ public:
         check(sigma.numel() == x.size(0), "Precond: ", sigma.numel(), " sigmas for ", x.size(0), " images");
         if (mode.training && !mode.weights_normalized) force_normalize();
         const int64_t n = x.size(0);
-        std::vector<T> s = sigma.to_host(), skip(s.size()), out(s.size()), in(s.size()), noise(s.size());
-        const double sd = cfg_.sigma_data;
-        for (size_t i = 0; i < s.size(); ++i) {
-            const double si = s[i];
-            skip[i] = T(sd * sd / (si * si + sd * sd));
-            out[i] = T(si * sd / std::sqrt(si * si + sd * sd));
-            in[i] = T(1 / std::sqrt(sd * sd + si * si));
-            noise[i] = T(std::log(si) / 4);
-        }
-        const auto per_image = [&](const std::vector<T>& v) { return TensorT::from_host(Shape{n}, v); };
-        const TensorT c_noise = per_image(noise), c_out = per_image(out);
+        // The coefficients of each image, computed on the backend from sigma (no host round trip).
+        TensorT c_skip(Shape{n}), c_out(Shape{n}), c_in(Shape{n}), c_noise(Shape{n});
+        precond_coefficients(B{}, sigma.view(Shape{n}), cfg_.sigma_data, c_skip, c_out, c_in, c_noise);
         const TensorT lab = labels.empty() && cfg_.label_dim ? TensorT::zeros(Shape{n, cfg_.label_dim}) : labels;
         TensorT x_in(x.shape());
-        scale_images(x, per_image(in), x_in);
+        scale_images(x, c_in, x_in);
         TensorT F = unet.forward(x_in, c_noise, lab, mode, ctx ? &ctx->unet : nullptr);
         Output o{TensorT(x.shape()), TensorT()};
-        scale_images(x, per_image(skip), o.D);
+        scale_images(x, c_skip, o.D);
         scale_images(F, c_out, F);
         axpby(B{}, T(1), F, T(1), o.D);
         if (want_logvar)

@@ -32,7 +32,6 @@ public:
         std::vector<typename Block<T, B>::Context> enc, dec;
         std::vector<Shape> skip_shapes;  // of each decoder block's skip input
         std::vector<Shape> main_shapes;  // of each decoder block's main input before mp_cat
-        double out_gain = 0;
         bool has_labels = false;
     };
 
@@ -74,15 +73,12 @@ public:
             }
             h = dec[i].forward(h, emb, block_mode(mode, enc.size() + i), ctx ? &s.dec[i] : nullptr);
         }
-        s.out_gain = out_gain.value.to_host()[0];
-        return out_conv.forward(h, s.out_gain, ctx ? &s.out_conv : nullptr);
+        return out_conv.forward(h, out_gain.value, ctx ? &s.out_conv : nullptr);
     }
 
     // Accumulates every parameter gradient from dF (the input gradient is not formed).
     void backward(const TensorT& dF, const Context& s) {
-        double dgain = 0;
-        TensorT dh = out_conv.backward(dF, s.out_conv, &dgain);
-        add_to_scalar(out_gain.grad_to_accumulate(), dgain);
+        TensorT dh = out_conv.backward(dF, s.out_conv, &out_gain.grad_to_accumulate());
         TensorT demb = TensorT::zeros(s.emb_pre_silu.shape());
         std::vector<TensorT> dskips;  // gradients of the skip stack, in pop order
         for (size_t i = dec.size(); i-- > 0;) {
@@ -161,11 +157,6 @@ private:
     void for_each_conv(F&& f) {
         for (Conv* c : {&emb_noise, &enc_conv, &out_conv}) f(*c);
         if (emb_label) f(*emb_label);
-    }
-    static void add_to_scalar(TensorT& t, double g) {
-        auto v = t.to_host();
-        v[0] += T(g);
-        B::copy_from_host(t.data(), v.data(), sizeof(T));
     }
 
     NetworkConfig cfg_;

@@ -17,8 +17,8 @@ concept Denoiser = Scalar<T> && Backend<B> &&
     };
 
 // Evaluates a Precond network in inference mode. The network takes one sigma per image, so
-// the shared sigma is broadcast into a small buffer that is only reallocated when the batch
-// size changes.
+// the shared sigma is broadcast into a small buffer (by a fill kernel, so the call never
+// waits for the host) that is only reallocated when the batch size changes.
 template <Scalar T, Backend B>
 class NetworkDenoiser {
 public:
@@ -27,8 +27,7 @@ public:
     Tensor<T, B> operator()(const Tensor<T, B>& x, double sigma, const Tensor<T, B>& labels) {
         const int64_t n = x.size(0);
         if (sigma_.empty() || sigma_.numel() != n) sigma_ = Tensor<T, B>(Shape{n});
-        const std::vector<T> values(static_cast<std::size_t>(n), T(sigma));
-        B::copy_from_host(sigma_.data(), values.data(), sigma_.bytes());
+        fill(B{}, sigma_, T(sigma));  // a kernel: nothing waits for the host
         return net_->forward(x, sigma_, labels, nn::ForwardMode{}, false).D;
     }
 

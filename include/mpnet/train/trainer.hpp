@@ -141,25 +141,17 @@ public:
         double interval_start = nimg_, loss_sum = 0;
         int64_t loss_count = 0;
         while (nimg_ < run_.duration) {
-            const double loss = step();
-            if (std::isfinite(loss)) {
-                nonfinite_ = 0;
-                loss_sum += loss, ++loss_count;
-            } else {
-                ++nonfinite_;
-                // Every rank sees the same (gathered) loss, so every rank stops here at once.
-                if (nonfinite_ >= o.max_nonfinite_steps)
-                    throw dist::AllRanksError("training diverged: the loss was not finite for " +
-                                              std::to_string(nonfinite_) +
-                                              " consecutive steps (last checkpoint kept; try a lower --lr)");
-            }
+            step();
             const bool done = nimg_ >= run_.duration;
-            if (crossed(o.status) || done) {
+            const bool report = crossed(o.status) || done;
+            const bool snapshot = crossed(o.snapshot) || done, checkpoint = crossed(o.checkpoint) || done;
+            // The losses stay on the backend until a line or a file needs them.
+            if (report || snapshot || checkpoint || pending_steps_ == loss_capacity) read_losses(loss_sum, loss_count);
+            if (report) {
                 status(interval.seconds(), nimg_ - interval_start, loss_count ? loss_sum / double(loss_count) : NAN);
                 interval = Timer{};
                 interval_start = nimg_, loss_sum = 0, loss_count = 0;
             }
-            const bool snapshot = crossed(o.snapshot) || done, checkpoint = crossed(o.checkpoint) || done;
             if (nonfinite_ > 0 && (snapshot || checkpoint)) {
                 // Weights that give a non-finite loss are not worth saving: the last good files stay.
                 log_("not writing snapshots or a checkpoint: the last loss was not finite");
@@ -225,22 +217,26 @@ private:
         return chunks / comm.size();
     }
 
+    // Steps whose losses are kept on the backend before they are read in one copy.
+    static constexpr int64_t loss_capacity = 256;
+
     // One optimizer step over `batch` images, this rank's chunks of batch_gpu images each, the
-    // gradient summed over chunks and ranks in tree order; returns the mean loss.
-    double step() {
+    // gradient summed over chunks and ranks in tree order. Each chunk's loss is left on the
+    // backend (read_losses takes them); with one process nothing is read back to the host.
+    void step() {
         const auto& o = run_.opt;
         const double lr = learning_rate(nimg_, double(o.batch), o.lr, o.decay, run_.rampup);
         // Forced weight normalisation once per step: normalising again in every round would
         // make a round's weights depend on how many rounds its process ran before it.
         net_.force_normalize();
-        std::vector<double> losses(static_cast<size_t>(chunks_per_rank_));
         for (int64_t i = 0; i < chunks_per_rank_; ++i) {
             net_.zero_grad();
-            losses[size_t(i)] = round(comm_.rank() * chunks_per_rank_ + i);
+            Tensor<double, B> loss = unread_losses_.slice(pending_steps_ * chunks_per_rank_ + i,
+                                                   pending_steps_ * chunks_per_rank_ + i + 1);
+            round(comm_.rank() * chunks_per_rank_ + i, loss);
             if (chunks_per_rank_ > 1) tree_.add(net_.flat_grads());
         }
         if (chunks_per_rank_ > 1) tree_.finish(net_.flat_grads());
-        double loss_sum = 0;
         if (comm_.size() > 1) {
             const Timer t;
             TensorT& grads = net_.flat_grads();
@@ -248,23 +244,49 @@ private:
             B::copy_to_host(host_grads_.data(), grads.data(), grads.bytes());
             comm_.sum(std::span<T>(host_grads_));
             B::copy_from_host(grads.data(), host_grads_.data(), grads.bytes());
-            for (const double l : comm_.gather(losses)) loss_sum += l;  // in chunk order, as one process adds them
             sum_seconds_ += t.seconds();
-        } else {
-            for (const double l : losses) loss_sum += l;
         }
-        zero_nonfinite(B{}, net_.flat_grads());
+        clear_nonfinite(B{}, net_.flat_grads());
         adam_.step(lr);
         nimg_ += double(o.batch);
         ++step_;
+        ++pending_steps_;
         if (comm_.is_root()) ema_.update(net_.flat_values(), nimg_, double(o.batch));
         last_lr_ = lr;
-        return loss_sum / double(o.batch * ds_.channels * ds_.resolution * ds_.resolution);
+    }
+
+    // Reads the losses of the steps taken since the last read in one copy, sums each step's
+    // chunks over every rank in chunk order (as one process adds them), and takes the steps in
+    // order: the interval's mean, and the stop when the loss stays non-finite. Every rank sees
+    // the same gathered values, so every rank stops at once.
+    void read_losses(double& loss_sum, int64_t& loss_count) {
+        if (pending_steps_ == 0) return;
+        const int64_t per_rank = pending_steps_ * chunks_per_rank_, steps = pending_steps_;
+        pending_steps_ = 0;
+        std::vector<double> mine(static_cast<size_t>(per_rank));
+        B::copy_to_host(mine.data(), unread_losses_.data(), mine.size() * sizeof(double));
+        const std::vector<double> all = comm_.size() > 1 ? comm_.gather(mine) : mine;
+        const auto& o = run_.opt;
+        const double elements = double(o.batch * ds_.channels * ds_.resolution * ds_.resolution);
+        for (int64_t st = 0; st < steps; ++st) {
+            double sum = 0;
+            for (int r = 0; r < comm_.size(); ++r)
+                for (int64_t c = 0; c < chunks_per_rank_; ++c) sum += all[size_t(r * per_rank + st * chunks_per_rank_ + c)];
+            const double loss = sum / elements;
+            if (std::isfinite(loss)) {
+                nonfinite_ = 0;
+                loss_sum += loss, ++loss_count;
+                continue;
+            }
+            if (++nonfinite_ >= o.max_nonfinite_steps)
+                throw dist::AllRanksError("training diverged: the loss was not finite for " + std::to_string(nonfinite_) +
+                                          " consecutive steps (last checkpoint kept; try a lower --lr)");
+        }
     }
 
     // Forward and backward of chunk c of this step: batch_gpu images from global image index
-    // nimg + c * batch_gpu.
-    double round(int64_t c) {
+    // nimg + c * batch_gpu. The loss sum goes to `loss` ([1], on the backend).
+    void round(int64_t c, Tensor<double, B>& loss) {
         const auto& o = run_.opt;
         const double first = nimg_ + double(c * o.batch_gpu);
         const int64_t n = o.batch_gpu, C = ds_.channels, R = ds_.resolution, chw = C * R * R;
@@ -289,9 +311,8 @@ private:
                                    true};
         auto out = net_.forward(noisy, s, labels, mode, true, &ctx);
         TensorT dD(shape), dlogvar(Shape{n});
-        const double loss = edm2_loss(B{}, out.D, y, s, out.logvar, run_.net.sigma_data, 1.0 / double(o.batch), dD, dlogvar);
+        edm2_loss(B{}, out.D, y, s, out.logvar, run_.net.sigma_data, 1.0 / double(o.batch), dD, dlogvar, loss);
         net_.backward(dD, dlogvar, ctx);
-        return loss;
     }
 
     // True when the step just taken crossed a multiple of `interval` images.
@@ -528,6 +549,8 @@ private:
     data::Loader loader_;
     dist::GradientTree<T, B> tree_;
     std::vector<T> host_grads_;  // the gradient on the host, for the sum over ranks
+    Tensor<double, B> unread_losses_{Shape{loss_capacity * chunks_per_rank_}};  // chunk losses of unread steps
+    int64_t pending_steps_ = 0;
     double nimg_ = 0, last_lr_ = 0, sum_seconds_ = 0;
     int64_t step_ = 0, nonfinite_ = 0;
     Timer total_;

@@ -7,6 +7,7 @@
 #include <omp.h>
 
 #include "mpnet/backend/cpu/memory.hpp"
+#include "mpnet/core/host_reads.hpp"
 #include "mpnet/core/tensor.hpp"
 
 namespace mpnet::cpu {
@@ -17,7 +18,10 @@ struct CpuBackend {
     static void* allocate(std::size_t bytes) { return MemoryPool::instance().allocate(bytes); }
     static void deallocate(void* p, std::size_t bytes) { MemoryPool::instance().deallocate(p, bytes); }
     static void copy(void* dst, const void* src, std::size_t bytes) { std::memcpy(dst, src, bytes); }
-    static void copy_to_host(void* dst, const void* src, std::size_t bytes) { std::memcpy(dst, src, bytes); }
+    static void copy_to_host(void* dst, const void* src, std::size_t bytes) {
+        mpnet::detail::note_host_read();
+        std::memcpy(dst, src, bytes);
+    }
     static void copy_from_host(void* dst, const void* src, std::size_t bytes) { std::memcpy(dst, src, bytes); }
     static void zero(void* dst, std::size_t bytes) { std::memset(dst, 0, bytes); }
     static void synchronize() {}

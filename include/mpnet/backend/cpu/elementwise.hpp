@@ -303,23 +303,74 @@ void affine(CpuBackend, const CpuTensor<T>& x, T alpha, T beta, CpuTensor<T>& y)
     detail::for_each_index(x.numel(), [&](int64_t i) { py[i] = alpha * px[i] + beta; });
 }
 
+// y = x s[0] / divisor, with s a one-element tensor (a gain) read by the kernel rather than
+// passed from the host.
+template <Scalar T>
+void scale_by_scalar(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T>& s, double divisor, CpuTensor<T>& y) {
+    check_same_size(x, y, "scale_by_scalar");
+    check(s.numel() == 1, "scale_by_scalar: the scale must have one element, got ", s.shape());
+    affine(CpuBackend{}, x, T(double(s.data()[0]) / divisor), T(0), y);
+}
+
 // Sum over all elements, accumulated in double.
 template <Scalar T>
 double sum(CpuBackend, const CpuTensor<T>& x) {
+    mpnet::detail::note_host_read();
     const T* px = x.data();
     return deterministic_sum(x.numel(), [&](int64_t i) { return double(px[i]); });
 }
 
+namespace detail {
 template <Scalar T>
-double dot(CpuBackend, const CpuTensor<T>& a, const CpuTensor<T>& b) {
+double dot_value(const CpuTensor<T>& a, const CpuTensor<T>& b) {
     check_same_shape(a, b, "dot");
     const T *pa = a.data(), *pb = b.data();
     return deterministic_sum(a.numel(), [&](int64_t i) { return double(pa[i]) * pb[i]; });
+}
+}  // namespace detail
+
+template <Scalar T>
+double dot(CpuBackend, const CpuTensor<T>& a, const CpuTensor<T>& b) {
+    mpnet::detail::note_host_read();
+    return detail::dot_value(a, b);
+}
+
+// y[0] += dot(a, b) / divisor, the sum staying on the backend (a gain's gradient).
+template <Scalar T>
+void dot_accumulate(CpuBackend, const CpuTensor<T>& a, const CpuTensor<T>& b, double divisor, CpuTensor<T>& y) {
+    check(y.numel() == 1, "dot_accumulate: the output must have one element, got ", y.shape());
+    y.data()[0] += T(detail::dot_value(a, b) / divisor);
+}
+
+// Replaces NaN and +-inf by zero, reading nothing back.
+template <Scalar T>
+void clear_nonfinite(CpuBackend, CpuTensor<T>& x) {
+    T* px = x.data();
+    detail::for_each_index(x.numel(), [&](int64_t i) {
+        if (!std::isfinite(px[i])) px[i] = T(0);
+    });
+}
+
+// EDM2's preconditioning per image (docs/math.md): c_skip = sd^2 / (s^2 + sd^2),
+// c_out = s sd / sqrt(s^2 + sd^2), c_in = 1 / sqrt(sd^2 + s^2), c_noise = ln(s) / 4.
+template <Scalar T>
+void precond_coefficients(CpuBackend, const CpuTensor<T>& sigma, double sigma_data, CpuTensor<T>& c_skip,
+                          CpuTensor<T>& c_out, CpuTensor<T>& c_in, CpuTensor<T>& c_noise) {
+    for (const CpuTensor<T>* c : {&c_skip, &c_out, &c_in, &c_noise}) check_same_size(sigma, *c, "precond_coefficients");
+    const double sd = sigma_data;
+    for (int64_t i = 0; i < sigma.numel(); ++i) {
+        const double s = sigma.data()[i];
+        c_skip.data()[i] = T(sd * sd / (s * s + sd * sd));
+        c_out.data()[i] = T(s * sd / std::sqrt(s * s + sd * sd));
+        c_in.data()[i] = T(1 / std::sqrt(sd * sd + s * s));
+        c_noise.data()[i] = T(std::log(s) / 4);
+    }
 }
 
 // Replaces NaN and +-inf by zero; returns how many were replaced.
 template <Scalar T>
 int64_t zero_nonfinite(CpuBackend, CpuTensor<T>& x) {
+    mpnet::detail::note_host_read();
     int64_t count = 0;
     T* px = x.data();
     const int64_t n = x.numel();

@@ -1,7 +1,8 @@
 // The EDM2 training loss with learned uncertainty on the CPU, fused with its gradient.
 //
 //   loss_elem = w / exp(logvar) (D - y)^2 + logvar,   w = (sigma^2 + sd^2) / (sigma sd)^2
-// Returns sum(loss_elem) and writes the gradients of L = scale * sum(loss_elem):
+// Gives sum(loss_elem), returned to the host or written to a one-element double tensor that
+// stays on the backend, and writes the gradients of L = scale * sum(loss_elem):
 //   dD = scale 2 w / exp(logvar) (D - y),   dlogvar[n] = scale sum_chw (1 - w / exp(logvar) (D - y)^2).
 #pragma once
 #include <cmath>
@@ -12,10 +13,11 @@
 
 namespace mpnet::cpu {
 
+namespace detail {
 template <Scalar T>
-double edm2_loss(CpuBackend, const CpuTensor<T>& D, const CpuTensor<T>& y, const CpuTensor<T>& sigma,
-                 const CpuTensor<T>& logvar, double sigma_data, double scale, CpuTensor<T>& dD,
-                 CpuTensor<T>& dlogvar) {
+double edm2_loss_total(const CpuTensor<T>& D, const CpuTensor<T>& y, const CpuTensor<T>& sigma,
+                       const CpuTensor<T>& logvar, double sigma_data, double scale, CpuTensor<T>& dD,
+                       CpuTensor<T>& dlogvar) {
     const auto e =
         ops::loss_extents(D.shape(), y.shape(), sigma.shape(), logvar.shape(), dD.shape(), dlogvar.shape());
     const int64_t n = e.n, inner = e.inner;
@@ -39,6 +41,23 @@ double edm2_loss(CpuBackend, const CpuTensor<T>& D, const CpuTensor<T>& y, const
     double total = 0;
     for (double v : per_image) total += v;
     return total;
+}
+}  // namespace detail
+
+template <Scalar T>
+double edm2_loss(CpuBackend, const CpuTensor<T>& D, const CpuTensor<T>& y, const CpuTensor<T>& sigma,
+                 const CpuTensor<T>& logvar, double sigma_data, double scale, CpuTensor<T>& dD,
+                 CpuTensor<T>& dlogvar) {
+    mpnet::detail::note_host_read();
+    return detail::edm2_loss_total(D, y, sigma, logvar, sigma_data, scale, dD, dlogvar);
+}
+
+template <Scalar T>
+void edm2_loss(CpuBackend, const CpuTensor<T>& D, const CpuTensor<T>& y, const CpuTensor<T>& sigma,
+               const CpuTensor<T>& logvar, double sigma_data, double scale, CpuTensor<T>& dD, CpuTensor<T>& dlogvar,
+               CpuTensor<double>& total) {
+    check(total.numel() == 1, "edm2_loss: the total must have one element, got ", total.shape());
+    total.data()[0] = detail::edm2_loss_total(D, y, sigma, logvar, sigma_data, scale, dD, dlogvar);
 }
 
 }  // namespace mpnet::cpu

@@ -8,6 +8,7 @@
 
 #include "mpnet/backend/cuda/check.cuh"
 #include "mpnet/backend/cuda/memory.cuh"
+#include "mpnet/core/host_reads.hpp"
 #include "mpnet/core/tensor.hpp"
 
 namespace mpnet::cuda {
@@ -55,6 +56,7 @@ struct CudaBackend {
     }
     // Returns when the host buffer holds the data.
     static void copy_to_host(void* dst, const void* src, std::size_t bytes) {
+        mpnet::detail::note_host_read();
         cuda_check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, current_stream()), "copy_to_host of ",
                    bytes, " bytes");
         synchronize();

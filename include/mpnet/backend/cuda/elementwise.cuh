@@ -165,6 +165,39 @@ struct Affine {
     T* y;
     __device__ void operator()(int64_t i) const { y[i] = alpha * x[i] + beta; }
 };
+// y = x s[0] / divisor, the scale read on the device.
+template <class T>
+struct ScaleByScalar {
+    const T *x, *s;
+    double divisor;
+    T* y;
+    __device__ void operator()(int64_t i) const { y[i] = T(double(*s) / divisor) * x[i] + T(0); }
+};
+// y[0] += T(*sum / divisor): one thread.
+template <class T>
+__global__ void add_quotient_kernel(const double* sum, double divisor, T* y) {
+    *y += T(*sum / divisor);
+}
+template <class T>
+struct ClearNonfinite {
+    T* x;
+    __device__ void operator()(int64_t i) const {
+        if (!isfinite(x[i])) x[i] = T(0);
+    }
+};
+template <class T>
+struct PrecondCoefficients {
+    const T* sigma;
+    double sd;
+    T *skip, *out, *in, *noise;
+    __device__ void operator()(int64_t i) const {
+        const double s = sigma[i];
+        skip[i] = T(sd * sd / (s * s + sd * sd));
+        out[i] = T(s * sd / sqrt(s * s + sd * sd));
+        in[i] = T(1 / sqrt(sd * sd + s * s));
+        noise[i] = T(log(s) / 4);
+    }
+};
 template <class T>
 struct Value {
     const T* x;
@@ -374,6 +407,43 @@ template <Scalar T>
 double dot(CudaBackend, const CudaTensor<T>& a, const CudaTensor<T>& b) {
     check_same_shape(a, b, "dot");
     return detail::reduce_sum(a.numel(), detail::Product<T>{a.data(), b.data()}, "dot on ", a.shape());
+}
+
+// y = x s[0] / divisor, with s a one-element tensor (a gain) read on the device.
+template <Scalar T>
+void scale_by_scalar(CudaBackend, const CudaTensor<T>& x, const CudaTensor<T>& s, double divisor, CudaTensor<T>& y) {
+    check_same_size(x, y, "scale_by_scalar");
+    check(s.numel() == 1, "scale_by_scalar: the scale must have one element, got ", s.shape());
+    detail::for_each(x.numel(), detail::ScaleByScalar<T>{x.data(), s.data(), divisor, y.data()},
+                     "scale_by_scalar on ", x.shape());
+}
+
+// y[0] += dot(a, b) / divisor, the sum staying on the device (a gain's gradient).
+template <Scalar T>
+void dot_accumulate(CudaBackend, const CudaTensor<T>& a, const CudaTensor<T>& b, double divisor, CudaTensor<T>& y) {
+    check_same_shape(a, b, "dot_accumulate");
+    check(y.numel() == 1, "dot_accumulate: the output must have one element, got ", y.shape());
+    const DeviceBuffer<double> sum =
+        detail::reduce_on_device(a.numel(), detail::Product<T>{a.data(), b.data()}, "dot_accumulate on ", a.shape());
+    detail::add_quotient_kernel<T><<<1, 1, 0, current_stream()>>>(sum.data(), divisor, y.data());
+    launch_check("dot_accumulate on ", a.shape());
+}
+
+// Replaces NaN and +-inf by zero, reading nothing back.
+template <Scalar T>
+void clear_nonfinite(CudaBackend, CudaTensor<T>& x) {
+    detail::for_each(x.numel(), detail::ClearNonfinite<T>{x.data()}, "clear_nonfinite on ", x.shape());
+}
+
+// EDM2's preconditioning per image, as the CPU computes it (backend/cpu/elementwise.hpp).
+template <Scalar T>
+void precond_coefficients(CudaBackend, const CudaTensor<T>& sigma, double sigma_data, CudaTensor<T>& c_skip,
+                          CudaTensor<T>& c_out, CudaTensor<T>& c_in, CudaTensor<T>& c_noise) {
+    for (const CudaTensor<T>* c : {&c_skip, &c_out, &c_in, &c_noise}) check_same_size(sigma, *c, "precond_coefficients");
+    detail::for_each(sigma.numel(),
+                     detail::PrecondCoefficients<T>{sigma.data(), sigma_data, c_skip.data(), c_out.data(), c_in.data(),
+                                                    c_noise.data()},
+                     "precond_coefficients on ", sigma.shape());
 }
 
 // Replaces NaN and +-inf by zero; returns how many were replaced (synchronises the stream).

@@ -55,19 +55,30 @@ __global__ void __launch_bounds__(block_size) reduce_final_kernel(int n, const A
     if (threadIdx.x == 0) *out = s;
 }
 
+// Sum of f(i) over [0, n) in double, left on the device: the returned one-element buffer.
+template <class F, class... Parts>
+DeviceBuffer<double> reduce_on_device(int64_t n, F f, Parts&&... what) {
+    const unsigned blocks = grid_for(n, reduce_blocks);
+    DeviceBuffer<double> partial(blocks), result(1);
+    if (n == 0) {
+        cuda_check(cudaMemsetAsync(result.data(), 0, sizeof(double), current_stream()), "zeroing a reduction");
+        return result;
+    }
+    reduce_partial_kernel<<<blocks, block_size, 0, current_stream()>>>(n, f, partial.data());
+    launch_check(what...);
+    reduce_final_kernel<double><<<1, block_size, 0, current_stream()>>>(int(blocks), partial.data(), result.data());
+    launch_check(std::forward<Parts>(what)...);
+    return result;
+}
+
 // Sum of f(i) over [0, n) in double, returned to the host (synchronises the stream).
 template <class F, class... Parts>
 double reduce_sum(int64_t n, F f, Parts&&... what) {
+    mpnet::detail::note_host_read();
     if (n == 0) return 0;
-    const unsigned blocks = grid_for(n, reduce_blocks);
-    DeviceBuffer<double> partial(blocks + 1);
-    reduce_partial_kernel<<<blocks, block_size, 0, current_stream()>>>(n, f, partial.data());
-    launch_check(what...);
-    reduce_final_kernel<double><<<1, block_size, 0, current_stream()>>>(int(blocks), partial.data(), partial.data() + blocks);
-    launch_check(std::forward<Parts>(what)...);
+    const DeviceBuffer<double> sum = reduce_on_device(n, f, std::forward<Parts>(what)...);
     double result = 0;
-    cuda_check(cudaMemcpyAsync(&result, partial.data() + blocks, sizeof(double), cudaMemcpyDeviceToHost,
-                               current_stream()),
+    cuda_check(cudaMemcpyAsync(&result, sum.data(), sizeof(double), cudaMemcpyDeviceToHost, current_stream()),
                "reading back a reduction");
     CudaBackend::synchronize();
     return result;

@@ -1,9 +1,10 @@
 // The EDM2 training loss with learned uncertainty on the GPU, fused with its gradient, as
 // the CPU's edm2_loss:
 //   loss_elem = w / exp(logvar) (D - y)^2 + logvar,   w = (sigma^2 + sd^2) / (sigma sd)^2
-// returns sum(loss_elem) and writes the gradients of L = scale * sum(loss_elem):
+// gives sum(loss_elem) (returned to the host, or written to a one-element double tensor on the
+// device) and writes the gradients of L = scale * sum(loss_elem):
 //   dD = scale 2 w / exp(logvar) (D - y),   dlogvar[n] = scale sum_chw (1 - w / exp(logvar) (D - y)^2).
-// One block per image; the per-image totals are summed on the host in image order.
+// One block per image; the per-image totals are summed in image order, as on the CPU.
 #pragma once
 #include <vector>
 
@@ -39,21 +40,51 @@ __global__ void __launch_bounds__(block_size)
     }
 }
 
+// The per-image totals summed in image order by one thread: the CPU's order, bit for bit.
+template <class Acc>
+__global__ void sum_in_order_kernel(const Acc* v, int64_t n, Acc* out) {
+    Acc total = 0;
+    for (int64_t i = 0; i < n; ++i) total += v[i];
+    *out = total;
+}
+
+// The kernel's per-image totals, left on the device.
+template <Scalar T>
+DeviceBuffer<double> edm2_loss_totals(const CudaTensor<T>& D, const CudaTensor<T>& y, const CudaTensor<T>& sigma,
+                                      const CudaTensor<T>& logvar, double sigma_data, double scale, CudaTensor<T>& dD,
+                                      CudaTensor<T>& dlogvar) {
+    const auto e =
+        ops::loss_extents(D.shape(), y.shape(), sigma.shape(), logvar.shape(), dD.shape(), dlogvar.shape());
+    DeviceBuffer<double> totals(static_cast<std::size_t>(e.n));
+    if (e.n == 0) return totals;
+    edm2_loss_kernel<<<unsigned(std::min<int64_t>(e.n, int64_t{1} << 20)), block_size, 0, current_stream()>>>(
+        D.data(), y.data(), sigma.data(), logvar.data(), sigma_data, scale, e.n, e.inner, dD.data(), dlogvar.data(),
+        totals.data());
+    launch_check("edm2_loss on ", D.shape());
+    return totals;
+}
+
 }  // namespace detail
+
+// The total written to `total` ([1], double) on the device: nothing is read back.
+template <Scalar T>
+void edm2_loss(CudaBackend, const CudaTensor<T>& D, const CudaTensor<T>& y, const CudaTensor<T>& sigma,
+               const CudaTensor<T>& logvar, double sigma_data, double scale, CudaTensor<T>& dD, CudaTensor<T>& dlogvar,
+               CudaTensor<double>& total) {
+    check(total.numel() == 1, "edm2_loss: the total must have one element, got ", total.shape());
+    const DeviceBuffer<double> totals = detail::edm2_loss_totals(D, y, sigma, logvar, sigma_data, scale, dD, dlogvar);
+    detail::sum_in_order_kernel<double><<<1, 1, 0, current_stream()>>>(totals.data(), int64_t(totals.size()), total.data());
+    launch_check("edm2_loss: the total of ", D.shape());
+}
 
 template <Scalar T>
 double edm2_loss(CudaBackend, const CudaTensor<T>& D, const CudaTensor<T>& y, const CudaTensor<T>& sigma,
                  const CudaTensor<T>& logvar, double sigma_data, double scale, CudaTensor<T>& dD,
                  CudaTensor<T>& dlogvar) {
-    const auto e =
-        ops::loss_extents(D.shape(), y.shape(), sigma.shape(), logvar.shape(), dD.shape(), dlogvar.shape());
-    const int64_t n = e.n, inner = e.inner;
+    mpnet::detail::note_host_read();
+    const DeviceBuffer<double> totals = detail::edm2_loss_totals(D, y, sigma, logvar, sigma_data, scale, dD, dlogvar);
+    const auto n = static_cast<int64_t>(totals.size());
     if (n == 0) return 0;
-    DeviceBuffer<double> totals(static_cast<std::size_t>(n));
-    detail::edm2_loss_kernel<<<unsigned(std::min<int64_t>(n, int64_t{1} << 20)), detail::block_size, 0,
-                               current_stream()>>>(D.data(), y.data(), sigma.data(), logvar.data(), sigma_data,
-                                                   scale, n, inner, dD.data(), dlogvar.data(), totals.data());
-    launch_check("edm2_loss on ", D.shape());
     std::vector<double> host(static_cast<std::size_t>(n));
     cuda_check(cudaMemcpyAsync(host.data(), totals.data(), host.size() * sizeof(double), cudaMemcpyDeviceToHost,
                                current_stream()),
