@@ -109,6 +109,8 @@ Image counts accept suffixes: 6400, 64k (1e3), 2M (1e6), 8Ki (2^10), 8Mi (2^20).
                        throw UsageError("--data-storage: '" + v + "' is not one of auto, memory, stream");
                    o.data_storage = v;
                })
+        .value("--data-cache", "MiB", "a streamed dataset keeps up to this many MiB of decoded\nimages, the most recently used (default: 0, none)",
+               [&](const std::string& v) { o.data_cache_mib = cli::parse_integer<int64_t>("--data-cache", v, 0, int64_t{1} << 40); })
         .flag("--skip-bad", "a folder or zip: replace an unreadable image or latent (corrupt,\ntruncated, another shape) by the next readable one and report\nit, instead of stopping (the same choice in memory and streamed)",
               [&] { o.skip_bad = true; })
         .value("--data-threads", "N", "threads decoding a streamed dataset's images (default: 1)",
@@ -251,7 +253,7 @@ void train_here(const Options& opts, dist::Communicator& comm) {
     const auto storage = o.data_storage == "memory"   ? data::Storage::memory
                          : o.data_storage == "stream" ? data::Storage::stream
                                                       : data::Storage::automatic;
-    const auto ds = data::load_dataset(o.data, storage, skip);
+    const auto ds = data::load_dataset(o.data, storage, skip, std::size_t(o.data_cache_mib) << 20);
     auto resolved = train::resolve(o, ds, comm.size());
     check_same_run(comm, resolved, ds);
     const auto cost = nn::network_cost(resolved.net);

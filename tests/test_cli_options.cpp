@@ -329,7 +329,7 @@ TEST_CASE("every program: hostile option values end in a clear message or a corr
           "--xflip", "--ema", "--status", "--snapshot", "--checkpoint", "--attn-balance", "--attn-resolutions",
           "--channel-mult", "--channel-mult-emb", "--channel-mult-noise", "--channels-per-head", "--clip-act",
           "--concat-balance", "--label-balance", "--logvar-channels", "--model-channels", "--num-blocks",
-          "--res-balance", "--resample-filter", "--sigma-data", "--data-storage", "--data-threads",
+          "--res-balance", "--resample-filter", "--sigma-data", "--data-storage", "--data-threads", "--data-cache",
           "--collective-timeout"}},
         {"mpnet-generate", MPNET_GENERATE_EXE, "--net " + s.path("net.safetensors") + " --grid g.png --quiet",
          {"--guidance", "--seeds", "--class", "--class-names", "--steps", "--sigma-min", "--sigma-max", "--rho",

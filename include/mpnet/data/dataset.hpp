@@ -63,6 +63,8 @@ private:
     std::set<int64_t> bad_;
 };
 
+class CachedReader;  // cached_reader.hpp
+
 struct Dataset {
     std::string source;  // the path the data came from, for messages
     int64_t size = 0, channels = 0, resolution = 0;  // images are square
@@ -77,6 +79,8 @@ struct Dataset {
     std::vector<float> latent_values;
     // Set (--skip-bad): unreadable samples are replaced instead of stopping the run.
     std::shared_ptr<BadSamples> bad_samples;
+    // Set (--data-cache): the reader's bounded cache of decoded samples, for its statistics.
+    std::shared_ptr<const CachedReader> cache;
 
     [[nodiscard]] bool streamed() const { return reader != nullptr; }
     [[nodiscard]] std::size_t image_bytes() const {

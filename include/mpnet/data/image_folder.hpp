@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "mpnet/core/error.hpp"
+#include "mpnet/data/cached_reader.hpp"
 #include "mpnet/data/dataset.hpp"
 #include "mpnet/data/dataset_json.hpp"
 #include "mpnet/data/file_tree.hpp"
@@ -150,6 +151,18 @@ namespace detail {
 
 inline bool is_npy_name(const std::string& name) { return name.ends_with(".npy"); }
 
+// A streamed dataset's reader, behind a cache of `cache_bytes` of decoded samples when asked.
+inline void set_reader(Dataset& ds, std::shared_ptr<const ImageReader> reader, std::size_t sample_bytes,
+                       std::size_t cache_bytes) {
+    if (cache_bytes == 0) {
+        ds.reader = std::move(reader);
+        return;
+    }
+    auto cached = std::make_shared<const CachedReader>(std::move(reader), sample_bytes, cache_bytes);
+    ds.cache = cached;
+    ds.reader = std::move(cached);
+}
+
 // Runs f(i) for the first sample that f accepts and returns i; with --skip-bad the samples
 // before it that threw are noted as bad, without it the first sample must do.
 template <class F>
@@ -207,7 +220,7 @@ inline void read_labels(const FileTree& tree, const std::vector<std::string>& na
 
 // A dataset of VAE latents (the reference's img-mean-std-*.npy files).
 inline Dataset load_latents(std::shared_ptr<const FileTree> tree, std::vector<std::string> names, Dataset ds,
-                            Storage storage) {
+                            Storage storage, std::size_t cache_bytes) {
     ds.latent = true;
     ds.size = static_cast<int64_t>(names.size());
     read_labels(*tree, names, ds);
@@ -224,7 +237,8 @@ inline Dataset load_latents(std::shared_ptr<const FileTree> tree, std::vector<st
           " channels; the Stability VAE's (whose normalisation training applies) have 4");
     const std::size_t bytes = names.size() * ds.latent_floats() * sizeof(float);
     if (storage == Storage::stream || (storage == Storage::automatic && bytes > memory_limit_bytes)) {
-        ds.reader = std::make_shared<StreamedLatents>(std::move(tree), std::move(names), first_index, first.shape);
+        set_reader(ds, std::make_shared<StreamedLatents>(std::move(tree), std::move(names), first_index, first.shape),
+                   ds.latent_floats() * sizeof(float), cache_bytes);
         return ds;
     }
     decode_all(ds, ds.latent_values, ds.latent_floats(), [&](std::size_t i, float* dst) {
@@ -239,8 +253,10 @@ inline Dataset load_latents(std::shared_ptr<const FileTree> tree, std::vector<st
 }  // namespace detail
 
 // `bad_samples` (--skip-bad): unreadable samples are replaced rather than fatal (dataset.hpp).
+// `cache_bytes` (--data-cache): a streamed dataset keeps up to that many bytes of decoded
+// samples (cached_reader.hpp).
 inline Dataset load_image_folder(const std::filesystem::path& dir_or_zip, Storage storage = Storage::automatic,
-                                 std::shared_ptr<BadSamples> bad_samples = nullptr) {
+                                 std::shared_ptr<BadSamples> bad_samples = nullptr, std::size_t cache_bytes = 0) {
     auto tree = std::make_shared<const FileTree>(dir_or_zip);
     std::vector<std::string> images;
     std::ranges::copy_if(tree->files(), std::back_inserter(images), detail::is_png_name);
@@ -252,7 +268,7 @@ inline Dataset load_image_folder(const std::filesystem::path& dir_or_zip, Storag
         std::vector<std::string> latents;
         std::ranges::copy_if(tree->files(), std::back_inserter(latents), detail::is_npy_name);
         check(!latents.empty(), dir_or_zip.string(), ": no PNG images or .npy latents found");
-        return detail::load_latents(std::move(tree), std::move(latents), std::move(ds), storage);
+        return detail::load_latents(std::move(tree), std::move(latents), std::move(ds), storage, cache_bytes);
     }
     ds.size = static_cast<int64_t>(images.size());
     detail::read_labels(*tree, images, ds);
@@ -269,7 +285,8 @@ inline Dataset load_image_folder(const std::filesystem::path& dir_or_zip, Storag
     const bool stream = storage == Storage::stream ||
                         (storage == Storage::automatic && images.size() * ds.image_bytes() > memory_limit_bytes);
     if (stream) {
-        ds.reader = std::make_shared<StreamedPngs>(std::move(tree), std::move(images), first_index, first);
+        detail::set_reader(ds, std::make_shared<StreamedPngs>(std::move(tree), std::move(images), first_index, first),
+                           ds.image_bytes(), cache_bytes);
         return ds;
     }
     detail::decode_all(ds, ds.pixels, ds.image_bytes(), [&](std::size_t i, uint8_t* dst) {

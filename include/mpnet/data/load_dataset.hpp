@@ -7,7 +7,8 @@
 //
 // `storage` decides whether a PNG folder or archive is decoded into memory or streamed
 // (image_folder.hpp); Fashion-MNIST is always held in memory (60 MiB). `bad_samples`
-// (--skip-bad) makes a folder's or archive's unreadable samples replaced rather than fatal.
+// (--skip-bad) makes a folder's or archive's unreadable samples replaced rather than fatal;
+// `cache_bytes` (--data-cache) bounds a streamed dataset's cache of decoded samples.
 #pragma once
 #include <filesystem>
 #include <string>
@@ -21,7 +22,7 @@
 namespace mpnet::data {
 
 inline Dataset load_dataset(const std::string& spec, Storage storage = Storage::automatic,
-                            std::shared_ptr<BadSamples> bad_samples = nullptr) {
+                            std::shared_ptr<BadSamples> bad_samples = nullptr, std::size_t cache_bytes = 0) {
     const std::string prefix = "fashion-mnist";
     if (spec == prefix) return load_fashion_mnist(fashion_mnist_default_dir);
     if (spec.starts_with(prefix + ":")) return load_fashion_mnist(spec.substr(prefix.size() + 1));
@@ -32,7 +33,7 @@ inline Dataset load_dataset(const std::string& spec, Storage storage = Storage::
     const bool has_idx = std::filesystem::exists(path / "train-images-idx3-ubyte.gz", ec) ||
                          std::filesystem::exists(path / "train-images-idx3-ubyte", ec);
     if (std::filesystem::is_directory(path, ec) && has_idx) return load_fashion_mnist(path);
-    return load_image_folder(path, storage, std::move(bad_samples));
+    return load_image_folder(path, storage, std::move(bad_samples), cache_bytes);
 }
 
 }  // namespace mpnet::data

@@ -20,6 +20,7 @@ struct TrainOptions {
     std::string data_storage = "auto";  // a PNG folder or zip: "auto", "memory" or "stream" (data/image_folder.hpp)
     int64_t data_threads = 1;           // threads decoding a streamed dataset's images
     bool skip_bad = false;              // replace unreadable samples instead of stopping (data/dataset.hpp)
+    int64_t data_cache_mib = 0;         // a streamed dataset's cache of decoded samples (data/cached_reader.hpp)
     std::string preset = "fmnist-s";
     nlohmann::json net = nlohmann::json::object();  // network settings over the preset's (NetworkConfig keys)
     bool cond = true;
@@ -73,6 +74,7 @@ struct TrainOptions {
         check(data_storage == "auto" || data_storage == "memory" || data_storage == "stream", "--data-storage '",
               data_storage, "' is not one of auto, memory, stream");
         check(data_threads >= 1 && data_threads <= 256, "--data-threads ", data_threads, " is outside [1, 256]");
+        check(data_cache_mib >= 0, "--data-cache ", data_cache_mib, " is negative");
         check(max_nonfinite_steps >= 1, "max_nonfinite_steps must be at least 1");
     }
 
@@ -84,7 +86,7 @@ struct TrainOptions {
     }
 };
 
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(TrainOptions, outdir, data, data_storage, data_threads, skip_bad, preset, net, cond, batch, batch_gpu,
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(TrainOptions, outdir, data, data_storage, data_threads, skip_bad, data_cache_mib, preset, net, cond, batch, batch_gpu,
                                                 duration, lr, decay, rampup, dropout, P_mean, P_std, seed, status,
                                                 snapshot, checkpoint, ema, xflip, quiet, start_over,
                                                 max_nonfinite_steps)
@@ -95,7 +97,7 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(TrainOptions, outdir, data, data
 // stay as the run began.
 inline bool may_change_on_resume(const std::string& key) {
     for (const char* k : {"duration", "status", "snapshot", "checkpoint", "quiet", "outdir", "start_over",
-                          "max_nonfinite_steps", "data_storage", "data_threads", "skip_bad"})
+                          "max_nonfinite_steps", "data_storage", "data_threads", "skip_bad", "data_cache_mib"})
         if (key == k) return true;
     return false;
 }

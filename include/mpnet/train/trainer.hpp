@@ -26,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "mpnet/data/cached_reader.hpp"
 #include "mpnet/data/loader.hpp"
 #include "mpnet/dist/communicator.hpp"
 #include "mpnet/dist/tree_order.hpp"
@@ -340,6 +341,11 @@ private:
         }
         const std::size_t skipped = ds_.bad_samples ? ds_.bad_samples->count() : 0;
         if (skipped) text += "  skipped " + std::to_string(skipped) + " bad sample(s)";
+        if (ds_.cache) {
+            const auto c = ds_.cache->stats();
+            std::snprintf(line, sizeof line, "  cache %.0f%% hits", 100.0 * double(c.hits) / double(std::max<uint64_t>(1, c.hits + c.misses)));
+            text += line;
+        }
         log_(text);
         kimg_.push_back(nimg_ / 1000);
         losses_.push_back(loss);
