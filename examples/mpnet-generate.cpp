@@ -46,6 +46,7 @@ struct Options {
     int64_t batch = 32;
     bool quiet = false;
     cli::DeviceOption device;
+    bool cuda_graphs = false;
     double collective_timeout = 3600;  // seconds, under an MPI launcher
 };
 
@@ -119,7 +120,9 @@ its seed and the options: never on --batch or the thread count (OMP_NUM_THREADS)
                [&](const std::string& v) { o.batch = cli::parse_integer<int64_t>("--batch", v, 1, 1 << 16); });
     p.section("Device")
         .value("--device", "DEVICE", cli::device_help, [&](const std::string& v) { cli::parse_device(v, o.device); })
-        .value("--math", "MODE", cli::math_help, [&](const std::string& v) { cli::parse_math(v, o.device); });
+        .value("--math", "MODE", cli::math_help, [&](const std::string& v) { cli::parse_math(v, o.device); })
+        .value("--cuda-graphs", "BOOL", "on the GPU, capture each network evaluation once as a CUDA\ngraph and replay it (default: false)",
+               [&](const std::string& v) { o.cuda_graphs = cli::parse_bool("--cuda-graphs", v); });
     p.section("Output (at least one of)")
         .value("--outdir", "DIR", "one PNG per seed: DIR/<seed/1000*1000, 6 digits>/<seed, 6\ndigits>.png, e.g. DIR/000000/000123.png",
                [&](const std::string& v) { o.outdir = v; })
@@ -176,6 +179,7 @@ Options parse_args(int argc, char** argv) {
     o.sampler.guidance = o.guidance;
     cli::as_usage_error([&] { o.sampler.validate(); });
     cli::check_device_options(o.device);
+    if (o.cuda_graphs && !o.device.cuda) throw UsageError("--cuda-graphs applies to --device cuda only");
     if (o.guidance != 1 && o.gnet.empty()) throw UsageError("--guidance needs a guiding network (--gnet)");
     return o;
 }
@@ -433,7 +437,7 @@ std::optional<Decoder> make_decoder(cli::SamplingEngine& engine, const Options& 
 void generate(const Options& o, dist::Communicator& comm) {
     const std::unique_ptr<cli::SamplingEngine> engine =
 #ifdef MPNET_WITH_CUDA
-        o.device.cuda ? (cli::select_cuda_device(o.device, comm.rank()), cli::make_cuda_sampling_engine()) :
+        o.device.cuda ? (cli::select_cuda_device(o.device, comm.rank()), cli::make_cuda_sampling_engine(o.cuda_graphs)) :
 #endif
                       std::make_unique<cli::SamplingEngineOn<CpuBackend>>();
     const nn::NetworkConfig cfg = engine->load_net(o.net, "--net");

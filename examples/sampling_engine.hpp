@@ -34,7 +34,9 @@ public:
     virtual std::vector<uint8_t> decode(const CpuTensor<float>& latents, const vae::LatentScaling& scaling) = 0;
 };
 
-template <Backend B>
+// `Den` evaluates a network for the sampler: NetworkDenoiser, or on the GPU the CUDA-graph one
+// (sample/cuda_graph_denoiser.cuh), kept across batches so that a graph is captured once.
+template <Backend B, class Den = sample::NetworkDenoiser<float, B>>
 class SamplingEngineOn final : public SamplingEngine {
 public:
     using Net = nn::Precond<float, B>;
@@ -42,10 +44,12 @@ public:
 
     nn::NetworkConfig load_net(const std::filesystem::path& path, const char* option) override {
         net_.emplace(load(path, option));
+        d_net_.emplace(*net_);
         return net_->config();
     }
     nn::NetworkConfig load_guide(const std::filesystem::path& path, const char* option) override {
         guide_.emplace(load(path, option));
+        d_guide_.emplace(*guide_);
         return guide_->config();
     }
     vae::AutoencoderConfig load_vae(const std::filesystem::path& path) override {
@@ -56,10 +60,8 @@ public:
     sample::SampleResult<float, CpuBackend> sample(const CpuTensor<float>& noise, const CpuTensor<float>& labels,
                                                    const sample::SamplerOptions& options,
                                                    const sample::SampleHooks& hooks) override {
-        sample::NetworkDenoiser<float, B> d_net(*net_);
-        std::optional<sample::NetworkDenoiser<float, B>> d_guide;
-        if (guide_) d_guide.emplace(*guide_);
-        auto result = sample::edm_sample(d_net, d_guide ? &*d_guide : nullptr, here(noise), here(labels), options, hooks);
+        auto result =
+            sample::edm_sample(*d_net_, d_guide_ ? &*d_guide_ : nullptr, here(noise), here(labels), options, hooks);
         return {to_cpu(result.images), result.nfe};
     }
 
@@ -96,10 +98,12 @@ private:
     }
 
     std::optional<Net> net_, guide_;
+    std::optional<Den> d_net_, d_guide_;  // after the networks they point to: destroyed first
     std::optional<vae::AutoencoderKL<float, B>> vae_;
 };
 
-// The GPU's engine (generate_cuda.cu), on the device select_cuda_device made current.
-std::unique_ptr<SamplingEngine> make_cuda_sampling_engine();
+// The GPU's engine (generate_cuda.cu), on the device select_cuda_device made current; with
+// `graphs`, each network evaluation is a replayed CUDA graph.
+std::unique_ptr<SamplingEngine> make_cuda_sampling_engine(bool graphs);
 
 }  // namespace mpnet::cli

@@ -269,6 +269,7 @@ TEST_CASE("mpnet-generate: bad sampler values, outputs and inputs are refused be
              {"--rho 1e-300", "rho 1e-300 makes the noise levels"},
              {"--S-min nan", "--S-min: 'nan' is not a number"},
              {"--steps 2000000000", "steps must be at least 1 and at most 100000"},
+             {"--cuda-graphs true", "--cuda-graphs applies to --device cuda only"},
          }) {
         CAPTURE(args);
         const std::string steps = args.find("--steps") == std::string::npos ? " --steps 2" : "";
@@ -333,7 +334,7 @@ TEST_CASE("every program: hostile option values end in a clear message or a corr
           "--collective-timeout"}},
         {"mpnet-generate", MPNET_GENERATE_EXE, "--net " + s.path("net.safetensors") + " --grid g.png --quiet",
          {"--guidance", "--seeds", "--class", "--class-names", "--steps", "--sigma-min", "--sigma-max", "--rho",
-          "--S-churn", "--S-min", "--S-max", "--S-noise", "--batch", "--collective-timeout"}},
+          "--S-churn", "--S-min", "--S-max", "--S-noise", "--batch", "--cuda-graphs", "--collective-timeout"}},
         {"mpnet-phema", MPNET_PHEMA_EXE, "--indir " + s.path("snaps") + " --outdir phema --quiet",
          {"--in-std", "--out-std", "--out-kimg", "--batch", "--prefix", "--out-prefix"}},
     };

@@ -1,7 +1,8 @@
 // The GPU counterpart of bench/bench_layers.cpp and bench/bench_network.cpp: the layer list
 // of bench/layers.hpp (the same shapes and names, <layer>/<fwd|bwd>/<preset>/<shape>),
 // layers with matrix work once per math mode (name suffix /fp32, /fp16, /bf16); then
-// network/inference and network/train_step. Each iteration is timed on the GPU with CUDA
+// network/inference (and network/inference_graph, the same as a replayed CUDA graph) and
+// network/train_step. Each iteration is timed on the GPU with CUDA
 // events around it.
 //
 //   bench_cuda_layers --benchmark_filter='mpconv3x3/.*/edm2-img64-xs' --benchmark_min_time=0.2s
@@ -19,6 +20,7 @@
 #include "mpnet/backend/cuda/cuda.cuh"
 #include "mpnet/nn/precond.hpp"
 #include "mpnet/nn/presets.hpp"
+#include "mpnet/sample/cuda_graph_denoiser.cuh"
 #include "mpnet/train/adam.hpp"
 #include "mpnet/train/schedule.hpp"
 
@@ -158,6 +160,17 @@ void register_network(const BenchPreset& p) {
         Net net(cfg, 1);
         const Batch batch(cfg, p.batch);
         timed(st, [&] { benchmark::DoNotOptimize(net.forward(batch.images, batch.sigma, batch.labels, {}, false).D.data()); });
+        report_flops(st, 2.0 * double(p.batch) * nn::network_cost(cfg).macs);
+        st.counters["img/s"] = Counter(double(p.batch), Counter::kIsIterationInvariantRate);
+    });
+    // The sampler's network evaluation as a replayed CUDA graph (sample/cuda_graph_denoiser.cuh):
+    // the same forward pass, launched as one graph, plus copying its input in and output out.
+    add_modes("network/inference_graph" + suffix, [p](State& st) {
+        const auto cfg = nn::find_preset(p.name).net;
+        Net net(cfg, 1);
+        const Batch batch(cfg, p.batch);
+        sample::CudaGraphDenoiser<float> denoise(net);
+        timed(st, [&] { benchmark::DoNotOptimize(denoise(batch.images, 1.0, batch.labels).data()); });
         report_flops(st, 2.0 * double(p.batch) * nn::network_cost(cfg).macs);
         st.counters["img/s"] = Counter(double(p.batch), Counter::kIsIterationInvariantRate);
     });

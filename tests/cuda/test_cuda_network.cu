@@ -6,6 +6,7 @@
 
 #include "cuda_test.cuh"
 #include "host_reads_cases.hpp"
+#include "mpnet/sample/cuda_graph_denoiser.cuh"
 #include "mpnet/nn/weights.hpp"
 #include "mpnet/sample/edm_sampler.hpp"
 #include "mpnet/sample/seeds.hpp"
@@ -205,4 +206,41 @@ TEST_CASE_TEMPLATE("cuda network: guided sampling with churn matches the CPU's",
 TEST_CASE("cuda network: a training step and guided sampling read nothing back to the host") {
     test::check_training_step_reads_nothing<CudaBackend>();
     test::check_sampling_reads_nothing<CudaBackend>();
+}
+
+// The sampler through CUDA graphs: one capture per batch shape, one launch per evaluation,
+// the images of the plain denoiser, and nothing read back.
+TEST_CASE("cuda network: sampling through captured CUDA graphs gives the plain denoiser's images") {
+    auto net = test::tiny_network_on<CudaBackend>(4), guide = test::tiny_network_on<CudaBackend>(5);
+    sample::SamplerOptions o;
+    o.steps = 5, o.S_churn = 10, o.guidance = 2;
+    for (const int64_t n : {int64_t{3}, int64_t{2}}) {
+        CAPTURE(n);
+        std::vector<uint64_t> seeds;
+        std::vector<int64_t> classes;
+        for (int64_t i = 0; i < n; ++i) seeds.push_back(uint64_t(7 + i)), classes.push_back(i % 3);
+        CudaTensor<float> noise(Shape{n, 1, 8, 8});
+        sample::fill_seed_noise(noise, std::span<const uint64_t>(seeds));
+        const auto labels = sample::one_hot<float, CudaBackend>(classes, 3);
+        sample::SampleHooks hooks;
+        hooks.churn_seeds = seeds;
+        sample::NetworkDenoiser<float, CudaBackend> plain_net(net), plain_guide(guide);
+        const auto want = sample::edm_sample(plain_net, &plain_guide, noise, labels, o, hooks);
+        sample::CudaGraphDenoiser<float> graph_net(net), graph_guide(guide);
+        const uint64_t before = host_reads();
+        const auto got = sample::edm_sample(graph_net, &graph_guide, noise, labels, o, hooks);
+        CHECK(host_reads() == before);
+        CHECK(graph_net.captures() == 1);
+        CHECK(graph_guide.captures() == 1);
+        CHECK(graph_net.launches() + graph_guide.launches() == want.nfe);
+        MPNET_CHECK_GPU(got.images, test::to_cpu(want.images), 1e-6);
+        // Another batch size is captured anew; the same size replays.
+        CudaTensor<float> other(Shape{n + 1, 1, 8, 8});
+        fill_normal(CudaBackend{}, other, 3, 0);
+        const auto other_labels = sample::one_hot<float, CudaBackend>(std::vector<int64_t>(size_t(n + 1), 1), 3);
+        MPNET_CHECK_GPU(graph_net(other, 2.5, other_labels), test::to_cpu(plain_net(other, 2.5, other_labels)), 1e-6);
+        CHECK(graph_net.captures() == 2);
+        MPNET_CHECK_GPU(graph_net(other, 0.5, other_labels), test::to_cpu(plain_net(other, 0.5, other_labels)), 1e-6);
+        CHECK(graph_net.captures() == 2);
+    }
 }

@@ -1,0 +1,119 @@
+// A network denoiser for the GPU whose evaluation is a CUDA graph, captured once and replayed.
+//
+// A forward pass of the U-Net is a few hundred kernel launches; for the small batches of
+// sampling the launches, not the arithmetic, can be most of its time. Since a forward pass
+// reads nothing back to the host (core/host_reads.hpp) and allocates from the stream-ordered
+// pool (which graphs capture as memory nodes), it can be captured: the first call for a batch
+// shape runs the network on a stream of the denoiser's own while capturing it, reading from
+// persistent input buffers; every call then copies x and the labels into those buffers, fills
+// sigma by a kernel and launches the graph. The caller's stream and the graph's are ordered by
+// events, so the denoiser behaves like NetworkDenoiser on whatever stream is current. A graph's
+// memory keeps its addresses for the graph's lifetime, so the captured output stays valid
+// between launches (instantiated to free and re-make its allocations on each launch).
+#pragma once
+#include <cuda_runtime.h>
+
+#include <optional>
+
+#include "mpnet/backend/cuda/cuda.cuh"
+#include "mpnet/nn/precond.hpp"
+
+namespace mpnet::sample {
+
+template <Scalar T>
+class CudaGraphDenoiser {
+public:
+    using TensorT = CudaTensor<T>;
+
+    explicit CudaGraphDenoiser(nn::Precond<T, CudaBackend>& net) : net_(&net) {
+        cuda::cuda_check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+        cuda::cuda_check(cudaEventCreateWithFlags(&inputs_ready_, cudaEventDisableTiming), "cudaEventCreate");
+        cuda::cuda_check(cudaEventCreateWithFlags(&output_ready_, cudaEventDisableTiming), "cudaEventCreate");
+    }
+    CudaGraphDenoiser(const CudaGraphDenoiser&) = delete;
+    CudaGraphDenoiser& operator=(const CudaGraphDenoiser&) = delete;
+    ~CudaGraphDenoiser() {
+        release_graph();
+        {
+            // The input buffers were allocated on the graph's stream, so they are freed there,
+            // before the stream goes (a free on a destroyed stream crashes in the driver).
+            cuda::StreamScope on_graph_stream(stream_);
+            x_ = TensorT(), labels_ = TensorT(), sigma_ = TensorT();
+        }
+        (void)cudaStreamSynchronize(stream_);
+        (void)cudaEventDestroy(inputs_ready_);
+        (void)cudaEventDestroy(output_ready_);
+        (void)cudaStreamDestroy(stream_);
+    }
+
+    TensorT operator()(const TensorT& x, double sigma, const TensorT& labels) {
+        if (!exec_ || x.shape() != x_.shape() || labels.shape() != labels_.shape()) capture(x.shape(), labels.shape());
+        const cudaStream_t caller = cuda::current_stream();
+        {
+            cuda::StreamScope on_caller(caller);
+            x_.copy_from(x);
+            if (!labels.empty()) labels_.copy_from(labels);
+            fill(CudaBackend{}, sigma_, T(sigma));
+        }
+        cuda::cuda_check(cudaEventRecord(inputs_ready_, caller), "cudaEventRecord");
+        cuda::cuda_check(cudaStreamWaitEvent(stream_, inputs_ready_, 0), "cudaStreamWaitEvent");
+        cuda::cuda_check(cudaGraphLaunch(exec_, stream_), "cudaGraphLaunch of the denoiser's graph");
+        cuda::cuda_check(cudaEventRecord(output_ready_, stream_), "cudaEventRecord");
+        cuda::cuda_check(cudaStreamWaitEvent(caller, output_ready_, 0), "cudaStreamWaitEvent");
+        ++launches_;
+        return out_.clone();  // on the caller's stream, after the graph
+    }
+
+    // How often a graph was captured (once per batch shape) and launched.
+    [[nodiscard]] int captures() const { return captures_; }
+    [[nodiscard]] int64_t launches() const { return launches_; }
+
+private:
+    void capture(const Shape& x_shape, const Shape& labels_shape) {
+        release_graph();
+        cuda::StreamScope on_graph_stream(stream_);
+        x_ = TensorT(x_shape);
+        labels_ = labels_shape.rank() ? TensorT(labels_shape) : TensorT();
+        sigma_ = TensorT(Shape{x_shape[0]});
+        (void)cuda::detail::BlasHandle::get();  // bind cuBLAS to this stream before capturing
+        // The capture allocates the inputs' neighbours from the pool: let those allocations land first.
+        cuda::cuda_check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize before capture");
+        cuda::cuda_check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+        try {
+            out_ = net_->forward(x_, sigma_, labels_, nn::ForwardMode{}, false).D;
+        } catch (...) {
+            cudaGraph_t broken = nullptr;
+            (void)cudaStreamEndCapture(stream_, &broken);
+            if (broken) (void)cudaGraphDestroy(broken);
+            throw;
+        }
+        cuda::cuda_check(cudaStreamEndCapture(stream_, &graph_), "cudaStreamEndCapture of the denoiser's graph");
+        cuda::cuda_check(cudaGraphInstantiateWithFlags(&exec_, graph_, cudaGraphInstantiateFlagAutoFreeOnLaunch),
+                         "cudaGraphInstantiate of the denoiser's graph");
+        ++captures_;
+    }
+
+    void release_graph() {
+        if (!exec_) return;
+        {
+            // The captured output is a graph allocation: freed on the graph's stream, first.
+            cuda::StreamScope on_graph_stream(stream_);
+            out_ = TensorT();
+        }
+        (void)cudaStreamSynchronize(stream_);
+        (void)cudaGraphExecDestroy(exec_);
+        (void)cudaGraphDestroy(graph_);
+        exec_ = nullptr, graph_ = nullptr;
+    }
+
+    nn::Precond<T, CudaBackend>* net_;
+    cudaStream_t stream_ = nullptr;
+    cudaEvent_t inputs_ready_ = nullptr, output_ready_ = nullptr;
+    cudaGraph_t graph_ = nullptr;
+    cudaGraphExec_t exec_ = nullptr;
+    TensorT x_, labels_, sigma_, out_;
+    int captures_ = 0;
+    int64_t launches_ = 0;
+};
+
+}  // namespace mpnet::sample
