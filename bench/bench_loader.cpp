@@ -84,6 +84,21 @@ void BM_Loader(benchmark::State& state) {
     state.SetLabel(stream ? "streamed, " + std::to_string(threads) + " decode thread(s)" : "in memory");
 }
 
+// Streamed behind a cache of decoded images (--data-cache) that holds the whole dataset,
+// timed after one warm-up epoch: every image then comes from the cache.
+void BM_LoaderCached(benchmark::State& state) {
+    const int side = int(state.range(0));
+    const auto zip = dataset_zip(side, side >= 256 ? 256 : 2048);
+    const auto probe = data::load_dataset(zip.string(), data::Storage::stream);
+    const auto ds = data::load_dataset(zip.string(), data::Storage::stream, nullptr,
+                                       std::size_t(probe.size) * probe.image_bytes());
+    data::Loader loader(ds, 64, 1, true, 4, {}, 1);
+    for (int64_t i = 0; i < ds.size / 64; ++i) (void)loader.next();
+    for (auto _ : state) benchmark::DoNotOptimize(loader.next().images.data());
+    state.SetItemsProcessed(int64_t(state.iterations()) * 64);
+    state.SetLabel("streamed, whole dataset cached");
+}
+
 // Latents of 512x512 images (64x64x4 drawn from mean and std, normalised): the img512 presets' input.
 void BM_LoaderLatents(benchmark::State& state) {
     const int threads = int(state.range(0));
@@ -99,6 +114,9 @@ void BM_LoaderLatents(benchmark::State& state) {
 
 // {decode threads (0: in memory)}
 BENCHMARK(BM_LoaderLatents)->Arg(0)->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// {side}
+BENCHMARK(BM_LoaderCached)->Arg(64)->Arg(512)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 // {side, decode threads (0: in memory)}
 BENCHMARK(BM_Loader)->Args({64, 0})->Args({64, 1})->Args({64, 2})->Args({512, 0})->Args({512, 1})->Args({512, 2})
