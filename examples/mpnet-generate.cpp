@@ -184,12 +184,6 @@ Options parse_args(int argc, char** argv) {
     return o;
 }
 
-// NaN or infinite inputs give black images, never an error of their own: they are refused here.
-void check_finite(const TensorF& t, const std::string& what) {
-    const float* v = t.data();
-    for (int64_t i = 0; i < t.numel(); ++i)
-        check(std::isfinite(v[i]), what, ", element ", i, " is not finite (", v[i], ")");
-}
 
 // The guide must produce the same images; it may drop the labels (classifier-free guidance).
 void check_guide(const nn::NetworkConfig& a, const nn::NetworkConfig& b, const fs::path& path) {
@@ -229,7 +223,8 @@ Plan make_plan(const Options& o, const nn::NetworkConfig& cfg) {
         check(p.noise->rank() == 4 && p.noise->shape() == want, o.noise.string(), ": noise ", p.noise->shape().str(),
               " does not fit the network's ", cfg.img_channels, "x", cfg.img_resolution, "x", cfg.img_resolution,
               " images");
-        check_finite(*p.noise, o.noise.string() + ": tensor 'noise'");
+        cli::check_finite(std::span<const float>(p.noise->data(), size_t(p.noise->numel())),
+                          o.noise.string() + ": tensor 'noise'");
         const int64_t n = p.noise->size(0);
         p.seeds = o.seeds ? *o.seeds : sample::parse_seeds("0-" + std::to_string(n - 1));
         check(int64_t(p.seeds.size()) == n, "--seeds names ", p.seeds.size(), " images, ", o.noise.string(), " holds ",

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -18,6 +19,13 @@
 #include "mpnet/vae/stability_vae.hpp"
 
 namespace mpnet::cli {
+
+// NaN or infinite inputs (weights, noise) give black images, never an error of their own:
+// they are refused here, naming the element.
+inline void check_finite(std::span<const float> v, const std::string& what) {
+    for (std::size_t i = 0; i < v.size(); ++i)
+        check(std::isfinite(v[i]), what, ", element ", i, " is not finite (", v[i], ")");
+}
 
 class SamplingEngine {
 public:
@@ -74,11 +82,13 @@ private:
         try {
             Net net = nn::load_network<float, B>(path);
             net.visit([&](const std::string& name, nn::Param<float, B>& p) {
-                // NaN or infinite weights give black images, never an error of their own.
-                const auto v = p.value.to_host();
-                for (std::size_t i = 0; i < v.size(); ++i)
-                    check(std::isfinite(v[i]), path.string(), ": tensor '", name, "', element ", i, " is not finite (",
-                          v[i], ")");
+                const std::string what = path.string() + ": tensor '" + name + "'";
+                if constexpr (std::is_same_v<B, CpuBackend>) {
+                    check_finite(std::span<const float>(p.value.data(), size_t(p.value.numel())), what);
+                } else {
+                    const std::vector<float> v = p.value.to_host();
+                    check_finite(v, what);
+                }
             });
             return net;
         } catch (const Error& e) {

@@ -156,7 +156,7 @@ void check_error(F&& f, std::initializer_list<std::string> parts) {
 // A labelled dataset of `n` gray side x side images, pixel (i, y, x) = pattern(i, 0, y, x).
 data::Dataset synthetic(int64_t n, int64_t side, int64_t classes) {
     data::Dataset ds{.source = "synthetic", .size = n, .channels = 1, .resolution = side,
-                     .num_classes = classes, .pixels = {}, .labels = {}, .reader = {}, .latent = false, .latent_values = {}, .bad_samples = {}, .cache = {}};
+                     .num_classes = classes, .pixels = {}, .labels = {}, .reader = {}, .latent = false, .latent_values = {}, .bad_samples = {}};
     for (int64_t i = 0; i < n; ++i) {
         for (int64_t y = 0; y < side; ++y)
             for (int64_t x = 0; x < side; ++x)
@@ -690,17 +690,18 @@ TEST_CASE("streamed datasets: a bounded cache of decoded images changes no batch
         CAPTURE(cache_images);
         const data::Dataset streamed =
             data::load_dataset(zip.string(), data::Storage::stream, nullptr, cache_images * memory.image_bytes());
-        REQUIRE(streamed.cache);
+        const auto* cache = data::CachedReader::of(streamed);
+        REQUIRE(cache);
         data::Loader a(memory, 5, 9, true), b(streamed, 5, 9, true, 2, {}, 3);
         for (int batch = 0; batch < 16; ++batch) CHECK(same(a.next(), b.next()));  // four epochs
-        const auto stats = streamed.cache->stats();
+        const auto stats = cache->stats();
         CHECK(stats.samples <= cache_images);
         CHECK(stats.bytes <= cache_images * memory.image_bytes());
         CHECK(stats.hits + stats.misses >= 80);
         if (cache_images == 20) CHECK(stats.misses == 20);  // each image decoded once, then served
         else CHECK(stats.misses > 40);
     }
-    CHECK_FALSE(data::load_dataset(zip.string(), data::Storage::stream).cache);  // none unless asked
+    CHECK_FALSE(data::CachedReader::of(data::load_dataset(zip.string(), data::Storage::stream)));  // none unless asked
 }
 
 TEST_CASE("streamed datasets: a corrupt or mis-shaped image stops the batch that reaches it, naming the file") {

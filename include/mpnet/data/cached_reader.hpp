@@ -21,6 +21,9 @@ namespace mpnet::data {
 
 class CachedReader final : public ImageReader {
 public:
+    // The cache in front of a dataset's reader, if it has one.
+    static const CachedReader* of(const Dataset& ds) { return dynamic_cast<const CachedReader*>(ds.reader.get()); }
+
     // `sample_bytes`: the size of one decoded sample (CHW pixels, or a latent's floats).
     CachedReader(std::shared_ptr<const ImageReader> inner, std::size_t sample_bytes, std::size_t capacity_bytes)
         : inner_(std::move(inner)), sample_bytes_(sample_bytes),

@@ -63,8 +63,6 @@ private:
     std::set<int64_t> bad_;
 };
 
-class CachedReader;  // cached_reader.hpp
-
 struct Dataset {
     std::string source;  // the path the data came from, for messages
     int64_t size = 0, channels = 0, resolution = 0;  // images are square
@@ -79,8 +77,6 @@ struct Dataset {
     std::vector<float> latent_values;
     // Set (--skip-bad): unreadable samples are replaced instead of stopping the run.
     std::shared_ptr<BadSamples> bad_samples;
-    // Set (--data-cache): the reader's bounded cache of decoded samples, for its statistics.
-    std::shared_ptr<const CachedReader> cache;
 
     [[nodiscard]] bool streamed() const { return reader != nullptr; }
     [[nodiscard]] std::size_t image_bytes() const {
@@ -102,25 +98,34 @@ struct Dataset {
         std::memcpy(mean_std, latent_values.data() + static_cast<std::size_t>(index) * latent_floats(),
                     latent_floats() * sizeof(float));
     }
+    // Runs read(index) and says whether it worked: without bad_samples its error propagates,
+    // with them it is noted (reported once) and false returned.
+    template <class Read>
+    bool try_read(int64_t index, Read&& read) const {
+        if (!bad_samples) {
+            read(index);
+            return true;
+        }
+        try {
+            read(index);
+            return true;
+        } catch (const Error& e) {
+            bad_samples->note(index, e.what());
+            return false;
+        }
+    }
     // read(j) for the sample that stands for `index`, returning j: `index` itself, or with
     // bad_samples the next one (cyclically) that reads without error.
     template <class Read>
     int64_t read_substituting(int64_t index, Read&& read) const {
-        if (!bad_samples) {
-            read(index);
-            return index;
-        }
         for (int64_t step = 0; step < size; ++step) {
             const int64_t j = (index + step) % size;
-            if (bad_samples->known(j)) continue;
-            try {
-                read(j);
-                return j;
-            } catch (const Error& e) {
-                bad_samples->note(j, e.what());
-            }
+            if (!(bad_samples && bad_samples->known(j)) && try_read(j, read)) return j;
         }
-        fail(source, ": no sample can be read (every one of the ", size, " is bad)");
+        fail_all_bad(size);
+    }
+    [[noreturn]] void fail_all_bad(int64_t count) const {
+        fail(source, ": no sample can be read (every one of the ", count, " is bad)");
     }
 };
 

@@ -59,7 +59,7 @@ inline Dataset load_fashion_mnist(const std::filesystem::path& dir = fashion_mni
           pad_to);
 
     Dataset ds{.source = dir.string(), .size = n, .channels = 1, .resolution = pad_to,
-               .num_classes = fashion_mnist_classes, .pixels = {}, .labels = {}, .reader = {}, .latent = false, .latent_values = {}, .bad_samples = {}, .cache = {}};
+               .num_classes = fashion_mnist_classes, .pixels = {}, .labels = {}, .reader = {}, .latent = false, .latent_values = {}, .bad_samples = {}};
     ds.pixels.assign(static_cast<std::size_t>(n) * ds.image_bytes(), 0);
     const int64_t offset = (pad_to - rows) / 2;
     for (int64_t i = 0; i < n; ++i)

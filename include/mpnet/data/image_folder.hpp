@@ -154,29 +154,17 @@ inline bool is_npy_name(const std::string& name) { return name.ends_with(".npy")
 // A streamed dataset's reader, behind a cache of `cache_bytes` of decoded samples when asked.
 inline void set_reader(Dataset& ds, std::shared_ptr<const ImageReader> reader, std::size_t sample_bytes,
                        std::size_t cache_bytes) {
-    if (cache_bytes == 0) {
-        ds.reader = std::move(reader);
-        return;
-    }
-    auto cached = std::make_shared<const CachedReader>(std::move(reader), sample_bytes, cache_bytes);
-    ds.cache = cached;
-    ds.reader = std::move(cached);
+    if (cache_bytes) reader = std::make_shared<const CachedReader>(std::move(reader), sample_bytes, cache_bytes);
+    ds.reader = std::move(reader);
 }
 
 // Runs f(i) for the first sample that f accepts and returns i; with --skip-bad the samples
 // before it that threw are noted as bad, without it the first sample must do.
 template <class F>
 std::size_t first_readable(const Dataset& ds, std::size_t count, F&& f) {
-    for (std::size_t i = 0; i < count; ++i) {
-        try {
-            f(i);
-            return i;
-        } catch (const Error& e) {
-            if (!ds.bad_samples) throw;
-            ds.bad_samples->note(static_cast<int64_t>(i), e.what());
-        }
-    }
-    fail(ds.source, ": no sample can be read (every one of the ", count, " is bad)");
+    for (std::size_t i = 0; i < count; ++i)
+        if (ds.try_read(int64_t(i), [&](int64_t) { f(i); })) return i;
+    ds.fail_all_bad(int64_t(count));
 }
 
 // Decodes all ds.size samples into `out`, `per` values each, by decode(i, destination).
@@ -186,18 +174,9 @@ template <class V, class Decode>
 void decode_all(Dataset& ds, std::vector<V>& out, std::size_t per, Decode&& decode) {
     const auto n = static_cast<std::size_t>(ds.size);
     out.resize(n * per);
-    std::vector<char> good(n, 1);
-    for (std::size_t i = 0; i < n; ++i) {
-        try {
-            decode(i, out.data() + i * per);
-        } catch (const Error& e) {
-            if (!ds.bad_samples) throw;
-            ds.bad_samples->note(static_cast<int64_t>(i), e.what());
-            good[i] = 0;
-        }
-    }
-    check(std::ranges::find(good, 1) != good.end(), ds.source, ": no sample can be read (every one of the ", n,
-          " is bad)");
+    std::vector<char> good(n);
+    for (std::size_t i = 0; i < n; ++i) good[i] = ds.try_read(int64_t(i), [&](int64_t) { decode(i, out.data() + i * per); });
+    if (std::ranges::find(good, 1) == good.end()) ds.fail_all_bad(ds.size);
     for (std::size_t i = 0; i < n; ++i) {
         if (good[i]) continue;
         std::size_t j = (i + 1) % n;

@@ -13,8 +13,6 @@
 #pragma once
 #include <cuda_runtime.h>
 
-#include <optional>
-
 #include "mpnet/backend/cuda/cuda.cuh"
 #include "mpnet/nn/precond.hpp"
 

@@ -341,8 +341,8 @@ private:
         }
         const std::size_t skipped = ds_.bad_samples ? ds_.bad_samples->count() : 0;
         if (skipped) text += "  skipped " + std::to_string(skipped) + " bad sample(s)";
-        if (ds_.cache) {
-            const auto c = ds_.cache->stats();
+        if (const auto* cache = data::CachedReader::of(ds_)) {
+            const auto c = cache->stats();
             std::snprintf(line, sizeof line, "  cache %.0f%% hits", 100.0 * double(c.hits) / double(std::max<uint64_t>(1, c.hits + c.misses)));
             text += line;
         }

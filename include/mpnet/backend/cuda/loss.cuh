@@ -6,7 +6,7 @@
 //   dD = scale 2 w / exp(logvar) (D - y),   dlogvar[n] = scale sum_chw (1 - w / exp(logvar) (D - y)^2).
 // One block per image; the per-image totals are summed in image order, as on the CPU.
 #pragma once
-#include <vector>
+#include <algorithm>
 
 #include "mpnet/backend/cuda/launch.cuh"
 #include "mpnet/ops/kernel_checks.hpp"
@@ -48,22 +48,6 @@ __global__ void sum_in_order_kernel(const Acc* v, int64_t n, Acc* out) {
     *out = total;
 }
 
-// The kernel's per-image totals, left on the device.
-template <Scalar T>
-DeviceBuffer<double> edm2_loss_totals(const CudaTensor<T>& D, const CudaTensor<T>& y, const CudaTensor<T>& sigma,
-                                      const CudaTensor<T>& logvar, double sigma_data, double scale, CudaTensor<T>& dD,
-                                      CudaTensor<T>& dlogvar) {
-    const auto e =
-        ops::loss_extents(D.shape(), y.shape(), sigma.shape(), logvar.shape(), dD.shape(), dlogvar.shape());
-    DeviceBuffer<double> totals(static_cast<std::size_t>(e.n));
-    if (e.n == 0) return totals;
-    edm2_loss_kernel<<<unsigned(std::min<int64_t>(e.n, int64_t{1} << 20)), block_size, 0, current_stream()>>>(
-        D.data(), y.data(), sigma.data(), logvar.data(), sigma_data, scale, e.n, e.inner, dD.data(), dlogvar.data(),
-        totals.data());
-    launch_check("edm2_loss on ", D.shape());
-    return totals;
-}
-
 }  // namespace detail
 
 // The total written to `total` ([1], double) on the device: nothing is read back.
@@ -71,28 +55,28 @@ template <Scalar T>
 void edm2_loss(CudaBackend, const CudaTensor<T>& D, const CudaTensor<T>& y, const CudaTensor<T>& sigma,
                const CudaTensor<T>& logvar, double sigma_data, double scale, CudaTensor<T>& dD, CudaTensor<T>& dlogvar,
                CudaTensor<double>& total) {
+    const auto e =
+        ops::loss_extents(D.shape(), y.shape(), sigma.shape(), logvar.shape(), dD.shape(), dlogvar.shape());
     check(total.numel() == 1, "edm2_loss: the total must have one element, got ", total.shape());
-    const DeviceBuffer<double> totals = detail::edm2_loss_totals(D, y, sigma, logvar, sigma_data, scale, dD, dlogvar);
-    detail::sum_in_order_kernel<double><<<1, 1, 0, current_stream()>>>(totals.data(), int64_t(totals.size()), total.data());
+    DeviceBuffer<double> totals(static_cast<std::size_t>(e.n));
+    if (e.n > 0) {
+        detail::edm2_loss_kernel<<<unsigned(std::min<int64_t>(e.n, int64_t{1} << 20)), detail::block_size, 0,
+                                   current_stream()>>>(D.data(), y.data(), sigma.data(), logvar.data(), sigma_data,
+                                                       scale, e.n, e.inner, dD.data(), dlogvar.data(), totals.data());
+        launch_check("edm2_loss on ", D.shape());
+    }
+    detail::sum_in_order_kernel<double><<<1, 1, 0, current_stream()>>>(totals.data(), e.n, total.data());
     launch_check("edm2_loss: the total of ", D.shape());
 }
 
+// The same, the total returned to the host (synchronises the stream).
 template <Scalar T>
 double edm2_loss(CudaBackend, const CudaTensor<T>& D, const CudaTensor<T>& y, const CudaTensor<T>& sigma,
                  const CudaTensor<T>& logvar, double sigma_data, double scale, CudaTensor<T>& dD,
                  CudaTensor<T>& dlogvar) {
-    mpnet::detail::note_host_read();
-    const DeviceBuffer<double> totals = detail::edm2_loss_totals(D, y, sigma, logvar, sigma_data, scale, dD, dlogvar);
-    const auto n = static_cast<int64_t>(totals.size());
-    if (n == 0) return 0;
-    std::vector<double> host(static_cast<std::size_t>(n));
-    cuda_check(cudaMemcpyAsync(host.data(), totals.data(), host.size() * sizeof(double), cudaMemcpyDeviceToHost,
-                               current_stream()),
-               "edm2_loss: reading back ", n, " per-image totals");
-    CudaBackend::synchronize();
-    double total = 0;
-    for (double t : host) total += t;
-    return total;
+    CudaTensor<double> total(Shape{1});
+    edm2_loss(CudaBackend{}, D, y, sigma, logvar, sigma_data, scale, dD, dlogvar, total);
+    return total.to_host()[0];
 }
 
 }  // namespace mpnet::cuda
