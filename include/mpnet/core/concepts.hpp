@@ -36,4 +36,29 @@ void release_cached_memory() {
     if constexpr (requires { B::release_cached(); }) B::release_cached();
 }
 
+namespace detail {
+struct NoMemoryPlan {
+    struct Region {
+        explicit Region(NoMemoryPlan&) {}
+    };
+};
+template <class B>
+struct MemoryPlanOf {
+    using type = NoMemoryPlan;
+};
+template <class B>
+    requires requires { typename B::MemoryPlan; }
+struct MemoryPlanOf<B> {
+    using type = typename B::MemoryPlan;
+};
+}  // namespace detail
+
+// Memory planned for a phase that recurs with the same tensors (a training step, a network
+// evaluation): hold one with the code that runs the phase and open a
+// `typename MemoryPlanFor<B>::Region region(plan);` around each run. The backend's own plan
+// where it has one (the CPU's places the phase's blocks in one arena from their lifetimes),
+// otherwise nothing.
+template <Backend B>
+using MemoryPlanFor = typename detail::MemoryPlanOf<B>::type;
+
 }  // namespace mpnet

@@ -2,6 +2,7 @@
 // that makes an EDM2 network (Precond) one.
 #pragma once
 #include <concepts>
+#include <memory>
 #include <vector>
 
 #include "mpnet/nn/precond.hpp"
@@ -18,7 +19,8 @@ concept Denoiser = Scalar<T> && Backend<B> &&
 
 // Evaluates a Precond network in inference mode. The network takes one sigma per image, so
 // the shared sigma is broadcast into a small buffer (by a fill kernel, so the call never
-// waits for the host) that is only reallocated when the batch size changes.
+// waits for the host) that is only reallocated when the batch size changes. Every evaluation
+// allocates the same activations, so they follow one memory plan.
 template <Scalar T, Backend B>
 class NetworkDenoiser {
 public:
@@ -28,12 +30,14 @@ public:
         const int64_t n = x.size(0);
         if (sigma_.empty() || sigma_.numel() != n) sigma_ = Tensor<T, B>(Shape{n});
         fill(B{}, sigma_, T(sigma));  // a kernel: nothing waits for the host
+        const typename MemoryPlanFor<B>::Region region(*memory_plan_);
         return net_->forward(x, sigma_, labels, nn::ForwardMode{}, false).D;
     }
 
 private:
     nn::Precond<T, B>* net_;
     Tensor<T, B> sigma_;
+    std::unique_ptr<MemoryPlanFor<B>> memory_plan_ = std::make_unique<MemoryPlanFor<B>>();
 };
 
 }  // namespace mpnet::sample

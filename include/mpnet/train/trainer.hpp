@@ -225,6 +225,7 @@ private:
     // gradient summed over chunks and ranks in tree order. Each chunk's loss is left on the
     // backend (read_losses takes them); with one process nothing is read back to the host.
     void step() {
+        const typename MemoryPlanFor<B>::Region region(memory_plan_);  // every step allocates alike
         const auto& o = run_.opt;
         const double lr = learning_rate(nimg_, double(o.batch), o.lr, o.decay, run_.rampup);
         // Forced weight normalisation once per step: normalising again in every round would
@@ -559,6 +560,7 @@ private:
     int64_t pending_steps_ = 0;
     double nimg_ = 0, last_lr_ = 0, sum_seconds_ = 0;
     int64_t step_ = 0, nonfinite_ = 0;
+    MemoryPlanFor<B> memory_plan_;  // where a step's activations and gradients go
     Timer total_;
     std::vector<double> kimg_, losses_, lrs_;
     std::vector<std::filesystem::path> kept_;  // this run's checkpoints, oldest first

@@ -1,4 +1,4 @@
-// The CPU backend: host memory from a caching pool, kernels on Eigen and OpenMP.
+// The CPU backend: host memory from a caching pool and planned arenas, kernels on Eigen and OpenMP.
 #pragma once
 #include <cstring>
 #include <string_view>
@@ -29,6 +29,8 @@ struct CpuBackend {
     static void reset_peak() { MemoryPool::instance().reset_peak(); }
     // Returns the pool's freed blocks to the system: after a phase whose shapes will not recur.
     static void release_cached() { MemoryPool::instance().release_cached(); }
+    // The arena a recurring phase's blocks are planned into (memory.hpp).
+    using MemoryPlan = cpu::MemoryPlan;
 };
 
 template <class T>
