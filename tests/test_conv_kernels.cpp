@@ -64,6 +64,8 @@ TEST_CASE("conv kernels: float forward and backward match a direct convolution i
         {2, 40, 64, 32, 32, 3}, {2, 20, 24, 32, 32, 1}, {2, 5, 6, 8, 4, 3},    {2, 3, 4, 16, 2, 5},
         // Images larger than a unit of columns, units starting mid-row: staged as windows of rows.
         {1, 6, 8, 37, 29, 3},   {2, 5, 7, 23, 41, 5},
+        // One to four output channels (the network's output layer): summed row by row.
+        {2, 32, 1, 32, 32, 3},  {3, 17, 3, 9, 13, 3},  {2, 12, 4, 16, 16, 1}, {1, 5, 2, 7, 5, 5},  {2, 3, 2, 1, 6, 3},
     };
     uint64_t seed = 100;
     for (const Case& c : cases) {
@@ -89,29 +91,31 @@ TEST_CASE("conv kernels: float forward and backward match a direct convolution i
 // thread: the same bits for the same thread count only.)
 #if MPNET_CPU_SIMD
 TEST_CASE("conv kernels: bit-identical across thread counts, runs and batch composition") {
-    const Case c{5, 24, 40, 16, 16, 3};
-    auto x = random_float({c.n, c.cin, c.h, c.w}, 7), w = random_float({c.cout, c.cin, c.k, c.k}, 8);
-    auto dy = random_float({c.n, c.cout, c.h, c.w}, 9);
-    auto run = [&](int threads) {
-        const int saved = omp_get_max_threads();
-        omp_set_num_threads(threads);
-        CpuTensor<float> y(dy.shape()), dx(x.shape()), dw(w.shape());
-        conv2d_forward(CpuBackend{}, x, w, y);
-        conv2d_backward(CpuBackend{}, x, w, dy, dx, dw);
-        omp_set_num_threads(saved);
-        return std::array{y.to_host(), dx.to_host(), dw.to_host()};
-    };
-    const auto one = run(1);
-    for (int threads : {2, 3, 2})
-        for (size_t i = 0; i < 3; ++i) CHECK(run(threads)[i] == one[i]);
+    for (const Case c : {Case{5, 24, 40, 16, 16, 3}, Case{5, 24, 3, 16, 16, 3}}) {  // blocked, and few outputs
+        CAPTURE(c.cout);
+        auto x = random_float({c.n, c.cin, c.h, c.w}, 7), w = random_float({c.cout, c.cin, c.k, c.k}, 8);
+        auto dy = random_float({c.n, c.cout, c.h, c.w}, 9);
+        auto run = [&](int threads) {
+            const int saved = omp_get_max_threads();
+            omp_set_num_threads(threads);
+            CpuTensor<float> y(dy.shape()), dx(x.shape()), dw(w.shape());
+            conv2d_forward(CpuBackend{}, x, w, y);
+            conv2d_backward(CpuBackend{}, x, w, dy, dx, dw);
+            omp_set_num_threads(saved);
+            return std::array{y.to_host(), dx.to_host(), dw.to_host()};
+        };
+        const auto one = run(1);
+        for (int threads : {2, 3, 2})
+            for (size_t i = 0; i < 3; ++i) CHECK(run(threads)[i] == one[i]);
 
-    // Image 3 alone: its output and input gradient are those it had within the batch.
-    const auto x3 = x.slice(3, 4).clone(), dy3 = dy.slice(3, 4).clone();
-    CpuTensor<float> y3(dy3.shape()), dx3(x3.shape()), dw3(w.shape());
-    conv2d_forward(CpuBackend{}, x3, w, y3);
-    conv2d_backward(CpuBackend{}, x3, w, dy3, dx3, dw3);
-    const int64_t image = c.cout * c.h * c.w, input = c.cin * c.h * c.w;
-    CHECK(y3.to_host() == std::vector<float>(one[0].begin() + 3 * image, one[0].begin() + 4 * image));
-    CHECK(dx3.to_host() == std::vector<float>(one[1].begin() + 3 * input, one[1].begin() + 4 * input));
+        // Image 3 alone: its output and input gradient are those it had within the batch.
+        const auto x3 = x.slice(3, 4).clone(), dy3 = dy.slice(3, 4).clone();
+        CpuTensor<float> y3(dy3.shape()), dx3(x3.shape()), dw3(w.shape());
+        conv2d_forward(CpuBackend{}, x3, w, y3);
+        conv2d_backward(CpuBackend{}, x3, w, dy3, dx3, dw3);
+        const int64_t image = c.cout * c.h * c.w, input = c.cin * c.h * c.w;
+        CHECK(y3.to_host() == std::vector<float>(one[0].begin() + 3 * image, one[0].begin() + 4 * image));
+        CHECK(dx3.to_host() == std::vector<float>(one[1].begin() + 3 * input, one[1].begin() + 4 * input));
+    }
 }
 #endif

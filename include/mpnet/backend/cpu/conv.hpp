@@ -14,6 +14,7 @@
 
 #include "mpnet/backend/cpu/backend.hpp"
 #include "mpnet/backend/cpu/conv_gemm.hpp"
+#include "mpnet/backend/cpu/conv_narrow.hpp"
 #include "mpnet/backend/cpu/eigen.hpp"
 #include "mpnet/ops/conv_geometry.hpp"
 
@@ -132,6 +133,9 @@ inline void simd_conv_forward(const ConvGeometry& g, const CpuTensor<float>& x, 
 
 inline void simd_conv_backward(const ConvGeometry& g, const CpuTensor<float>& x, const CpuTensor<float>& weight,
                                const CpuTensor<float>& dy, CpuTensor<float>& dx, CpuTensor<float>& dweight) {
+    if (g.cout <= conv::narrow_max_cout)
+        return conv::narrow_backward(g, x.data(), weight.data(), dy.data(), dx.empty() ? nullptr : dx.data(),
+                                     dweight.data());
     conv::weight_product({x.data(), g.n, g.cin, g.h, g.w, g.k}, dy.data(), g.cout, dweight.data());
     if (!dx.empty())
         conv::output_product({dy.data(), g.n, g.cout, g.h, g.w, g.k}, flipped_weight(g, weight).data(), g.cin,
