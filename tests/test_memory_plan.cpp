@@ -3,6 +3,7 @@
 // the same time never share a byte (checked by filling each block with its own pattern and
 // reading it back before it is freed), a run that departs from the plan is still served
 // correctly, and a network computes bit for bit what it computes without a plan.
+#include <atomic>
 #include <cstring>
 #include <random>
 #include <thread>
@@ -210,6 +211,78 @@ TEST_CASE("memory plan: blocks freed on another thread, and regions cut short by
     }
     CHECK(corrupted == 0);
     CHECK(pool.bytes_in_use() == before);
+}
+
+TEST_CASE("memory plan: arena blocks freed on another thread during a run, and held past the plan") {
+    auto& pool = cpu::MemoryPool::instance();
+    const std::size_t in_use = pool.bytes_in_use();
+    pool.release_cached();
+    const std::size_t held = pool.bytes_held();
+    const Phase p = Phase::random(51, 80);
+    std::atomic<int> corrupted = 0;
+    std::vector<Block> kept;
+    {
+        cpu::MemoryPlan plan;
+        // Two waves of 40 blocks. The first is freed before the second is taken: by this
+        // thread, or by a worker while this thread takes the second wave from the same arena.
+        const auto two_waves = [&](bool worker_frees, bool keep_first) {
+            const cpu::MemoryPlan::Region region(plan);
+            std::vector<Block> first, second;
+            for (int i = 0; i < 40; ++i) {
+                first.emplace_back(Shape{p.sizes[size_t(i)]});
+                fill_with(first.back(), i);
+            }
+            std::thread worker;
+            if (keep_first) kept = std::move(first);
+            else if (worker_frees)
+                worker = std::thread([&corrupted, blocks = std::move(first)]() mutable {
+                    for (int i = 0; i < 40; ++i) {
+                        corrupted += !holds(blocks[size_t(i)], i);
+                        blocks[size_t(i)] = Block();
+                    }
+                });
+            else first.clear();
+            for (int i = 40; i < 80; ++i) {
+                second.emplace_back(Shape{p.sizes[size_t(i)]});
+                fill_with(second.back(), i);
+            }
+            if (worker.joinable()) worker.join();
+            for (int i = 40; i < 80; ++i) corrupted += !holds(second[size_t(i - 40)], i);
+        };
+        for (int round = 0; round < 3; ++round) {
+            two_waves(false, false);
+            two_waves(false, false);  // planned: both waves from the arena
+            REQUIRE(plan.arena_blocks() == 80);
+            two_waves(true, false);
+            CHECK(plan.arena_blocks() >= 40);  // the worker gave arena blocks back
+        }
+        two_waves(false, false);
+        two_waves(false, false);
+        two_waves(false, true);  // arena blocks kept past the run, then past the plan
+    }
+    for (int i = 0; i < 40; ++i) CHECK(holds(kept[size_t(i)], i));
+    CHECK(pool.bytes_held() > held);
+    kept.clear();  // the last block back unmaps the arena
+    CHECK(corrupted == 0);
+    CHECK(pool.bytes_in_use() == in_use);
+    pool.release_cached();
+    CHECK(pool.bytes_held() == held);
+}
+
+TEST_CASE("memory plan: empty blocks have addresses of their own") {
+    cpu::MemoryPlan plan;
+    for (int r = 0; r < 3; ++r) {
+        const cpu::MemoryPlan::Region region(plan);
+        void* a = CpuBackend::allocate(0);
+        void* b = CpuBackend::allocate(0);
+        void* c = CpuBackend::allocate(64);
+        CHECK(a != b);
+        CHECK(a != c);
+        CHECK(b != c);
+        CpuBackend::deallocate(b, 0);
+        CpuBackend::deallocate(a, 0);
+        CpuBackend::deallocate(c, 64);
+    }
 }
 
 TEST_CASE("memory plan: a network's training step and its evaluations are bit-identical with a plan") {

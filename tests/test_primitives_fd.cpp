@@ -110,8 +110,8 @@ TEST_CASE("fd: MPFourier") {
 
 // The float kernel takes vectorised float sines and cosines of angles reduced in double; the
 // double kernel is the exact function. Over the angles EDM2 meets (frequencies 2 pi N(0, 1),
-// noise levels to c_noise = +-6, so up to about 100 rad) they agree to a few float ulps.
-TEST_CASE("MPFourier in float: within a few ulps of the double-precision result, angles to 150 rad") {
+// noise levels to c_noise = +-6, so up to about 100 rad) they agree to within 8 float ulps.
+TEST_CASE("MPFourier in float: within 8 ulps of the double-precision result, angles to 150 rad") {
     nn::MPFourier<float, CpuBackend> f32(256, 7);
     nn::MPFourier<double, CpuBackend> f64(256, 7);
     for (int i = 0; i < 256; ++i) {  // the same float buffers in both
@@ -131,7 +131,9 @@ TEST_CASE("MPFourier in float: within a few ulps of the double-precision result,
         largest_angle = std::max(largest_angle, std::abs(double(xs[size_t(i / 256)]) * f64.freqs.data()[i % 256]));
     }
     CHECK(largest_angle > 100);
-    CHECK(worst < 4 * 1.41421356 * 0x1p-24);  // sqrt(2) |cos| <= 1.42: a few ulps of the largest values
+    // sqrt(2) |cos| <= 1.42: the reduced angle's rounding, the vector cosine's 1-2 ulps and
+    // the final product, with room for other instruction sets' cosines.
+    CHECK(worst < 8 * 1.41421356 * 0x1p-24);
     auto dy64 = random_tensor({64, 256}, 12);
     std::vector<float> dy(size_t(dy64.numel()));
     for (std::size_t i = 0; i < dy.size(); ++i) dy[i] = float(dy64.data()[i]);

@@ -133,7 +133,7 @@ inline void simd_conv_forward(const ConvGeometry& g, const CpuTensor<float>& x, 
 
 inline void simd_conv_backward(const ConvGeometry& g, const CpuTensor<float>& x, const CpuTensor<float>& weight,
                                const CpuTensor<float>& dy, CpuTensor<float>& dx, CpuTensor<float>& dweight) {
-    if (g.cout <= conv::narrow_max_cout)
+    if (g.cout >= 1 && g.cout <= conv::narrow_max_cout)
         return conv::narrow_backward(g, x.data(), weight.data(), dy.data(), dx.empty() ? nullptr : dx.data(),
                                      dweight.data());
     conv::weight_product({x.data(), g.n, g.cin, g.h, g.w, g.k}, dy.data(), g.cout, dweight.data());

@@ -71,18 +71,19 @@ private:
 
     // Called by the pool, on the region's thread.
     void* take(std::size_t bytes);
-    void note_allocation(void* p, std::size_t bytes, bool from_arena);
-    void note_free(void* p);
+    void note_allocation(void* p, std::size_t bytes, bool from_arena) noexcept;
+    void note_free(void* p) noexcept;
     void begin();
-    void end(bool completed);
+    void end(bool completed) noexcept;
     void replan();
+    void forget() noexcept;
 
     // The run in progress: each block's size and the events at which it was taken and freed.
     std::vector<std::size_t> sizes_;
     std::vector<int64_t> taken_at_, freed_at_;  // freed_at_ -1: still alive
     std::unordered_map<void*, std::size_t> alive_;
     int64_t events_ = 0, arena_blocks_ = 0;
-    bool diverged_ = false, in_region_ = false;
+    bool diverged_ = false, in_region_ = false, untracked_ = false;
 
     // The plan: each block's size and offset (escapes: from the pool).
     std::vector<std::size_t> planned_sizes_, offsets_;
@@ -131,7 +132,7 @@ public:
                 throw std::bad_alloc();
             }
         }
-        if (plan) plan->note_allocation(p, size, from_arena);
+        if (plan) plan->note_allocation(p, size, from_arena);  // never throws: see there
         return p;
     }
     void deallocate(void* p, std::size_t bytes) {
@@ -165,12 +166,14 @@ public:
         free_.clear();
         cached_ = 0;
     }
-    [[nodiscard]] std::size_t bytes_in_use() const { return in_use_; }
-    [[nodiscard]] std::size_t peak_bytes() const { return peak_; }
+    [[nodiscard]] std::size_t bytes_in_use() const { return locked([&] { return in_use_; }); }
+    [[nodiscard]] std::size_t peak_bytes() const { return locked([&] { return peak_; }); }
     // Freed blocks kept for reuse (held from the system but not in use).
-    [[nodiscard]] std::size_t bytes_cached() const { return cached_; }
+    [[nodiscard]] std::size_t bytes_cached() const { return locked([&] { return cached_; }); }
     // Everything taken from the system: blocks in use or cached, and whole arenas.
-    [[nodiscard]] std::size_t bytes_held() const { return in_use_ - arena_live_ + cached_ + arena_bytes_; }
+    [[nodiscard]] std::size_t bytes_held() const {
+        return locked([&] { return in_use_ - arena_live_ + cached_ + arena_bytes_; });
+    }
     void reset_peak() {
         std::lock_guard lock(mutex_);
         peak_ = in_use_;
@@ -180,7 +183,15 @@ public:
 
 private:
     friend class MemoryPlan;
-    static std::size_t round_up(std::size_t bytes) { return (bytes + alignment - 1) / alignment * alignment; }
+    // Empty requests get a block of their own too: every live block has a distinct address.
+    static std::size_t round_up(std::size_t bytes) {
+        return std::max<std::size_t>(alignment, (bytes + alignment - 1) / alignment * alignment);
+    }
+    template <class F>
+    std::size_t locked(F&& f) const {
+        std::lock_guard lock(mutex_);
+        return f();
+    }
 
     std::shared_ptr<Arena> make_arena(std::size_t bytes) {
         auto arena = std::make_shared<Arena>(bytes);
@@ -202,7 +213,7 @@ private:
         arenas_.erase(it);
     }
 
-    std::mutex mutex_;
+    mutable std::mutex mutex_;
     std::unordered_map<std::size_t, std::vector<void*>> free_;
     std::vector<std::shared_ptr<Arena>> arenas_;
     std::size_t in_use_ = 0, peak_ = 0, cached_ = 0, arena_live_ = 0, arena_bytes_ = 0;
@@ -223,7 +234,7 @@ inline MemoryPlan::Region::~Region() {
 inline void MemoryPlan::begin() {
     sizes_.clear(), taken_at_.clear(), freed_at_.clear(), alive_.clear();
     events_ = arena_blocks_ = 0;
-    diverged_ = false;
+    diverged_ = untracked_ = false;
     in_region_ = true;
 }
 
@@ -242,28 +253,50 @@ inline void* MemoryPlan::take(std::size_t bytes) {
     return p;
 }
 
-inline void MemoryPlan::note_allocation(void* p, std::size_t bytes, bool from_arena) {
-    alive_[p] = sizes_.size();
-    sizes_.push_back(bytes);
-    taken_at_.push_back(events_++);
-    freed_at_.push_back(-1);
+// Bookkeeping that runs out of memory must not lose the block it describes: the run is then
+// marked as not to be planned from, and the block handed out all the same.
+inline void MemoryPlan::note_allocation(void* p, std::size_t bytes, bool from_arena) noexcept {
     arena_blocks_ += from_arena;
+    if (untracked_) return;
+    try {
+        sizes_.push_back(bytes);
+        taken_at_.push_back(events_++);
+        freed_at_.push_back(-1);
+        alive_[p] = sizes_.size() - 1;
+    } catch (...) {
+        untracked_ = true;
+    }
 }
 
-inline void MemoryPlan::note_free(void* p) {
+inline void MemoryPlan::note_free(void* p) noexcept {
+    if (untracked_) return;
     const auto it = alive_.find(p);
     if (it == alive_.end()) return;  // not taken in this run of the region
     freed_at_[it->second] = events_++;
     alive_.erase(it);
 }
 
-inline void MemoryPlan::end(bool completed) {
+// Runs in Region's destructor, so it must not throw: a plan that cannot be made (no memory
+// for the arena or the placement) is dropped, and the next run records afresh.
+inline void MemoryPlan::end(bool completed) noexcept {
     in_region_ = false;
     alive_.clear();  // blocks still alive outlive the region: their frees are not this run's
     if (!completed) return;  // an exception cut the run short: it says nothing about the next
+    if (untracked_) return forget();
     bool same = !diverged_ && sizes_ == planned_sizes_;
     for (std::size_t i = 0; same && i < sizes_.size(); ++i) same = (freed_at_[i] < 0) == (offsets_[i] == escapes);
-    if (!same) replan();
+    if (same) return;
+    try {
+        replan();
+    } catch (...) {
+        forget();
+    }
+}
+
+inline void MemoryPlan::forget() noexcept {
+    MemoryPool::instance().drop_arena(arena_);
+    planned_sizes_.clear();
+    offsets_.clear();
 }
 
 inline void MemoryPlan::replan() {
