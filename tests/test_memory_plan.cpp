@@ -84,6 +84,12 @@ std::vector<Block> run(const Phase& p, int& corrupted) {
     return kept;
 }
 
+// The phase run once inside a region of `plan`.
+std::vector<Block> run_in(cpu::MemoryPlan& plan, const Phase& p, int& corrupted) {
+    const cpu::MemoryPlan::Region region(plan);
+    return run(p, corrupted);
+}
+
 }  // namespace
 
 TEST_CASE("lifetime plan: blocks that meet never overlap; nested lifetimes fit in their peak exactly") {
@@ -117,11 +123,7 @@ TEST_CASE("memory plan: the first run is recorded, later runs come from the aren
     cpu::MemoryPlan plan;
     int corrupted = 0;
     for (int r = 0; r < 4; ++r) {
-        std::vector<Block> kept;
-        {
-            const cpu::MemoryPlan::Region region(plan);
-            kept = run(phase, corrupted);
-        }
+        const std::vector<Block> kept = run_in(plan, phase, corrupted);
         CAPTURE(r);
         CHECK(plan.times_planned() == 1);
         CHECK(plan.pool_blocks() + plan.arena_blocks() == int64_t(phase.sizes.size()));
@@ -139,17 +141,13 @@ TEST_CASE("memory plan: a run that departs from the plan is served correctly and
     const Phase a = Phase::random(21, 200), b = Phase::random(22, 250);
     cpu::MemoryPlan plan;
     int corrupted = 0;
-    const auto in_region = [&](const Phase& p) {
-        const cpu::MemoryPlan::Region region(plan);
-        return run(p, corrupted);
-    };
-    in_region(a);
-    in_region(a);
+    run_in(plan, a, corrupted);
+    run_in(plan, a, corrupted);
     CHECK(plan.times_planned() == 1);
     CHECK(plan.pool_blocks() == int64_t(a.kept.size()));
-    in_region(b);  // other sizes: from the pool, then planned
+    run_in(plan, b, corrupted);  // other sizes: from the pool, then planned
     CHECK(plan.times_planned() == 2);
-    in_region(b);
+    run_in(plan, b, corrupted);
     CHECK(plan.times_planned() == 2);
     CHECK(plan.pool_blocks() == int64_t(b.kept.size()));
     CHECK(corrupted == 0);
@@ -159,10 +157,7 @@ TEST_CASE("memory plan: a block kept past its planned lifetime is never handed o
     const Phase p = Phase::random(31, 200);
     cpu::MemoryPlan plan;
     int corrupted = 0;
-    {
-        const cpu::MemoryPlan::Region region(plan);
-        run(p, corrupted);
-    }
+    run_in(plan, p, corrupted);
     // Now every block the plan expects freed inside the region is held beyond it.
     std::vector<Block> held;
     {
@@ -174,10 +169,7 @@ TEST_CASE("memory plan: a block kept past its planned lifetime is never handed o
         }
         held = live;
     }
-    {
-        const cpu::MemoryPlan::Region region(plan);
-        run(p, corrupted);  // must not land on the held blocks
-    }
+    run_in(plan, p, corrupted);  // must not land on the held blocks
     for (int i = 0; i < int(held.size()); ++i) CHECK(holds(held[size_t(i)], i));
     CHECK(corrupted == 0);
 }
@@ -189,11 +181,7 @@ TEST_CASE("memory plan: blocks freed on another thread, and regions cut short by
     cpu::MemoryPlan plan;
     int corrupted = 0;
     for (int r = 0; r < 3; ++r) {
-        std::vector<Block> kept;
-        {
-            const cpu::MemoryPlan::Region region(plan);
-            kept = run(p, corrupted);
-        }
+        std::vector<Block> kept = run_in(plan, p, corrupted);
         std::thread([k = std::move(kept)]() mutable { k.clear(); }).join();
     }
     CHECK(plan.times_planned() == 1);

@@ -136,8 +136,7 @@ TEST_CASE("MPFourier in float: within 8 ulps of the double-precision result, ang
     CHECK(worst < 8 * 1.41421356 * 0x1p-24);
     auto dy64 = random_tensor({64, 256}, 12);
     std::vector<float> dy(size_t(dy64.numel()));
-    for (std::size_t i = 0; i < dy.size(); ++i) dy[i] = float(dy64.data()[i]);
-    for (std::size_t i = 0; i < dy.size(); ++i) dy64.data()[i] = dy[i];
+    for (std::size_t i = 0; i < dy.size(); ++i) dy64.data()[i] = dy[i] = float(dy64.data()[i]);  // both sides the same floats
     const auto dx32 = f32.backward(x32, CpuTensor<float>::from_host(Shape{64, 256}, dy));
     const auto dx64 = f64.backward(x64, dy64);
     MPNET_CHECK_CLOSE(dx32, dx64, 1e-6);

@@ -66,7 +66,6 @@ concept KernelsFor = requires(B b, const Tensor<T, B>& x, const Tensor<T, B>& a,
     { precond_coefficients(b, x, t, y, dx, db, ds) } -> std::same_as<void>;  // sigma -> c_skip, c_out, c_in, c_noise
     { sum(b, x) } -> std::same_as<double>;
     { dot(b, x, a) } -> std::same_as<double>;
-    { zero_nonfinite(b, y) } -> std::same_as<int64_t>;
     { fill_normal(b, y, seed, seed) } -> std::same_as<void>;               // seed, offset
     { fill_normal(b, y, seed, seed, t, t) } -> std::same_as<void>;         // ..., mean, std
     { fill_uniform(b, y, seed, seed) } -> std::same_as<void>;

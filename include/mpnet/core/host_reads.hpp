@@ -1,5 +1,5 @@
 // A count of the times a backend handed data back to the host: copy_to_host (Tensor::to_host)
-// and every kernel that returns a value (sum, dot, zero_nonfinite, the double-returning
+// and every kernel that returns a value (sum, dot, the double-returning
 // edm2_loss). On a GPU each one waits for the stream to drain, so a training step and a sampler
 // step are written to make none: their scalars (gains and gain gradients, preconditioning
 // coefficients, the loss, the non-finite gradient check) stay on the backend, read by kernels.

@@ -367,22 +367,6 @@ void precond_coefficients(CpuBackend, const CpuTensor<T>& sigma, double sigma_da
     }
 }
 
-// Replaces NaN and +-inf by zero; returns how many were replaced.
-template <Scalar T>
-int64_t zero_nonfinite(CpuBackend, CpuTensor<T>& x) {
-    mpnet::detail::note_host_read();
-    int64_t count = 0;
-    T* px = x.data();
-    const int64_t n = x.numel();
-#pragma omp parallel for reduction(+ : count) schedule(static) if (n > parallel_grain)
-    for (int64_t i = 0; i < n; ++i)
-        if (!std::isfinite(px[i])) {
-            px[i] = T(0);
-            ++count;
-        }
-    return count;
-}
-
 // Fills x with N(mean, std^2) samples: element i is normal(seed, offset + i).
 template <Scalar T>
 void fill_normal(CpuBackend, CpuTensor<T>& x, uint64_t seed, uint64_t offset, double mean = 0, double std = 1) {

@@ -208,16 +208,6 @@ struct Product {
     const T *a, *b;
     __device__ double operator()(int64_t i) const { return double(a[i]) * double(b[i]); }
 };
-// Zeroes a non-finite element and counts it.
-template <class T>
-struct ZeroNonfinite {
-    T* x;
-    __device__ double operator()(int64_t i) const {
-        if (isfinite(x[i])) return 0.0;
-        x[i] = T(0);
-        return 1.0;
-    }
-};
 // mean + std * sample in double, without contraction into an FMA, then rounded to T: the
 // same arithmetic as the CPU's fill_normal.
 template <class T>
@@ -444,13 +434,6 @@ void precond_coefficients(CudaBackend, const CudaTensor<T>& sigma, double sigma_
                      detail::PrecondCoefficients<T>{sigma.data(), sigma_data, c_skip.data(), c_out.data(), c_in.data(),
                                                     c_noise.data()},
                      "precond_coefficients on ", sigma.shape());
-}
-
-// Replaces NaN and +-inf by zero; returns how many were replaced (synchronises the stream).
-template <Scalar T>
-int64_t zero_nonfinite(CudaBackend, CudaTensor<T>& x) {
-    return static_cast<int64_t>(
-        detail::reduce_sum(x.numel(), detail::ZeroNonfinite<T>{x.data()}, "zero_nonfinite on ", x.shape()));
 }
 
 // Fills x with N(mean, std^2) samples: element i is normal(seed, offset + i), the CPU's stream.
