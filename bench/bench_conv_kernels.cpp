@@ -1,9 +1,13 @@
 // Throughput of the CPU convolution kernels alone at the shapes of the small 32x32 U-Net
 // at batch 64: forward, weight gradient only (dx not asked for) and the full backward
-// (dx and dweight). Counters report GFLOP/s, counting 2 N Cout Cin k^2 H W per product.
+// (dx and dweight), with float32 operands and with bf16 ones (the last argument: 0 or 1;
+// bf16 rows are skipped on CPUs without AVX512-BF16). Counters report GFLOP/s, counting
+// 2 N Cout Cin k^2 H W per product.
 //
 //   bench_conv_kernels --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
 #include <benchmark/benchmark.h>
+
+#include <optional>
 
 #include "mpnet/backend/cpu/cpu.hpp"
 
@@ -36,14 +40,28 @@ CpuTensor<float> filled(Shape s, uint64_t seed) {
 
 double flops(const ConvShape& s) { return 2.0 * double(s.n * s.cout * s.cin * s.k * s.k * s.res * s.res); }
 
-void set_labels(benchmark::State& state, const ConvShape& s, double products) {
+// Sets the math the row asks for (its last argument); false where this CPU cannot.
+bool set_math(benchmark::State& state, int arg, std::optional<mpnet::cpu::MathScope>& scope) {
+    if (state.range(arg) == 0) return true;
+    if (!mpnet::cpu::bf16_unavailable().empty()) {
+        state.SkipWithError(("bf16 not available: " + mpnet::cpu::bf16_unavailable()).c_str());
+        for (auto _ : state) break;
+        return false;
+    }
+    scope.emplace(mpnet::cpu::Math::bf16);
+    return true;
+}
+
+void set_labels(benchmark::State& state, const ConvShape& s, double products, bool bf16) {
     state.counters["GFLOP/s"] =
         benchmark::Counter(products * flops(s) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
     state.SetLabel(std::to_string(s.cin) + "->" + std::to_string(s.cout) + " " + std::to_string(s.res) + "x" +
-                   std::to_string(s.res) + " k" + std::to_string(s.k));
+                   std::to_string(s.res) + " k" + std::to_string(s.k) + (bf16 ? " bf16" : ""));
 }
 
 void conv_forward(benchmark::State& state) {
+    std::optional<mpnet::cpu::MathScope> math;
+    if (!set_math(state, 1, math)) return;
     const ConvShape s = shapes[state.range(0)];
     auto x = filled({s.n, s.cin, s.res, s.res}, 1), w = filled({s.cout, s.cin, s.k, s.k}, 2);
     CpuTensor<float> y({s.n, s.cout, s.res, s.res});
@@ -51,11 +69,13 @@ void conv_forward(benchmark::State& state) {
         conv2d_forward(CpuBackend{}, x, w, y);
         benchmark::DoNotOptimize(y.data());
     }
-    set_labels(state, s, 1);
+    set_labels(state, s, 1, state.range(1) != 0);
 }
 
 // with_dx = 0: weight gradient only; 1: weight and input gradients.
 void conv_backward(benchmark::State& state) {
+    std::optional<mpnet::cpu::MathScope> math;
+    if (!set_math(state, 2, math)) return;
     const ConvShape s = shapes[state.range(0)];
     const bool with_dx = state.range(1) != 0;
     auto x = filled({s.n, s.cin, s.res, s.res}, 1), w = filled({s.cout, s.cin, s.k, s.k}, 2);
@@ -65,16 +85,18 @@ void conv_backward(benchmark::State& state) {
         conv2d_backward(CpuBackend{}, x, w, dy, dx, dw);
         benchmark::DoNotOptimize(dw.data());
     }
-    set_labels(state, s, with_dx ? 2 : 1);
+    set_labels(state, s, with_dx ? 2 : 1, state.range(2) != 0);
 }
 
 void all_shapes(benchmark::internal::Benchmark* b) {
-    for (int64_t i = 0; i < int64_t(std::size(shapes)); ++i) b->Arg(i);
+    for (int64_t bf16 : {0, 1})
+        for (int64_t i = 0; i < int64_t(std::size(shapes)); ++i) b->Args({i, bf16});
 }
 
 void all_shapes_backward(benchmark::internal::Benchmark* b) {
-    for (int64_t with_dx : {0, 1})
-        for (int64_t i = 0; i < int64_t(std::size(shapes)); ++i) b->Args({i, with_dx});
+    for (int64_t bf16 : {0, 1})
+        for (int64_t with_dx : {0, 1})
+            for (int64_t i = 0; i < int64_t(std::size(shapes)); ++i) b->Args({i, with_dx, bf16});
 }
 
 BENCHMARK(conv_forward)->Apply(all_shapes)->Unit(benchmark::kMillisecond)->UseRealTime();

@@ -6,7 +6,7 @@
 // parameters, gradients, Adam moments, the batch and the activations) next to what is
 // live between steps, and the growth of the process's resident set over the benchmark
 // (comparable with PyTorch's; meaningful when the benchmark runs alone in its process,
-// as bench/compare.py runs it).
+// as bench/compare.py runs it). Each row also runs with bf16 convolution operands (/bf16).
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -152,12 +152,29 @@ void training_step(State& st, const BenchPreset& p) {
     st.counters["img/s"] = Counter(double(p.batch), Counter::kIsIterationInvariantRate);
 }
 
+// fn under the given math; a bf16 row on a machine without it is reported as skipped.
+template <class Fn>
+auto with_math(cpu::Math math, Fn fn) {
+    return [math, fn](State& st) {
+        if (math == cpu::Math::bf16 && !cpu::bf16_unavailable().empty()) {
+            st.SkipWithError(("bf16 not available: " + cpu::bf16_unavailable()).c_str());
+            for (auto _ : st) break;  // a skipped benchmark must still enter its loop
+            return;
+        }
+        const cpu::MathScope scope(math);
+        fn(st);
+    };
+}
+
+// Rows without a suffix run float32; rows ending /bf16 run the convolutions on bf16 operands.
 bool register_all() {
-    for (const auto& p : bench_presets) {
-        const std::string suffix = std::string("/") + p.name + "/" + std::to_string(p.batch);
-        add("network/inference" + suffix, p, [p](State& st) { inference(st, p); });
-        add("network/train_step" + suffix, p, [p](State& st) { training_step(st, p); });
-    }
+    for (const auto& p : bench_presets)
+        for (const cpu::Math math : {cpu::Math::fp32, cpu::Math::bf16}) {
+            const std::string suffix = std::string("/") + p.name + "/" + std::to_string(p.batch) +
+                                       (math == cpu::Math::bf16 ? "/bf16" : "");
+            add("network/inference" + suffix, p, with_math(math, [p](State& st) { inference(st, p); }));
+            add("network/train_step" + suffix, p, with_math(math, [p](State& st) { training_step(st, p); }));
+        }
     return true;
 }
 const bool registered = register_all();

@@ -15,6 +15,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "mpnet/backend/cpu/backend.hpp"
@@ -95,19 +96,21 @@ inline void scatter_tile(const float* buf, int rows, int64_t j, int64_t width, i
 
 // Rows [q0, q0 + depth) of the sum for the panel of batch columns [j, j + width), read
 // through b and bi, against every row tile of A; Y[n, m, pix] (+)= the result.
-template <class BIndex>
-inline void multiply_panel(const float* a, int64_t lda, int64_t m, int64_t depth, const float* const* b, BIndex bi,
-                           int64_t j, int64_t width, int64_t hw, float* y, bool accumulate, float* edge) {
+// A's rows are lda elements apart, each sum index Ops::a_step elements.
+template <class Ops, class BIndex>
+inline void multiply_panel(const typename Ops::a_type* a, int64_t lda, int64_t m, int64_t depth, const float* const* b,
+                           BIndex bi, int64_t j, int64_t width, int64_t hw, float* y, bool accumulate, float* edge) {
     const bool direct = width == gemm::nr && j % hw + gemm::nr <= hw;
     float* out = y + j / hw * m * hw + j % hw;
-    const float* rows_of_a[gemm::mr];
+    const typename Ops::a_type* rows_of_a[gemm::mr];
+    constexpr gemm::Strided<Ops::a_step> ai{};
     for (int64_t i = 0; i < m;) {
         const int rows = gemm::next_rows(m - i);
         for (int r = 0; r < rows; ++r) rows_of_a[r] = a + (i + r) * lda;
         if (direct) {
-            gemm::tile(rows, depth, rows_of_a, gemm::Strided<1>{}, b, bi, out + i * hw, hw, accumulate);
+            gemm::tile<Ops>(rows, depth, rows_of_a, ai, b, bi, out + i * hw, hw, accumulate);
         } else {
-            gemm::tile(rows, depth, rows_of_a, gemm::Strided<1>{}, b, bi, edge, gemm::nr, false);
+            gemm::tile<Ops>(rows, depth, rows_of_a, ai, b, bi, edge, gemm::nr, false);
             scatter_tile(edge, rows, j, width, hw, m, y + i * hw, accumulate);
         }
         i += rows;
@@ -116,13 +119,16 @@ inline void multiply_panel(const float* a, int64_t lda, int64_t m, int64_t depth
 
 // The rows an in-place panel at batch column j reads for `depth` window offsets, fetched
 // while an earlier panel computes: the hardware prefetcher does not follow the offset table.
-inline void prefetch_panel(const Staged& s, const Images& g, int64_t j, const int32_t* offsets, int64_t depth) {
+inline void prefetch_panel(const Staged<>& s, const Images& g, int64_t j, const int32_t* offsets, int64_t depth) {
     const float* origin = s.data + s.origin(g, j / g.hw(), j % g.hw());
     for (int64_t t = 0; t < depth; ++t) simd::prefetch(origin + offsets[t]);
 }
 
-// y[n, m, h, w] = sum_q a[m, q] X(q, .) over the images g; a has rows of g.depth() floats.
-inline void output_product(const Images& g, const float* a, int64_t m, float* y) {
+// y[n, m, h, w] = sum_q a[m, q] X(q, .) over the images g; a has rows of g.depth() sum
+// indices. With Bf16Pairs, g holds pair words (a channel of g is two channels, see
+// bf16::channel_pairs) and a the matching bf16 pairs, two elements per sum index.
+template <class Ops = gemm::Float32>
+void output_product(const Images& g, const typename Ops::a_type* a, int64_t m, float* y) {
     const int64_t depth = g.depth(), total = g.n * g.hw();
     const Units units = units_of(total);
     // In place, planes a multiple of 4 KiB apart would put all rows of a panel into the
@@ -155,12 +161,12 @@ inline void output_product(const Images& g, const float* a, int64_t m, float* y)
                             const float* in_place[gemm::nv];
                             for (int v = 0; v < gemm::nv; ++v)
                                 in_place[v] = s.data + s.origin(g, j / g.hw(), j % g.hw() + v * simd::lanes);
-                            multiply_panel(a + q, depth, m, q1 - q, in_place, gemm::Table{offsets.data() + q}, j,
-                                           width, g.hw(), y, q > 0, edge);
+                            multiply_panel<Ops>(a + q * Ops::a_step, depth * Ops::a_step, m, q1 - q, in_place,
+                                                gemm::Table{offsets.data() + q}, j, width, g.hw(), y, q > 0, edge);
                         } else {
                             pack_panel(g, s, offsets, j, width, q, q1, runs, packed);
-                            multiply_panel(a + q, depth, m, q1 - q, packed_rows, gemm::Strided<gemm::nr>{}, j, width,
-                                           g.hw(), y, q > 0, edge);
+                            multiply_panel<Ops>(a + q * Ops::a_step, depth * Ops::a_step, m, q1 - q, packed_rows,
+                                                gemm::Strided<gemm::nr>{}, j, width, g.hw(), y, q > 0, edge);
                         }
                     }
                 }
@@ -203,45 +209,79 @@ inline void add_transposed(const float* partial, int64_t groups, int64_t depth, 
             }
 }
 
+#if defined(__AVX512F__)
+// The chunk's transposed dy panels (pack_transposed) as pair words over columns: word
+// (col pair t, channel i) of panel P at out[(P columns/2 + t) nr + i] holds the columns
+// 2t and 2t + 1.
+inline void pair_columns(const float* panels, int64_t padded_m, int64_t columns, float* out) {
+    for (int64_t P = 0; P < padded_m / gemm::nr; ++P)
+        for (int64_t t = 0; t < columns / 2; ++t) {
+            const float* even = panels + (P * columns + 2 * t) * gemm::nr;
+            float* dst = out + (P * (columns / 2) + t) * gemm::nr;
+            for (int v = 0; v < gemm::nv; ++v)
+                simd::store(dst + v * simd::lanes,
+                            bf16::pairs(simd::load(even + v * simd::lanes), simd::load(even + gemm::nr + v * simd::lanes)));
+        }
+}
+#endif
+
 // dweight[m, q] = sum over columns of dy[n, m, pix] X(q, (n, pix)).
-inline void weight_product(const Images& g, const float* dy, int64_t m, float* dweight) {
+//
+// With Bf16Pairs the columns are summed in pairs: the images are staged as bf16 (two
+// neighbouring columns of one row are then one pair word at their origin, so w must be
+// even) and dy's panels are paired over columns.
+template <class Ops = gemm::Float32>
+void weight_product(const Images& g, const float* dy, int64_t m, float* dweight) {
+    using T = typename Ops::a_type;
+    constexpr int64_t step = Ops::a_step;  // columns per sum index
+    check(g.w % step == 0, "conv2d: bf16 weight gradient of images ", g.w, " wide (needs an even width)");
     const int64_t depth = g.depth(), total = g.n * g.hw();
     const int64_t padded_m = (m + gemm::nr - 1) / gemm::nr * gemm::nr;
     const Groups groups = weight_groups(total, depth * padded_m);
     const int threads =
         total * m * depth < parallel_work ? 1 : int(std::min<int64_t>(omp_get_max_threads(), groups.count));
-    const Stager stager(g, max_unit, false);  // X is the broadcast side here: its rows stream
+    // X is the broadcast side here: its rows stream. As bf16 it is always a rounded copy.
+    const Stager stager(g, max_unit, /*copy=*/step == 2);
     const std::vector<int32_t> offsets = stager.window_offsets(max_unit);
     CpuTensor<float> partial(Shape{groups.count, depth, padded_m});
 #pragma omp parallel num_threads(threads)
     {
-        ScratchCarver scratch(stager.buffer_size(max_unit) + padded_m * weight_chunk);
-        float* staging = scratch.take(stager.buffer_size(max_unit));
+        // Float staging is carved from the thread's float scratch, bf16 staging has its own.
+        const int64_t float_staging = std::is_same_v<T, float> ? stager.buffer_size(max_unit) : 0;
+        const int64_t paired_size = step == 2 ? padded_m * weight_chunk / 2 : 0;
+        ScratchCarver scratch(float_staging + padded_m * weight_chunk + paired_size);
+        T* staging;
+        if constexpr (std::is_same_v<T, float>) staging = scratch.take(float_staging);
+        else staging = detail::thread_scratch<T>(size_t(stager.buffer_size(max_unit)));
         float* dy_panels = scratch.take(padded_m * weight_chunk);
+        float* paired = step == 2 ? scratch.take(paired_size) : dy_panels;
         std::vector<Run> runs;
         std::vector<int32_t> origins;
-        const float* rows_of_x[gemm::mr];
+        const T* rows_of_x[gemm::mr];
 #pragma omp for schedule(dynamic)
         for (int64_t group = 0; group < groups.count; ++group) {
             float* sum = partial.data() + group * depth * padded_m;
             if (groups.begin(group) == groups.begin(group + 1)) std::fill(sum, sum + depth * padded_m, 0.0f);
             for (int64_t u = groups.begin(group); u < groups.begin(group + 1); u += max_unit) {
                 const int64_t end = std::min(groups.begin(group + 1), u + max_unit);
-                const Staged s = stager.stage(u, end, staging);
+                const Staged<T> s = stager.stage(u, end, staging);
                 for (int64_t j = u; j < end; j += weight_chunk) {
                     const int64_t columns = std::min(weight_chunk, end - j);
                     column_runs(g, j, j + columns, runs);
-                    column_origins(g, s, j, j + columns, origins);
+                    column_origins(g, s, j, j + columns, origins, step);
                     pack_transposed(dy, m, g.hw(), runs, columns, dy_panels);
+#if defined(__AVX512F__)
+                    if constexpr (step == 2) pair_columns(dy_panels, padded_m, columns, paired);
+#endif
                     for (int64_t c = 0; c < m; c += gemm::nr) {
                         const float* panel[gemm::nv];
-                        for (int v = 0; v < gemm::nv; ++v) panel[v] = dy_panels + c * columns + v * simd::lanes;
+                        for (int v = 0; v < gemm::nv; ++v) panel[v] = paired + c * columns / step + v * simd::lanes;
                         for (int64_t i = 0; i < depth;) {
                             const int rows = gemm::next_rows(depth - i);
                             for (int r = 0; r < rows; ++r) rows_of_x[r] = s.data + offsets[size_t(i + r)];
-                            gemm::tile(rows, columns, rows_of_x, gemm::Table{origins.data()}, panel,
-                                       gemm::Strided<gemm::nr>{}, sum + i * padded_m + c, padded_m,
-                                       j != groups.begin(group));
+                            gemm::tile<Ops>(rows, columns / step, rows_of_x, gemm::Table{origins.data()}, panel,
+                                            gemm::Strided<gemm::nr>{}, sum + i * padded_m + c, padded_m,
+                                            j != groups.begin(group));
                             i += rows;
                         }
                     }

@@ -12,6 +12,7 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "mpnet/backend/cpu/gemm_kernel.hpp"
@@ -32,11 +33,12 @@ struct Images {
     [[nodiscard]] int64_t k_copies(bool narrow) const { return narrow ? k : 1; }
 };
 
-// Images [first, ...] as the kernels read them: planes of rows of w + 2 border floats, which
-// start at padded row `first_row` for image `first` (a window of a large image) and at
-// padded row 0 for the others.
+// Images [first, ...] as the kernels read them: planes of rows of w + 2 border elements
+// (float, or bf16 for the bf16 weight product), which start at padded row `first_row` for
+// image `first` (a window of a large image) and at padded row 0 for the others.
+template <class T = float>
 struct Staged {
-    const float* data;
+    const T* data;
     int64_t first, image, plane, row;
     int64_t first_row = 0;
 
@@ -106,28 +108,36 @@ public:
 
     // The images batch columns [begin, end) read. A copy holds only the rows of their
     // windows, zero on the border (other rows of buf are left as they are), so a unit of
-    // a large image costs only its own rows and their halo.
-    Staged stage(int64_t begin, int64_t end, float* buf) const {
+    // a large image costs only its own rows and their halo. Staged as bf16 (T = uint16_t),
+    // the images are always copied, rounded on the way.
+    template <class T>
+    Staged<T> stage(int64_t begin, int64_t end, T* buf) const {
         const int64_t first = begin / g_.hw(), last = (end - 1) / g_.hw();
-        if (!copy_) return {g_.data + first * g_.channels * g_.hw(), first, g_.channels * g_.hw(), g_.hw(), g_.w};
-        if (narrow_) return stage_shifted(first, last, buf);
+        if constexpr (std::is_same_v<T, float>) {
+            if (!copy_) return {g_.data + first * g_.channels * g_.hw(), first, g_.channels * g_.hw(), g_.hw(), g_.w};
+            if (narrow_) return stage_shifted(first, last, buf);
+        } else {
+            check(copy_ && !narrow_, "conv2d: bf16 staging needs a bordered copy");
+        }
         const int64_t p = g_.border(), wp = g_.w + 2 * p;
-        const Staged s{buf, first, g_.channels * plane(), plane(), wp, rows_ < g_.h + 2 * p ? begin % g_.hw() / g_.w : 0};
+        const Staged<T> s{buf, first, g_.channels * plane(), plane(), wp,
+                          rows_ < g_.h + 2 * p ? begin % g_.hw() / g_.w : 0};
         for (int64_t n = first; n <= last; ++n) {
             const int64_t pa = n == first ? begin % g_.hw() : 0, pb = n == last ? (end - 1) % g_.hw() + 1 : g_.hw();
             const int64_t row0 = n == first ? s.first_row : 0;
             for (int64_t c = 0; c < g_.channels; ++c) {
                 const float* src = g_.data + (n * g_.channels + c) * g_.hw();
-                float* plane = buf + (n - first) * s.image + c * s.plane;
+                T* plane = buf + (n - first) * s.image + c * s.plane;
                 for (int64_t r = pa / g_.w; r <= (pb - 1) / g_.w + 2 * p; ++r) {  // padded rows
-                    float* row = plane + (r - row0) * wp;
+                    T* row = plane + (r - row0) * wp;
                     if (r < p || r >= g_.h + p) {
-                        std::fill(row, row + wp, 0.0f);
+                        std::fill(row, row + wp, T(0));
                         continue;
                     }
-                    std::fill(row, row + p, 0.0f);
-                    simd::copy(row + p, src + (r - p) * g_.w, g_.w);
-                    std::fill(row + p + g_.w, row + wp, 0.0f);
+                    std::fill(row, row + p, T(0));
+                    if constexpr (std::is_same_v<T, float>) simd::copy(row + p, src + (r - p) * g_.w, g_.w);
+                    else bf16::narrow(src + (r - p) * g_.w, g_.w, row + p);
+                    std::fill(row + p + g_.w, row + wp, T(0));
                 }
             }
         }
@@ -137,9 +147,9 @@ public:
 private:
     // Narrow staging of whole images [first, last]: per channel, for each kx, the image
     // shifted left by kx - border with zeros shifted in, below and above `border` zero rows.
-    Staged stage_shifted(int64_t first, int64_t last, float* buf) const {
+    Staged<float> stage_shifted(int64_t first, int64_t last, float* buf) const {
         const int64_t p = g_.border(), w = g_.w, rows = g_.h + 2 * p, shifted = rows * w;
-        const Staged s{buf, first, g_.channels * plane(), plane(), w};
+        const Staged<float> s{buf, first, g_.channels * plane(), plane(), w};
         for (int64_t n = first; n <= last; ++n)
             for (int64_t c = 0; c < g_.channels; ++c) {
                 const float* src = g_.data + (n * g_.channels + c) * g_.hw();
@@ -180,11 +190,13 @@ inline void column_runs(const Images& g, int64_t begin, int64_t end, std::vector
     }
 }
 
-// origins[col] = origin of batch column begin + col, for col < end - begin.
-inline void column_origins(const Images& g, const Staged& s, int64_t begin, int64_t end,
-                           std::vector<int32_t>& origins) {
-    origins.resize(size_t(end - begin));
-    for (int64_t j = begin; j < end; ++j) origins[size_t(j - begin)] = int32_t(s.origin(g, j / g.hw(), j % g.hw()));
+// origins[i] = origin of batch column begin + i step, for begin + i step < end.
+template <class T>
+inline void column_origins(const Images& g, const Staged<T>& s, int64_t begin, int64_t end,
+                           std::vector<int32_t>& origins, int64_t step = 1) {
+    origins.resize(size_t((end - begin + step - 1) / step));
+    for (int64_t j = begin; j < end; j += step)
+        origins[size_t((j - begin) / step)] = int32_t(s.origin(g, j / g.hw(), j % g.hw()));
 }
 
 // Whether the nr columns from batch column j can be read in place: in one image, each
@@ -197,7 +209,7 @@ inline bool contiguous_panel(const Images& g, int64_t j, bool narrow) {
 
 // Rows [q0, q1) of X for the `width` (<= nr) batch columns from j as one packed panel:
 // X(q, j + i) at out[(q - q0) nr + i], zero for i >= width.
-inline void pack_panel(const Images& g, const Staged& s, const std::vector<int32_t>& offsets, int64_t j,
+inline void pack_panel(const Images& g, const Staged<>& s, const std::vector<int32_t>& offsets, int64_t j,
                        int64_t width, int64_t q0, int64_t q1, std::vector<Run>& runs, float* out) {
     if (width < gemm::nr) std::fill(out, out + (q1 - q0) * gemm::nr, 0.0f);
     column_runs(g, j, j + width, runs);

@@ -12,10 +12,17 @@
 // is 16 accumulators fed by 2 vector loads and 8 broadcasts per step: enough independent
 // FMAs to keep both FMA ports busy with the loads well within L1 bandwidth. With AVX2
 // (16 registers) the tile is 6 x 16.
+//
+// The operands are float32 (Float32), or bf16 pairs (Bf16Pairs, bf16.hpp): there each sum
+// index p stands for two, A_i[ai(p)] is two adjacent bf16 broadcast as one 32-bit word, a
+// B vector holds 16 pair words, and one vdpbf16ps does the work of two FMAs. The tiling
+// and the index maps are the same; only the element A is read as and the step differ.
 #pragma once
 #include <cstdint>
+#include <cstring>
 #include <utility>
 
+#include "mpnet/backend/cpu/bf16.hpp"
 #include "mpnet/backend/cpu/simd.hpp"
 
 #if MPNET_CPU_SIMD
@@ -38,9 +45,32 @@ struct Table {
     int64_t operator()(int64_t p) const { return table[p]; }
 };
 
+// float32 operands: A and B hold one element per sum index.
+struct Float32 {
+    using a_type = float;
+    static constexpr int a_step = 1;  // elements of A per sum index
+    static simd::vec broadcast(const float* p) { return simd::broadcast(p); }
+    static simd::vec madd(simd::vec a, simd::vec b, simd::vec acc) { return simd::fmadd(a, b, acc); }
+};
+
+#if defined(__AVX512F__)
+// bf16 pair operands: A is read as bf16, two per sum index, and B as pair words (in a
+// float buffer, by their bits). Call only where bf16::cpu_supported().
+struct Bf16Pairs {
+    using a_type = uint16_t;
+    static constexpr int a_step = 2;
+    static simd::vec broadcast(const uint16_t* p) {
+        uint32_t word;
+        std::memcpy(&word, p, sizeof word);
+        return _mm512_castsi512_ps(_mm512_set1_epi32(int(word)));
+    }
+    static simd::vec madd(simd::vec a, simd::vec b, simd::vec acc) { return bf16::dot_pairs(acc, a, b); }
+};
+#endif
+
 // One step p of the sum into acc: the vector-side row p times each row's element p.
-template <int rows, class AIndex, class BIndex>
-inline void step(int64_t p, const float* const* ar, AIndex ai, const float* const* br, BIndex bi,
+template <class Ops, int rows, class AIndex, class BIndex>
+inline void step(int64_t p, const typename Ops::a_type* const* ar, AIndex ai, const float* const* br, BIndex bi,
                  simd::vec (&acc)[rows][nv]) {
     const int64_t bo = bi(p), ao = ai(p);
     simd::vec bv[nv];
@@ -48,9 +78,9 @@ inline void step(int64_t p, const float* const* ar, AIndex ai, const float* cons
     for (int v = 0; v < nv; ++v) bv[v] = simd::load(br[v] + bo);
 #pragma GCC unroll 16
     for (int i = 0; i < rows; ++i) {
-        const simd::vec av = simd::broadcast(ar[i] + ao);
+        const simd::vec av = Ops::broadcast(ar[i] + ao);
 #pragma GCC unroll 4
-        for (int v = 0; v < nv; ++v) acc[i][v] = simd::fmadd(av, bv[v], acc[i][v]);
+        for (int v = 0; v < nv; ++v) acc[i][v] = Ops::madd(av, bv[v], acc[i][v]);
     }
 }
 
@@ -61,9 +91,9 @@ inline void step(int64_t p, const float* const* ar, AIndex ai, const float* cons
 // Hiding the FMA latency takes about 8 independent accumulators; a tile of fewer rows
 // keeps `chains` sets of them, set u summing the steps p = u mod chains, added in order
 // at the end.
-template <int rows, class AIndex, class BIndex>
-[[gnu::noinline]] void tile(int64_t depth, const float* const* a, AIndex ai, const float* const* b, BIndex bi,
-                            float* c, int64_t ldc, bool accumulate) {
+template <class Ops, int rows, class AIndex, class BIndex>
+[[gnu::noinline]] void tile_of(int64_t depth, const typename Ops::a_type* const* a, AIndex ai, const float* const* b,
+                               BIndex bi, float* c, int64_t ldc, bool accumulate) {
     constexpr int chains = rows * nv >= 8 ? 1 : 8 / (rows * nv);
     simd::vec acc[chains][rows][nv];
 #pragma GCC unroll 8
@@ -72,7 +102,7 @@ template <int rows, class AIndex, class BIndex>
         for (int i = 0; i < rows; ++i)
 #pragma GCC unroll 4
             for (int v = 0; v < nv; ++v) acc[u][i][v] = simd::zero();
-    const float* ar[rows];
+    const typename Ops::a_type* ar[rows];
 #pragma GCC unroll 16
     for (int i = 0; i < rows; ++i) ar[i] = a[i];
     const float* br[nv];
@@ -82,8 +112,8 @@ template <int rows, class AIndex, class BIndex>
 #pragma GCC unroll 2
     for (; p + chains <= depth; p += chains)
 #pragma GCC unroll 8
-        for (int u = 0; u < chains; ++u) step<rows>(p + u, ar, ai, br, bi, acc[u]);
-    for (; p < depth; ++p) step<rows>(p, ar, ai, br, bi, acc[0]);
+        for (int u = 0; u < chains; ++u) step<Ops, rows>(p + u, ar, ai, br, bi, acc[u]);
+    for (; p < depth; ++p) step<Ops, rows>(p, ar, ai, br, bi, acc[0]);
 #pragma GCC unroll 16
     for (int i = 0; i < rows; ++i)
 #pragma GCC unroll 4
@@ -97,10 +127,10 @@ template <int rows, class AIndex, class BIndex>
 }
 
 namespace detail {
-template <class AIndex, class BIndex, int... R>
-inline void tile_rows(std::integer_sequence<int, R...>, int rows, int64_t depth, const float* const* a, AIndex ai,
-                      const float* const* b, BIndex bi, float* c, int64_t ldc, bool accumulate) {
-    ((rows == R + 1 ? tile<R + 1>(depth, a, ai, b, bi, c, ldc, accumulate) : void()), ...);
+template <class Ops, class AIndex, class BIndex, int... R>
+inline void tile_rows(std::integer_sequence<int, R...>, int rows, int64_t depth, const typename Ops::a_type* const* a,
+                      AIndex ai, const float* const* b, BIndex bi, float* c, int64_t ldc, bool accumulate) {
+    ((rows == R + 1 ? tile_of<Ops, R + 1>(depth, a, ai, b, bi, c, ldc, accumulate) : void()), ...);
 }
 }  // namespace detail
 
@@ -112,12 +142,12 @@ inline int next_rows(int64_t remaining) {
     return remaining < 2 * mr ? int((remaining + 1) / 2) : mr;
 }
 
-// tile<rows> for a row count known only at run time (1 <= rows <= mr).
-template <class AIndex, class BIndex>
-inline void tile(int rows, int64_t depth, const float* const* a, AIndex ai, const float* const* b, BIndex bi,
-                 float* c, int64_t ldc, bool accumulate) {
-    if (rows == mr) return tile<mr>(depth, a, ai, b, bi, c, ldc, accumulate);
-    detail::tile_rows(std::make_integer_sequence<int, mr - 1>{}, rows, depth, a, ai, b, bi, c, ldc, accumulate);
+// tile_of<Ops, rows> for a row count known only at run time (1 <= rows <= mr).
+template <class Ops = Float32, class AIndex, class BIndex>
+inline void tile(int rows, int64_t depth, const typename Ops::a_type* const* a, AIndex ai, const float* const* b,
+                 BIndex bi, float* c, int64_t ldc, bool accumulate) {
+    if (rows == mr) return tile_of<Ops, mr>(depth, a, ai, b, bi, c, ldc, accumulate);
+    detail::tile_rows<Ops>(std::make_integer_sequence<int, mr - 1>{}, rows, depth, a, ai, b, bi, c, ldc, accumulate);
 }
 
 }  // namespace mpnet::cpu::gemm
