@@ -1,17 +1,18 @@
 // --device and --math of mpnet-train and mpnet-generate: where the network runs, and the
-// math mode of the GPU's matrix products. Host-only: the CUDA side is in device_cuda.cuh,
+// math mode of its matrix products. Host-only: the CUDA side is in device_cuda.cuh,
 // compiled into the programs' .cu parts when the build has CUDA.
 #pragma once
 #include <string>
 
 #include "cli.hpp"
+#include "mpnet/backend/cpu/backend.hpp"
 
 namespace mpnet::cli {
 
 struct DeviceOption {
     bool cuda = false;
     int index = -1;            // cuda:N; -1: the process's rank modulo the number of devices
-    std::string math = "fp32";  // fp32, tf32, fp16 or bf16 (matrix products on the GPU)
+    std::string math = "fp32";  // fp32, tf32, fp16 or bf16 on the GPU; fp32 or bf16 on the CPU
 
     [[nodiscard]] std::string str() const {
         return cuda ? "cuda" + (index >= 0 ? ":" + std::to_string(index) : std::string()) : "cpu";
@@ -21,7 +22,7 @@ struct DeviceOption {
 inline constexpr const char* device_help =
     "where the network runs: cpu, or cuda[:N] (GPU N; without N, the\nprocess's rank modulo the GPUs present) (default: cpu)";
 inline constexpr const char* math_help =
-    "math of the GPU's matrix products: fp32, tf32, fp16 or bf16 (tensor\ncores, fp32 accumulation; tensors, weights and optimizer stay\nfloat32) (default: fp32)";
+    "operands of the matrix products: fp32; on the GPU also tf32, fp16\nor bf16 (tensor cores), on the CPU bf16 (AVX512-BF16); sums,\ntensors, weights and optimizer stay float32 (default: fp32)";
 
 inline void parse_device(const std::string& text, DeviceOption& d) {
     if (text == "cpu") {
@@ -46,12 +47,21 @@ inline void parse_math(const std::string& text, DeviceOption& d) {
     d.math = text;
 }
 
-// Options that only the GPU reads are refused on the CPU rather than ignored.
+// Options that only the GPU reads are refused on the CPU rather than ignored, and bf16 where
+// this CPU (or build) cannot run it.
 inline void check_device_options(const DeviceOption& d) {
-    if (!d.cuda && d.math != "fp32") usage_error("--math ", d.math, " applies to --device cuda only");
+    if (!d.cuda && d.math != "fp32" && d.math != "bf16")
+        usage_error("--math ", d.math, " applies to --device cuda only (the CPU runs fp32 or bf16)");
+    if (!d.cuda && d.math == "bf16" && !cpu::bf16_unavailable().empty())
+        usage_error("--math bf16: ", cpu::bf16_unavailable());
 #ifndef MPNET_WITH_CUDA
     if (d.cuda) usage_error("--device ", d.str(), ": this program was built without CUDA (rebuild where nvcc is found)");
 #endif
+}
+
+// Sets the CPU's math mode (on --device cpu).
+inline void select_cpu_math(const DeviceOption& d) {
+    if (!d.cuda) CpuBackend::set_math(d.math == "bf16" ? cpu::Math::bf16 : cpu::Math::fp32);
 }
 
 #ifdef MPNET_WITH_CUDA

@@ -430,6 +430,7 @@ std::optional<Decoder> make_decoder(cli::SamplingEngine& engine, const Options& 
 }
 
 void generate(const Options& o, dist::Communicator& comm) {
+    cli::select_cpu_math(o.device);
     const std::unique_ptr<cli::SamplingEngine> engine =
 #ifdef MPNET_WITH_CUDA
         o.device.cuda ? (cli::select_cuda_device(o.device, comm.rank()), cli::make_cuda_sampling_engine(o.cuda_graphs)) :

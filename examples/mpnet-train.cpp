@@ -232,6 +232,7 @@ void train_here(const Options& opts, dist::Communicator& comm) {
 #ifdef MPNET_WITH_CUDA
     if (opts.device.cuda) cli::select_cuda_device(opts.device, comm.rank());
 #endif
+    cli::select_cpu_math(opts.device);
     if (root) check_outdir(o.outdir);
     // Lines are kept until the trainer holds the directory: log.txt belongs to its run.
     // Rank 0 speaks for the run; the other ranks only report their own errors.
@@ -274,7 +275,7 @@ void train_here(const Options& opts, dist::Communicator& comm) {
                  ? ""
                  : " (not a power of two: the gradient sum is grouped unlike one process's, see docs/distributed.md)"));
     }
-    if (opts.device.cuda) log("device " + opts.device.str() + ", math " + opts.device.math);
+    log("device " + opts.device.str() + ", math " + opts.device.math);
     auto holding_dir = [&] {
         if (!root) return;
         log_file.open(fs::path(o.outdir) / "log.txt", std::ios::app);

@@ -204,7 +204,8 @@ TEST_CASE("mpnet-train: every bad value is refused naming its option, before any
              {"--device gpu", "--device: 'gpu' is not cpu, cuda or cuda:N"},
              {"--device cuda:x", "--device: 'x' is not an integer"},
              {"--math fp8 --device cuda", "--math: 'fp8' is not one of fp32, tf32, fp16, bf16"},
-             {"--math bf16", "--math bf16 applies to --device cuda only"},
+             {"--math tf32", "--math tf32 applies to --device cuda only (the CPU runs fp32 or bf16)"},
+             {"--math fp16", "--math fp16 applies to --device cuda only"},
          }) {
         CAPTURE(args);
         const Outcome r = run(MPNET_TRAIN_EXE, base + args, s.dir);

@@ -100,6 +100,33 @@ TEST_CASE("trainer: N steps straight equal N/2 steps, a restart and N/2 more, bi
     }
 }
 
+// bf16 convolution operands (--math bf16 on the CPU): still deterministic, so a resumed
+// run is the straight one bit for bit, and really in effect (the weights differ from a
+// float32 run's).
+TEST_CASE("trainer: with bf16 math, N steps straight equal N/2 + N/2 bit for bit, and differ from float32") {
+    if (!cpu::bf16_unavailable().empty()) {
+        MESSAGE("bf16 training not run: ", cpu::bf16_unavailable());
+        CHECK_THROWS(CpuBackend::set_math(cpu::Math::bf16));
+        return;
+    }
+    const auto ds = bars_dataset();
+    const Trained fp32 = train_to(ds, tiny_options(fresh_dir("fp32"), 64));
+    const cpu::MathScope bf16(cpu::Math::bf16);
+    const Trained a = train_to(ds, tiny_options(fresh_dir("bf16-straight"), 64));
+    auto half = tiny_options(fresh_dir("bf16-halves"), 32);
+    train_to(ds, half);
+    half.duration = 64;
+    const Trained b = train_to(ds, half);
+    REQUIRE(a.params.size() == b.params.size());
+    CHECK(std::memcmp(a.params.data(), b.params.data(), a.params.size() * sizeof(float)) == 0);
+    CHECK(std::memcmp(a.ema.data(), b.ema.data(), a.ema.size() * sizeof(float)) == 0);
+    REQUIRE(a.params.size() == fp32.params.size());
+    double differ = 0;
+    for (size_t i = 0; i < a.params.size(); ++i) differ = std::max(differ, double(std::abs(a.params[i] - fp32.params[i])));
+    CHECK(differ > 0);
+    CHECK(differ < 0.1);  // the same training, to bf16's precision over 8 steps
+}
+
 TEST_CASE("trainer: the loss goes down on a learnable dataset") {
     const auto ds = bars_dataset();
     const auto dir = fresh_dir("loss");
@@ -231,6 +258,22 @@ TEST_CASE("mpnet-train: a streamed dataset trains to the bits of the same datase
     }
     REQUIRE(!bytes[0].empty());
     CHECK(bytes[0] == bytes[1]);
+}
+
+TEST_CASE("mpnet-train: --math bf16 trains on the CPU where it has AVX512-BF16, and is refused clearly elsewhere") {
+    const auto data = bars_folder("data-bf16");
+    const auto dir = fresh_dir("math-bf16");
+    const Run r = run_train("--outdir " + (dir / "run").string() + " --data " + data.string() + tiny_args + " --math bf16");
+    INFO(r.output);
+    if (!cpu::bf16_unavailable().empty()) {
+        CHECK(r.exit_code == 2);
+        CHECK(r.output.find("--math bf16: " + cpu::bf16_unavailable()) != std::string::npos);
+        CHECK_FALSE(fs::exists(dir / "run"));
+        return;
+    }
+    REQUIRE(r.exit_code == 0);
+    CHECK(slurp(dir / "run" / "log.txt").find("device cpu, math bf16") != std::string::npos);
+    CHECK(fs::exists(dir / "run" / "training-state-000000000096.safetensors"));
 }
 
 TEST_CASE("mpnet-train: a latent dataset (the reference's .npy posteriors) trains a reduced img512 network") {
