@@ -10,6 +10,10 @@ faster), and mpnet's achieved rate with its fraction of the machine's measured p
   python3 bench/compare.py --build build --python /usr/bin/python3 --python VENV/bin/python --compile
       # against several PyTorch installations, eager and (PyTorch 2) torch.compile'd:
       # each row is compared with the fastest, which the table names
+  python3 bench/compare.py --build build --filter network --torch-bf16 ...
+      # also PyTorch's autocast bf16 for the network rows: mpnet's bf16 rows (names ending
+      # /bf16) are compared with the fastest PyTorch in any precision, float32 rows with the
+      # fastest float32 PyTorch
 
 Times are medians over --repetitions runs. The network benchmarks run one per process on
 both sides, so that each process's memory figures are that benchmark's own. On the GPU,
@@ -67,6 +71,9 @@ def run_mpnet(binary, names, args):
                 json.dump(data, f)
                 f.write("\n")
         for b in data["benchmarks"]:
+            if b.get("error_occurred"):
+                print(f"{b['name']}: {b.get('error_message', 'skipped')}", file=sys.stderr)
+                continue
             if b.get("run_type") == "aggregate" and b.get("aggregate_name") != "median":
                 continue
             name = SUFFIX.sub("", b.get("run_name", b["name"]))
@@ -77,49 +84,65 @@ def run_mpnet(binary, names, args):
     return results
 
 
-def torch_name(name):
-    """The PyTorch counterpart's name: float32 rows only, without the math-mode suffix."""
+def torch_name(name, backend="cpu"):
+    """The PyTorch counterpart's name, without the math-mode suffix: on the GPU float32 rows
+    only; on the CPU bf16 rows too (compared with PyTorch in any precision)."""
     mode = MATH_MODE.search(name)
-    return None if name.startswith("peak/") or (mode and mode.group(1) != "fp32") else MATH_MODE.sub("", name)
+    if name.startswith("peak/"):
+        return None
+    if mode and mode.group(1) != "fp32" and not (backend == "cpu" and mode.group(1) == "bf16"):
+        return None
+    return MATH_MODE.sub("", name)
+
+
+def any_precision(name):
+    """Whether an mpnet row is compared with PyTorch in any precision (a CPU bf16 row)."""
+    mode = MATH_MODE.search(name)
+    return bool(mode) and mode.group(1) == "bf16"
 
 
 def torch_variants(args):
-    """(label, python, compile) for every PyTorch run asked for: each --python eager, and with
-    --compile also compiled where its PyTorch has torch.compile."""
+    """(label, python, compile, autocast) for every PyTorch run asked for: each --python eager,
+    with --compile also compiled where its PyTorch has torch.compile, and with --torch-bf16
+    each of those again under autocast bf16."""
     variants = []
     for python in args.python or ["/usr/bin/python3"]:
         version = subprocess.run([python, "-c", "import torch; print(torch.__version__)"], check=True,
                                  capture_output=True, text=True).stdout.strip().split("+")[0]
-        variants.append((f"{version} eager", python, False))
-        if args.compile and int(version.split(".")[0]) >= 2:
-            variants.append((f"{version} compile", python, True))
+        modes = [("eager", False)] + ([("compile", True)] if args.compile and int(version.split(".")[0]) >= 2 else [])
+        for autocast in [None] + (["bf16"] if args.torch_bf16 else []):
+            for mode, compiled in modes:
+                variants.append((f"{version} {mode}" + (f" {autocast}" if autocast else ""), python, compiled, autocast))
     return variants
 
 
 def run_torch_all(names, args):
-    """{name: (time_ms, extra, label)}: the fastest variant of each row."""
-    best = {}
-    for label, python, compiled in torch_variants(args):
-        for name, (t, extra) in run_torch(names, args, python, compiled).items():
-            if compiled and not name.startswith("network/"):
-                continue  # layer rows are eager in every variant
-            if name not in best or t < best[name][0]:
-                best[name] = (t, extra, label)
-    return best
+    """({name: (time_ms, extra, label)} of the fastest float32 variant of each row, the same
+    over every variant (float32 or autocast))."""
+    best, best_any = {}, {}
+    for label, python, compiled, autocast in torch_variants(args):
+        for name, (t, extra) in run_torch(names, args, python, compiled, autocast).items():
+            if (compiled or autocast) and not name.startswith("network/"):
+                continue  # layer rows are eager float32 in every variant
+            for table in ([best_any] if autocast else [best, best_any]):
+                if name not in table or t < table[name][0]:
+                    table[name] = (t, extra, label)
+    return best, best_any
 
 
-def run_torch(names, args, python, compiled):
+def run_torch(names, args, python, compiled, autocast):
     """{name: (time_ms, extra)} from bench/torch_layers.py, network cases one per process."""
     results = {}
-    names = list(dict.fromkeys(t for t in map(torch_name, names) if t))
-    layers = [] if compiled else [n for n in names if not n.startswith("network/")]
+    names = list(dict.fromkeys(t for t in (torch_name(n, args.backend) for n in names) if t))
+    layers = [] if compiled or autocast else [n for n in names if not n.startswith("network/")]
     groups = [layers] + [[n] for n in names if n.startswith("network/")]
     for group in filter(None, groups):
         with tempfile.NamedTemporaryFile(suffix=".json") as out:
             regex = "^(" + "|".join(re.escape(n) for n in group) + ")$"
             cmd = [python, os.path.join(HERE, "torch_layers.py"), "--filter", regex, "--json", out.name,
                    "--device", args.backend, "--threads", str(args.threads), "--min-time", str(args.min_time),
-                   "--repetitions", str(args.repetitions)] + (["--compile"] if compiled else [])
+                   "--repetitions", str(args.repetitions)] + (["--compile"] if compiled else []) + \
+                (["--autocast", autocast] if autocast else [])
             for p in PRESETS:
                 if all(f"/{p}/" in n for n in group):
                     cmd += ["--preset", p]
@@ -151,14 +174,20 @@ def rate(counters):
     return ""
 
 
-def print_table(names, mp, th, markdown):
+def counterpart(n, th, backend):
+    """(time_ms, extra, label) of the PyTorch row mpnet row n is compared with."""
+    best, best_any = th
+    return (best_any if any_precision(n) else best).get(torch_name(n, backend), (None, {}, "-"))
+
+
+def print_table(names, mp, th, markdown, backend):
     header = ["benchmark", "mpnet ms", "fastest PyTorch ms", "PyTorch", "ratio", "mpnet rate (of peak)"]
     rows = []
     for n in names:
         if n not in mp:
             continue
         t_mp, counters = mp[n]
-        t_th, _, label = th.get(torch_name(n), (None, {}, "-"))
+        t_th, _, label = counterpart(n, th, backend)
         ratio = f"{t_th / t_mp:.2f}" if t_th else "-"
         rows.append([n, fmt_time(t_mp), fmt_time(t_th), label, ratio, rate(counters)])
     if markdown:
@@ -176,11 +205,11 @@ def print_table(names, mp, th, markdown):
         print(line(r))
 
 
-def print_network(names, mp, th):
+def print_network(names, mp, th, backend):
     for n in names:
         if n.startswith("network/") and n in mp:
             t_mp, c = mp[n]
-            t_th, extra, label = th.get(torch_name(n), (None, {}, "-"))
+            t_th, extra, label = counterpart(n, th, backend)
             mem = f"mpnet pool peak {c.get('peak_MiB', 0):.0f} MiB"
             if "pool_held_MiB" in c:
                 mem += f" (held {c['pool_held_MiB']:.0f} MiB)"
@@ -208,6 +237,9 @@ def main():
                     help="a Python that has PyTorch (repeatable; default /usr/bin/python3)")
     ap.add_argument("--compile", action="store_true",
                     help="also time the network rows under torch.compile (PyTorch 2 installations)")
+    ap.add_argument("--torch-bf16", action="store_true",
+                    help="also time PyTorch's network rows under autocast bf16 (CPU bf16 rows are compared with the fastest "
+                         "PyTorch in any precision)")
     ap.add_argument("--no-torch", action="store_true", help="time mpnet only")
     ap.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     ap.add_argument("--mpnet-json", help="append Google Benchmark's JSON output to this file")
@@ -222,11 +254,11 @@ def main():
     if not names:
         sys.exit("no benchmark matches (the CUDA suite lists nothing without a GPU)")
     mp = run_mpnet(binary, names, args)
-    th = {} if args.no_torch else run_torch_all(names, args)
+    th = ({}, {}) if args.no_torch else run_torch_all(names, args)
     print()
-    print_table(names, mp, th, args.markdown)
+    print_table(names, mp, th, args.markdown, args.backend)
     print()
-    print_network(names, mp, th)
+    print_network(names, mp, th, args.backend)
 
 
 if __name__ == "__main__":

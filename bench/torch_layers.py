@@ -11,6 +11,10 @@ reference writes them, so that it runs the kernels a PyTorch user of EDM2 runs. 
   network/train_step: the EDM2 training step (noise, forward with logvar, loss, backward,
       non-finite gradients zeroed, torch.optim.Adam step).
 
+With --autocast bf16 the network cases run their forward (and loss) under
+torch.autocast(dtype=torch.bfloat16): PyTorch's own mixed precision, matrix products and
+convolutions in bf16, weights and optimizer in float32.
+
 Run with Debian's PyTorch:  /usr/bin/python3 bench/torch_layers.py --filter 'mp_silu' --threads 2
 On a GPU (--device cuda) every call is followed by torch.cuda.synchronize(), TF32 is off
 (float32 as mpnet's fp32 mode computes it), and the network cases report
@@ -33,6 +37,14 @@ from torch_edm2 import (PRESETS, Block, MPConv, MPFourier, Precond, attention, m
 
 DEVICE = torch.device("cpu")  # set by --device
 COMPILE = False  # set by --compile: the network cases run torch.compile'd (inductor)
+AUTOCAST = None  # set by --autocast bf16: the network cases' forward runs under torch.autocast
+
+
+def mixed_precision():
+    """The context the network cases' forward runs in: autocast to AUTOCAST, or nothing."""
+    if AUTOCAST is None:
+        return torch.autocast(DEVICE.type, enabled=False)
+    return torch.autocast(DEVICE.type, dtype=AUTOCAST)
 
 
 def edm2_loss(net, images, labels, P_mean, P_std, sigma_data=0.5):
@@ -239,7 +251,7 @@ def network_cases(cases, preset_name):
         sigma = (torch.randn(n, device=DEVICE) * 1.2 - 1.2).exp()
 
         def run():
-            with torch.no_grad():
+            with torch.no_grad(), mixed_precision():
                 return net(images, sigma, labels)
         return run
 
@@ -253,8 +265,9 @@ def network_cases(cases, preset_name):
 
         def run():
             optimizer.zero_grad(set_to_none=True)
-            loss = edm2_loss(net, images, labels, t["P_mean"], t["P_std"])
-            loss.sum().mul(1 / n).backward()
+            with mixed_precision():
+                loss = edm2_loss(net, images, labels, t["P_mean"], t["P_std"])
+            loss.float().sum().mul(1 / n).backward()
             state["nimg"] += n
             for g in optimizer.param_groups:
                 g["lr"] = learning_rate(state["nimg"], n, t["lr"], t["decay"], t["rampup"])
@@ -321,10 +334,13 @@ def main():
     ap.add_argument("--list", action="store_true", help="list the benchmark names and exit")
     ap.add_argument("--compile", action="store_true",
                     help="run the network cases through torch.compile (PyTorch 2; the layer cases stay eager)")
+    ap.add_argument("--autocast", choices=["bf16"],
+                    help="run the network cases' forward under torch.autocast to this type (the layer cases stay float32)")
     args = ap.parse_args()
 
-    global DEVICE, COMPILE
+    global DEVICE, COMPILE, AUTOCAST
     COMPILE = args.compile
+    AUTOCAST = torch.bfloat16 if args.autocast == "bf16" else None
     DEVICE = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.backends.cudnn.allow_tf32 = False
@@ -347,7 +363,7 @@ def main():
             row["peak_MiB" if DEVICE.type == "cuda" else "rss_growth_MiB"] = growth
         results.append(row)
         print(f"{name:60s} {row['time_ms']:10.3f} ms", file=sys.stderr, flush=True)
-    out = {"context": {"torch": torch.__version__, "compile": COMPILE, "threads": torch.get_num_threads(), "device": str(DEVICE),
+    out = {"context": {"torch": torch.__version__, "compile": COMPILE, "autocast": args.autocast, "threads": torch.get_num_threads(), "device": str(DEVICE),
                        "parallel_info": torch.__config__.parallel_info()}, "benchmarks": results}
     if args.json:
         with open(args.json, "w") as f:

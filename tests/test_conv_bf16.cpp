@@ -16,6 +16,11 @@
 #include "mpnet/backend/cpu/bf16.hpp"
 #include "mpnet/ops/conv_geometry.hpp"
 
+// The build that proves the run-time choice must not target the instruction itself.
+#if defined(MPNET_TEST_BF16_AT_RUN_TIME) && defined(__AVX512BF16__)
+#error "mpnet_conv_avx512_tests must be built without AVX512-BF16 as a compiler target"
+#endif
+
 using namespace mpnet;
 namespace bf16 = mpnet::cpu::bf16;
 
