@@ -197,6 +197,26 @@ TEST_CASE("mpnet-generate: clear errors naming the file and the cause") {
     fails(net + "--steps 3 --grid " + out("x.png"), 2, {"--steps: given twice"});
     CHECK_FALSE(fs::exists(out("x.png")));
 }
+TEST_CASE("mpnet-generate: --math bf16 samples close to float32 where the CPU has AVX512-BF16, else is refused") {
+    const auto& f = fixture();
+    const std::string common = "--net " + f.path("net") + " --seeds 0-3 --steps 4 --quiet --out-tensor ";
+    const Run bf16 = generate(common + out("bf16.safetensors") + " --math bf16");
+    if (!cpu::bf16_unavailable().empty()) {
+        CHECK(bf16.status == 2);
+        CHECK(bf16.output.find("--math bf16: " + cpu::bf16_unavailable()) != std::string::npos);
+        CHECK_FALSE(fs::exists(out("bf16.safetensors")));
+        return;
+    }
+    REQUIRE_MESSAGE(bf16.status == 0, bf16.output);
+    REQUIRE(generate(common + out("fp32.safetensors")).status == 0);
+    const auto a = io::SafetensorsFile::open(out("bf16.safetensors")).read<float>("images");
+    const auto b = io::SafetensorsFile::open(out("fp32.safetensors")).read<float>("images");
+    REQUIRE(a.size() == b.size());
+    double largest = 0;
+    for (std::size_t i = 0; i < a.size(); ++i) largest = std::max(largest, double(std::abs(a[i] - b[i])));
+    CHECK(largest < 0.05);  // the same samples, to bf16's precision over 7 evaluations
+}
+
 TEST_CASE("mpnet-generate: --out-tensor writes the raw images that the PNGs quantise") {
     const auto& f = fixture();
     const std::string dir = out("tensor_png"), file = out("raw.safetensors");
