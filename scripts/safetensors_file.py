@@ -6,11 +6,11 @@ import numpy as np
 
 
 def write_safetensors(path, tensors, metadata=None, float_dtype=np.float32):
-    """Writes NumPy arrays: uint8 ones as U8, every other as float_dtype (float32 or float16)."""
+    """Writes NumPy arrays: uint8 ones as U8, every other as float_dtype (float64, float32 or float16)."""
     header, blobs, offset = {}, [], 0
     for name, array in tensors.items():
         kind = np.uint8 if array.dtype == np.uint8 else float_dtype
-        code = {np.float32: 'F32', np.float16: 'F16', np.uint8: 'U8'}[kind]
+        code = {np.float64: 'F64', np.float32: 'F32', np.float16: 'F16', np.uint8: 'U8'}[kind]
         data = np.ascontiguousarray(array, dtype=kind).tobytes()
         header[name] = {'dtype': code, 'shape': list(array.shape), 'data_offsets': [offset, offset + len(data)]}
         blobs.append(data)

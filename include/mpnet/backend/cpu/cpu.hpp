@@ -6,6 +6,7 @@
 #include "mpnet/backend/cpu/backend.hpp"
 #include "mpnet/backend/cpu/conv.hpp"
 #include "mpnet/backend/cpu/elementwise.hpp"
+#include "mpnet/backend/cpu/feature_ops.hpp"
 #include "mpnet/backend/cpu/fourier.hpp"
 #include "mpnet/backend/cpu/loss.hpp"
 #include "mpnet/backend/cpu/normalize.hpp"

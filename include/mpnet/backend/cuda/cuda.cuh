@@ -7,6 +7,7 @@
 #include "mpnet/backend/cuda/backend.cuh"
 #include "mpnet/backend/cuda/conv.cuh"
 #include "mpnet/backend/cuda/elementwise.cuh"
+#include "mpnet/backend/cuda/feature_ops.cuh"
 #include "mpnet/backend/cuda/fourier.cuh"
 #include "mpnet/backend/cuda/loss.cuh"
 #include "mpnet/backend/cuda/normalize.cuh"
