@@ -19,6 +19,7 @@
 
 #include "cli.hpp"
 #include "device.hpp"
+#include "metrics_engine.hpp"
 #include "openmp_spin.hpp"
 #include "processes.hpp"
 #include "sampling_engine.hpp"
@@ -37,6 +38,8 @@ namespace {
 
 struct Options {
     fs::path net, gnet, outdir, grid, noise, out_tensor, vae, models;
+    fs::path metrics_ref, save_stats;  // scoring on the fly (docs/metrics.md)
+    cli::ScoringOptions scoring;
     std::string preset;
     double guidance = 1;
     std::optional<std::vector<uint64_t>> seeds;
@@ -131,6 +134,13 @@ its seed and the options: never on --batch or the thread count (OMP_NUM_THREADS)
         .value("--out-tensor", "FILE", "the raw sampler output (before quantisation) as the float32\ntensor `images` [N, C, H, W] of a safetensors file, in seed\norder, with the seeds in its metadata; any channel count",
                [&](const std::string& v) { o.out_tensor = v; })
         .flag("--quiet", "no progress line or summary, only errors", [&] { o.quiet = true; });
+    p.section("Scoring on the fly (FID, FD_DINOv2 as the EDM2 authors compute them; docs/metrics.md)")
+        .value("--metrics-ref", "FILE", "score the images against these reference statistics (mpnet's\n.safetensors or the authors' .pkl) and print \"fid = ...\",\n\"fd_dinov2 = ...\"; the images need not be written",
+               [&](const std::string& v) { o.metrics_ref = v; })
+        .value("--save-stats", "FILE", "write the images' feature statistics (.safetensors)",
+               [&](const std::string& v) { o.save_stats = v; })
+        .value("--inception", "FILE", "Inception-v3 weights: scores fid", [&](const std::string& v) { o.scoring.inception = v; })
+        .value("--dinov2", "FILE", "DINOv2 ViT-L/14 weights: scores fd_dinov2", [&](const std::string& v) { o.scoring.dinov2 = v; });
     p.section("Processes (under mpirun or another MPI launcher; docs/distributed.md)")
         .value("--collective-timeout", "SECONDS", "longest wait for the other processes (at the end, for\n--grid and --out-tensor: their last batch) before the job\nis stopped (default: 3600)",
                [&](const std::string& v) {
@@ -174,8 +184,15 @@ Options parse_args(int argc, char** argv) {
     if (!o.preset.empty()) apply_preset(parser, o);
     else if (!o.models.empty()) throw UsageError("--models is for --preset");
     if (o.net.empty()) throw UsageError("--net is required");
-    if (o.outdir.empty() && o.grid.empty() && o.out_tensor.empty())
-        throw UsageError("give --outdir or --grid (or --out-tensor)");
+    const bool scoring = !o.metrics_ref.empty() || !o.save_stats.empty();
+    if (o.outdir.empty() && o.grid.empty() && o.out_tensor.empty() && !scoring)
+        throw UsageError("give --outdir or --grid (or --out-tensor, --metrics-ref, --save-stats)");
+    if (!o.scoring.inception.empty()) o.scoring.metrics.push_back("fid");
+    if (!o.scoring.dinov2.empty()) o.scoring.metrics.push_back("fd_dinov2");
+    if (scoring && o.scoring.metrics.empty())
+        throw UsageError("--metrics-ref and --save-stats need --inception FILE and/or --dinov2 FILE");
+    if (!scoring && !o.scoring.metrics.empty())
+        throw UsageError("--inception and --dinov2 are for --metrics-ref or --save-stats");
     o.sampler.guidance = o.guidance;
     cli::as_usage_error([&] { o.sampler.validate(); });
     cli::check_device_options(o.device);
@@ -429,6 +446,17 @@ std::optional<Decoder> make_decoder(cli::SamplingEngine& engine, const Options& 
     return d;
 }
 
+// Images [H, W, C] as one channel-major batch [n, C, H, W].
+std::vector<uint8_t> channel_major(const std::vector<io::Image>& images) {
+    std::vector<uint8_t> out;
+    for (const auto& img : images)
+        for (int c = 0; c < img.channels; ++c)
+            for (int y = 0; y < img.height; ++y)
+                for (int x = 0; x < img.width; ++x)
+                    out.push_back(img.at(x, y, c));
+    return out;
+}
+
 void generate(const Options& o, dist::Communicator& comm) {
     cli::select_cpu_math(o.device);
     const std::unique_ptr<cli::SamplingEngine> engine =
@@ -443,9 +471,14 @@ void generate(const Options& o, dist::Communicator& comm) {
             std::fprintf(stderr, "mpnet-generate: warning: --guidance is 1, so the guiding network is not used\n");
     }
     const bool png = !o.outdir.empty() || !o.grid.empty();
-    const std::optional<Decoder> decoder = make_decoder(*engine, o, cfg, png);
-    check(!png || decoder || cfg.img_channels == 1 || cfg.img_channels == 3, "--net ", o.net.string(), ": ",
-          cfg.img_channels, "-channel images cannot be written as PNG (need 1 or 3 channels; --out-tensor takes any)");
+    const bool scoring = !o.scoring.metrics.empty();
+    std::optional<metrics::MetricStats> ref;  // read first: a bad file fails before the long part
+    if (!o.metrics_ref.empty()) ref = cli::load_reference(o.metrics_ref, o.scoring.metrics);
+    std::optional<cli::StatsRun> stats;
+    if (scoring) stats.emplace(o.scoring, o.device);
+    const std::optional<Decoder> decoder = make_decoder(*engine, o, cfg, png || scoring);
+    check(!(png || scoring) || decoder || cfg.img_channels == 1 || cfg.img_channels == 3, "--net ", o.net.string(), ": ",
+          cfg.img_channels, "-channel images cannot be written as PNG or scored (need 1 or 3 channels; --out-tensor takes any)");
     // The images' shape as written: the decoder's RGB at its scale, or the network's own.
     const int64_t shown_channels = decoder ? 3 : cfg.img_channels;
     const int64_t shown_resolution = cfg.img_resolution * (decoder ? decoder->vae.factor() : 1);
@@ -478,15 +511,18 @@ void generate(const Options& o, dist::Communicator& comm) {
         nfe = result.nfe;
         check_sampled(result.images, seeds, o.net);
         if (gather) raw.insert(raw.end(), result.images.data(), result.images.data() + result.images.numel());
-        if (!png) continue;
+        if (!png && !scoring) continue;
         std::vector<io::Image> images;
+        std::vector<uint8_t> pixels;  // [n, C, H, W] as written
         if (decoder) {
-            const auto pixels = engine->decode(result.images, decoder->scaling);
+            pixels = engine->decode(result.images, decoder->scaling);
             if (!o.grid.empty()) shown.insert(shown.end(), pixels.begin(), pixels.end());
             images = io::images_from_pixels(pixels, n, 3, int(shown_resolution), int(shown_resolution));
         } else {
             images = io::images_from_batch(result.images);
+            if (scoring) pixels = channel_major(images);
         }
+        if (scoring) stats->add(metrics::ImageBatch{pixels, n, shown_channels, shown_resolution, shown_resolution});
         if (o.outdir.empty()) continue;
         for (std::size_t i = 0; i < images.size(); ++i) io::write_png(image_path(o.outdir, seeds[i]), images[i]);
     }
@@ -513,6 +549,11 @@ void generate(const Options& o, dist::Communicator& comm) {
         }
     }
     progress.finish(nfe);
+    if (!scoring) return;
+    const auto computed = stats->finish(comm);  // every process takes part
+    if (!comm.is_root()) return;
+    if (!o.save_stats.empty()) metrics::save_stats(computed, o.save_stats);
+    if (ref) cli::print_distances(computed, *ref, o.scoring.metrics, o.metrics_ref.string());
 }
 
 void run(const Options& o) {

@@ -51,10 +51,10 @@ inline std::vector<float> formula_values(const std::string& name, const std::vec
     return v;
 }
 
-// A weights file of the network's formula weights, in memory; `drop` leaves a tensor out
+// The bytes of a weights file of the network's formula weights; `drop` leaves a tensor out
 // and `extra` adds one, for the loaders' refusals.
-inline io::SafetensorsFile formula_weights(const io::SafetensorsFile& golden, const std::string& network,
-                                           const std::string& drop = "", const std::string& extra = "") {
+inline std::vector<std::byte> formula_weight_bytes(const io::SafetensorsFile& golden, const std::string& network,
+                                                   const std::string& drop = "", const std::string& extra = "") {
     const auto shapes = nlohmann::json::parse(golden.metadata().at(network + "_shapes"));
     io::SafetensorsWriter w;
     for (const auto& [name, shape_json] : shapes.items()) {
@@ -67,7 +67,13 @@ inline io::SafetensorsFile formula_weights(const io::SafetensorsFile& golden, co
         const std::vector<float> one{1.0f};
         w.add<float>(extra, {1}, std::span<const float>(one));
     }
-    return io::SafetensorsFile::from_bytes(w.to_bytes(), network + " formula weights");
+    return w.to_bytes();
+}
+
+// The same file, in memory.
+inline io::SafetensorsFile formula_weights(const io::SafetensorsFile& golden, const std::string& network,
+                                           const std::string& drop = "", const std::string& extra = "") {
+    return io::SafetensorsFile::from_bytes(formula_weight_bytes(golden, network, drop, extra), network + " formula weights");
 }
 
 }  // namespace mpnet::test

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "mpnet/backend/feature_kernels.hpp"
 #include "mpnet/core/concepts.hpp"
 #include "mpnet/core/error.hpp"
 #include "mpnet/core/tensor.hpp"
@@ -70,7 +71,7 @@ inline std::vector<double> resample_positions(const std::vector<double>& pos, in
     return out;
 }
 
-template <Scalar T, Backend B>
+template <Scalar T, FeatureKernels B>
 struct Linear {
     Tensor<T, B> weight, bias;  // [out, in, 1, 1], [out]
 
@@ -94,7 +95,7 @@ struct Linear {
     }
 };
 
-template <Scalar T, Backend B>
+template <Scalar T, FeatureKernels B>
 struct LayerNorm {
     Tensor<T, B> gamma, beta;
     static LayerNorm load(io::WeightReader& r, const std::string& p, int64_t c) {
@@ -107,7 +108,7 @@ struct LayerNorm {
     }
 };
 
-template <Scalar T, Backend B>
+template <Scalar T, FeatureKernels B>
 struct Block {
     LayerNorm<T, B> norm1, norm2;
     Linear<T, B> qkv, proj, fc1, fc2;
@@ -140,7 +141,7 @@ struct Block {
 
 }  // namespace dinov2
 
-template <Scalar T, Backend B>
+template <Scalar T, FeatureKernels B>
 class DinoV2 {
 public:
     // Weights in dinov2's naming (the hub checkpoint's state_dict: cls_token, pos_embed,

@@ -6,18 +6,20 @@
 //
 // The distance is |mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr sqrt(S1 S2). The authors take the
 // trace of scipy.linalg.sqrtm(S1 S2), a Schur-form square root of a non-symmetric product.
-// Here the same trace comes from symmetric eigen-decompositions: with R = S1^(1/2),
-// S1 S2 = R^-1 (R S2 R) R is similar to R S2 R, which is symmetric positive semi-definite, so
-// tr sqrt(S1 S2) = sum of sqrt(eigenvalues of R S2 R). Eigenvalues that rounding makes
-// slightly negative are taken as zero, which keeps singular and ill-conditioned covariances
-// (fewer images than features) real and stable.
+// Here the same trace comes from a symmetric problem: with S1 = A A^T, S1 S2 has the
+// eigenvalues of A^T S2 A, which is symmetric positive semi-definite, so
+// tr sqrt(S1 S2) = sum of sqrt(eigenvalues of A^T S2 A). Values that rounding makes slightly
+// negative are taken as zero, which keeps singular and ill-conditioned covariances (fewer
+// images than features) real and stable.
 #pragma once
 #include <Eigen/Core>
+#include <Eigen/Cholesky>
 #include <Eigen/Eigenvalues>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <vector>
 
@@ -54,6 +56,20 @@ public:
         count_ += rows;
     }
 
+    // Replaces the sums by sum(this process's sums) over processes: `sum` adds a vector of
+    // doubles elementwise across them in place (a communicator's all-reduce).
+    void sum_across(const std::function<void(std::span<double>)>& sum) {
+        const int64_t d = dim();
+        std::vector<double> packed(std::size_t(1 + d + d * d));
+        packed[0] = double(count_);
+        Eigen::Map<Eigen::VectorXd>(packed.data() + 1, d) = sum_;
+        Eigen::Map<Eigen::MatrixXd>(packed.data() + 1 + d, d, d) = outer_;
+        sum(packed);
+        count_ = int64_t(packed[0]);
+        sum_ = Eigen::Map<Eigen::VectorXd>(packed.data() + 1, d);
+        outer_ = Eigen::Map<Eigen::MatrixXd>(packed.data() + 1 + d, d, d);
+    }
+
     // Needs at least two images.
     [[nodiscard]] FeatureStats finish() const {
         check(count_ >= 2, "feature statistics need at least 2 images, got ", count_);
@@ -80,20 +96,33 @@ inline Eigen::MatrixXd square_matrix(const FeatureStats& s) {
                                                                                                    s.dim(), s.dim());
 }
 
-// The symmetric square root of a symmetric positive semi-definite matrix.
-inline Eigen::MatrixXd psd_sqrt(const Eigen::MatrixXd& a) {
-    const Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> eig(a);
+}  // namespace detail
+
+namespace detail {
+
+// A with S1 = A A^T: P^T L sqrt(D) from a pivoted LDL^T factorisation, or, where it meets a
+// zero pivot (a singular S1: fewer images than features), the symmetric square root from an
+// eigen-decomposition. Pivots and eigenvalues that rounding makes negative count as zero.
+inline Eigen::MatrixXd psd_factor(const Eigen::MatrixXd& s1) {
+    const Eigen::LDLT<Eigen::MatrixXd> ldlt(s1);
+    if (ldlt.info() == Eigen::Success) {
+        Eigen::MatrixXd a = ldlt.matrixL();
+        a = a * ldlt.vectorD().cwiseMax(0.0).cwiseSqrt().asDiagonal();
+        return ldlt.transpositionsP().transpose() * a;
+    }
+    const Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> eig(s1);
     check(eig.info() == Eigen::Success, "Fréchet distance: the eigen-decomposition of a covariance did not converge");
-    const Eigen::VectorXd root = eig.eigenvalues().cwiseMax(0.0).cwiseSqrt();
-    return eig.eigenvectors() * root.asDiagonal() * eig.eigenvectors().transpose();
+    return eig.eigenvectors() * eig.eigenvalues().cwiseMax(0.0).cwiseSqrt().asDiagonal();
 }
 
 }  // namespace detail
 
-// tr sqrt(S1 S2) for symmetric positive semi-definite S1, S2.
+// tr sqrt(S1 S2) for symmetric positive semi-definite S1, S2: with S1 = A A^T,
+// S1 S2 = A (A^T S2) has the eigenvalues of A^T S2 A, which is symmetric positive
+// semi-definite, so only its eigenvalues are needed.
 inline double trace_sqrt_product(const Eigen::MatrixXd& s1, const Eigen::MatrixXd& s2) {
-    const Eigen::MatrixXd r = detail::psd_sqrt(s1);
-    Eigen::MatrixXd m = r * s2 * r;
+    const Eigen::MatrixXd a = detail::psd_factor(s1);
+    Eigen::MatrixXd m = a.transpose() * s2 * a;
     m = (m + m.transpose()).eval() * 0.5;  // symmetric to the last bit
     const Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> eig(m, Eigen::EigenvaluesOnly);
     check(eig.info() == Eigen::Success, "Fréchet distance: the eigen-decomposition did not converge");

@@ -19,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include "mpnet/backend/feature_kernels.hpp"
 #include "mpnet/core/concepts.hpp"
 #include "mpnet/core/error.hpp"
 #include "mpnet/core/tensor.hpp"
@@ -33,7 +34,7 @@ inline constexpr int64_t inception_features = 2048;  // pool3
 namespace inception {
 
 // A conv with its batch norm folded in, followed by ReLU.
-template <Scalar T, Backend B>
+template <Scalar T, FeatureKernels B>
 struct ConvBnRelu {
     Tensor<T, B> weight, bias;
     ops::Conv2dStep step;
@@ -67,7 +68,7 @@ struct ConvBnRelu {
     }
 };
 
-template <Scalar T, Backend B>
+template <Scalar T, FeatureKernels B>
 Tensor<T, B> pool(const Tensor<T, B>& x, ops::PoolStep p) {
     Tensor<T, B> y(Shape{x.size(0), x.size(1), ops::output_extent(x.size(2), p.size, p.stride, p.pad),
                          ops::output_extent(x.size(3), p.size, p.stride, p.pad)});
@@ -80,7 +81,7 @@ inline constexpr ops::PoolStep max_3x3_same{3, 1, 1, ops::Pooling::max};
 inline constexpr ops::PoolStep average_3x3_same{3, 1, 1, ops::Pooling::average_valid};
 
 // The branches' outputs side by side along the channels.
-template <Scalar T, Backend B>
+template <Scalar T, FeatureKernels B>
 Tensor<T, B> concat(const std::vector<Tensor<T, B>>& parts) {
     int64_t channels = 0;
     for (const auto& p : parts) channels += p.size(1);
@@ -100,7 +101,7 @@ inline ops::Conv2dStep pad(int64_t h, int64_t w) { return {1, 1, h, w}; }
 inline constexpr ops::Conv2dStep stride2{2, 2, 0, 0};
 
 // Mixed_5b..5d: 1x1 | 1x1, 5x5 | 1x1, 3x3, 3x3 | average pool, 1x1.
-template <Scalar T, Backend B>
+template <Scalar T, FeatureKernels B>
 struct BlockA {
     ConvBnRelu<T, B> b1, b5_1, b5_2, d1, d2, d3, pool_conv;
     static BlockA load(io::WeightReader& r, const std::string& p, int64_t in, int64_t pool_features) {
@@ -118,7 +119,7 @@ struct BlockA {
 };
 
 // Mixed_6a: 3x3 stride 2 | 1x1, 3x3, 3x3 stride 2 | max pool stride 2.
-template <Scalar T, Backend B>
+template <Scalar T, FeatureKernels B>
 struct BlockB {
     ConvBnRelu<T, B> b3, d1, d2, d3;
     static BlockB load(io::WeightReader& r, const std::string& p, int64_t in) {
@@ -133,7 +134,7 @@ struct BlockB {
 };
 
 // Mixed_6b..6e: 1x1 | 1x1, 1x7, 7x1 | 1x1, 7x1, 1x7, 7x1, 1x7 | average pool, 1x1.
-template <Scalar T, Backend B>
+template <Scalar T, FeatureKernels B>
 struct BlockC {
     ConvBnRelu<T, B> b1, s1, s2, s3, d1, d2, d3, d4, d5, pool_conv;
     static BlockC load(io::WeightReader& r, const std::string& p, int64_t in, int64_t c7) {
@@ -157,7 +158,7 @@ struct BlockC {
 };
 
 // Mixed_7a: 1x1, 3x3 stride 2 | 1x1, 1x7, 7x1, 3x3 stride 2 | max pool stride 2.
-template <Scalar T, Backend B>
+template <Scalar T, FeatureKernels B>
 struct BlockD {
     ConvBnRelu<T, B> t1, t2, s1, s2, s3, s4;
     static BlockD load(io::WeightReader& r, const std::string& p, int64_t in) {
@@ -177,7 +178,7 @@ struct BlockD {
 
 // Mixed_7b, 7c: 1x1 | 1x1, (1x3 | 3x1) | 1x1, 3x3, (1x3 | 3x1) | pool, 1x1. The pool is the
 // padding-free average in 7b and a 3x3 maximum in 7c.
-template <Scalar T, Backend B>
+template <Scalar T, FeatureKernels B>
 struct BlockE {
     ConvBnRelu<T, B> b1, t1, t2a, t2b, d1, d2, d3a, d3b, pool_conv;
     ops::PoolStep pool_step;
@@ -204,7 +205,7 @@ struct BlockE {
 }  // namespace inception
 
 // The network: images [N, 3, H, W] already preprocessed (inception_input) to [N, 2048].
-template <Scalar T, Backend B>
+template <Scalar T, FeatureKernels B>
 class InceptionV3 {
 public:
     // Weights in pytorch-fid's naming (FIDInceptionV3's state_dict; the fc layer, if

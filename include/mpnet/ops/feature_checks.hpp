@@ -63,8 +63,8 @@ struct CopyWindow {
 };
 
 inline void check_copy_window(const Shape& x, const CopyWindow& c, const Shape& y) {
-    const int64_t tx = x.rank() >= 2 && x[0] * x[1] ? x.numel() / (x[0] * x[1]) : 0;
-    const int64_t ty = y.rank() >= 2 && y[0] * y[1] ? y.numel() / (y[0] * y[1]) : 0;
+    const int64_t tx = x.rank() >= 2 && x[0] * x[1] != 0 ? x.numel() / (x[0] * x[1]) : 0;
+    const int64_t ty = y.rank() >= 2 && y[0] * y[1] != 0 ? y.numel() / (y[0] * y[1]) : 0;
     check(x.rank() >= 2 && y.rank() >= 2 && x[0] == y[0] && c.channels >= 0 && c.positions >= 0 && c.x_channel >= 0 &&
               c.y_channel >= 0 && c.x_position >= 0 && c.y_position >= 0 && c.x_channel + c.channels <= x[1] &&
               c.y_channel + c.channels <= y[1] && c.x_position + c.positions <= tx && c.y_position + c.positions <= ty,
@@ -73,7 +73,7 @@ inline void check_copy_window(const Shape& x, const CopyWindow& c, const Shape& 
 }
 
 // The positions per channel of a tensor [N, C, ...].
-inline int64_t positions_of(const Shape& s) { return s[0] * s[1] ? s.numel() / (s[0] * s[1]) : 0; }
+inline int64_t positions_of(const Shape& s) { return s[0] * s[1] != 0 ? s.numel() / (s[0] * s[1]) : 0; }
 
 // layer_norm_channels_forward: x and y [N, C, T...] alike, gamma and beta [C].
 inline void check_layer_norm_channels(const Shape& x, const Shape& gamma, const Shape& beta, const Shape& y) {

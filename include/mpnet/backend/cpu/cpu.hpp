@@ -11,6 +11,8 @@
 #include "mpnet/backend/cpu/loss.hpp"
 #include "mpnet/backend/cpu/normalize.hpp"
 #include "mpnet/backend/cpu/resample.hpp"
+#include "mpnet/backend/feature_kernels.hpp"
 #include "mpnet/backend/kernels.hpp"
 
 static_assert(mpnet::Kernels<mpnet::CpuBackend>, "a CPU kernel of backend/kernels.hpp is missing or has another signature");
+static_assert(mpnet::FeatureKernels<mpnet::CpuBackend>, "a CPU kernel of backend/feature_kernels.hpp is missing or has another signature");

@@ -12,6 +12,8 @@
 #include "mpnet/backend/cuda/loss.cuh"
 #include "mpnet/backend/cuda/normalize.cuh"
 #include "mpnet/backend/cuda/resample.cuh"
+#include "mpnet/backend/feature_kernels.hpp"
 #include "mpnet/backend/kernels.hpp"
 
 static_assert(mpnet::Kernels<mpnet::CudaBackend>, "a CUDA kernel of backend/kernels.hpp is missing or has another signature");
+static_assert(mpnet::FeatureKernels<mpnet::CudaBackend>, "a CUDA kernel of backend/feature_kernels.hpp is missing or has another signature");
