@@ -5,14 +5,18 @@
 #pragma once
 #include <omp.h>
 
+#include <unsupported/Eigen/SpecialFunctions>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 #include "mpnet/backend/cpu/backend.hpp"
 #include "mpnet/backend/cpu/conv.hpp"
 #include "mpnet/backend/cpu/eigen.hpp"
+#include "mpnet/backend/cpu/packet_math.hpp"
 #include "mpnet/ops/feature_checks.hpp"
 
 namespace mpnet::cpu {
@@ -46,26 +50,34 @@ void im2col(const T* x, const ops::Conv2dExtents& e, const ops::Conv2dStep& s, T
 }  // namespace detail
 
 // y = conv(x, weight) + bias[c], then max(y, 0) if `relu`. A stride-1 "same" convolution
-// with an odd square kernel goes to the network's packed kernel (conv.hpp); any other
-// shape unfolds each image (im2col) and multiplies with Eigen.
+// with an odd square kernel larger than 1x1 goes to the network's packed kernel (conv.hpp);
+// any other shape unfolds each image (im2col) and multiplies with Eigen, one image per
+// thread: Eigen's blocking (and so the order of its sums) depends on how many threads share
+// a product, so giving each product one thread keeps every image's features independent of
+// the batch it came in. (Inception's 17 x 17 and 8 x 8 products are too small to split
+// well anyway.)
 template <Scalar T>
 void conv2d_bias_forward(CpuBackend b, const CpuTensor<T>& x, const CpuTensor<T>& weight, const CpuTensor<T>& bias,
                          ops::Conv2dStep s, bool relu, CpuTensor<T>& y) {
     const auto e = ops::conv2d_bias_extents(x.shape(), weight.shape(), bias.shape(), s, y.shape());
-    const bool same = e.kh == e.kw && e.kh % 2 == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == e.kh / 2 &&
-                      s.pad_w == e.kw / 2;
+    const bool same = e.kh == e.kw && e.kh % 2 == 1 && e.kh > 1 && s.stride_h == 1 && s.stride_w == 1 &&
+                      s.pad_h == e.kh / 2 && s.pad_w == e.kw / 2;
     const int64_t k = e.cin * e.kh * e.kw, p = e.ho * e.wo;
     if (same) {
         conv2d_forward(b, x, weight, y);
     } else {
         const bool pointwise = e.kh == 1 && e.kw == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 0 && s.pad_w == 0;
-        CpuTensor<T> cols(pointwise ? Shape{} : Shape{k, p});
         const ConstMatMap<T> W(weight.data(), e.cout, k);
+        // The whole team runs the loop, even for one image: inside a region of several
+        // threads Eigen multiplies on the calling thread alone.
+        CpuTensor<T> cols(pointwise ? Shape{1} : Shape{int64_t(omp_get_max_threads()), k, p});
+#pragma omp parallel for schedule(dynamic)
         for (int64_t img = 0; img < e.n; ++img) {
             const T* xi = x.data() + img * e.cin * e.h * e.w;
-            if (!pointwise) detail::im2col(xi, e, s, cols.data());
+            T* scratch = cols.data() + (pointwise ? 0 : int64_t(omp_get_thread_num()) * k * p);
+            if (!pointwise) detail::im2col(xi, e, s, scratch);
             MatMap<T>(y.data() + img * e.cout * p, e.cout, p).noalias() =
-                W * ConstMatMap<T>(pointwise ? xi : cols.data(), k, p);
+                W * ConstMatMap<T>(pointwise ? xi : scratch, k, p);
         }
     }
     const int64_t planes = e.n * e.cout;
@@ -80,27 +92,52 @@ void conv2d_bias_forward(CpuBackend b, const CpuTensor<T>& x, const CpuTensor<T>
     }
 }
 
+namespace detail {
+
+// One plane pooled separably: each row reduced over the window's columns, then each output
+// row reduced over the window's rows (the window is a rectangle clipped to the image, so
+// the valid count is its row count times its column count).
+template <bool is_max, class T>
+void pool_plane(const T* px, int64_t h, int64_t w, const ops::PoolStep& p, int64_t ho, int64_t wo, T* rows, T* py) {
+    const T start = is_max ? -std::numeric_limits<T>::infinity() : T(0);
+    auto first = [&](int64_t o) { return std::max<int64_t>(o * p.stride - p.pad, 0); };
+    auto last = [&](int64_t o, int64_t extent) { return std::min(o * p.stride - p.pad + p.size, extent); };
+    for (int64_t iy = 0; iy < h; ++iy)
+        for (int64_t ox = 0; ox < wo; ++ox) {
+            T acc = start;
+            for (int64_t ix = first(ox); ix < last(ox, w); ++ix)
+                acc = is_max ? std::max(acc, px[iy * w + ix]) : acc + px[iy * w + ix];
+            rows[iy * wo + ox] = acc;
+        }
+    for (int64_t oy = 0; oy < ho; ++oy) {
+        T* out = py + oy * wo;
+        std::fill(out, out + wo, start);
+        for (int64_t iy = first(oy); iy < last(oy, h); ++iy)
+            for (int64_t ox = 0; ox < wo; ++ox) out[ox] = is_max ? std::max(out[ox], rows[iy * wo + ox]) : out[ox] + rows[iy * wo + ox];
+        if (!is_max) {
+            const int64_t count_y = last(oy, h) - first(oy);
+            for (int64_t ox = 0; ox < wo; ++ox) out[ox] /= T(count_y * (last(ox, w) - first(ox)));
+        }
+    }
+}
+
+}  // namespace detail
+
 // Max or average over size x size windows; padding counts as -inf for the maximum and is
 // left out of the average (ops::Pooling::average_valid).
 template <Scalar T>
 void pool2d_forward(CpuBackend, const CpuTensor<T>& x, ops::PoolStep p, CpuTensor<T>& y) {
     ops::check_pool(x.shape(), p, y.shape());
     const int64_t planes = x.size(0) * x.size(1), h = x.size(2), w = x.size(3), ho = y.size(2), wo = y.size(3);
-#pragma omp parallel for schedule(static) if (planes * ho * wo > 16384)
-    for (int64_t q = 0; q < planes; ++q) {
-        const T* px = x.data() + q * h * w;
-        T* py = y.data() + q * ho * wo;
-        for (int64_t oy = 0; oy < ho; ++oy) {
-            const int64_t y0 = std::max<int64_t>(oy * p.stride - p.pad, 0), y1 = std::min(oy * p.stride - p.pad + p.size, h);
-            for (int64_t ox = 0; ox < wo; ++ox) {
-                const int64_t x0 = std::max<int64_t>(ox * p.stride - p.pad, 0),
-                              x1 = std::min(ox * p.stride - p.pad + p.size, w);
-                T acc = p.mode == ops::Pooling::max ? -std::numeric_limits<T>::infinity() : T(0);
-                for (int64_t iy = y0; iy < y1; ++iy)
-                    for (int64_t ix = x0; ix < x1; ++ix)
-                        acc = p.mode == ops::Pooling::max ? std::max(acc, px[iy * w + ix]) : acc + px[iy * w + ix];
-                py[oy * wo + ox] = p.mode == ops::Pooling::max ? acc : acc / T((y1 - y0) * (x1 - x0));
-            }
+#pragma omp parallel if (planes * h * w > 16384)
+    {
+        std::vector<T> rows(std::size_t(h * wo));
+#pragma omp for schedule(static)
+        for (int64_t q = 0; q < planes; ++q) {
+            if (p.mode == ops::Pooling::max)
+                detail::pool_plane<true>(x.data() + q * h * w, h, w, p, ho, wo, rows.data(), y.data() + q * ho * wo);
+            else
+                detail::pool_plane<false>(x.data() + q * h * w, h, w, p, ho, wo, rows.data(), y.data() + q * ho * wo);
         }
     }
 }
@@ -150,15 +187,30 @@ void layer_norm_channels_forward(CpuBackend, const CpuTensor<T>& x, double eps, 
     }
 }
 
-// y = x Phi(x) = x (1 + erf(x / sqrt 2)) / 2, the exact GELU (torch.nn.GELU()).
+// y = x Phi(x) = x (1 + erf(x / sqrt 2)) / 2, the exact GELU (torch.nn.GELU()). In float,
+// erf is Eigen's vectorised rational approximation (a few ulp, the one TensorFlow uses);
+// in double, std::erf.
 template <Scalar T>
 void gelu_forward(CpuBackend, const CpuTensor<T>& x, CpuTensor<T>& y) {
     ops::check_same_shape(x.shape(), y.shape(), "gelu_forward");
     const int64_t n = x.numel();
     const T* px = x.data();
     T* py = y.data();
+    constexpr int64_t chunk = 4096;
 #pragma omp parallel for schedule(static) if (n > 65536)
-    for (int64_t i = 0; i < n; ++i) py[i] = px[i] * T(0.5) * (T(1) + std::erf(px[i] * T(M_SQRT1_2)));
+    for (int64_t first = 0; first < n; first += chunk) {
+        const int64_t len = std::min(chunk, n - first);
+        if constexpr (std::is_same_v<T, float>) {
+            using namespace Eigen::internal;
+            using P = packet::Packet<float>;
+            const P half = pset1<P>(0.5f), one = pset1<P>(1.0f), root_half = pset1<P>(float(M_SQRT1_2));
+            packet::transform(len, py + first,
+                              [&](P v) { return pmul(pmul(v, half), padd(one, generic_fast_erf_float(pmul(v, root_half)))); },
+                              px + first);
+        } else {
+            for (int64_t i = first; i < first + len; ++i) py[i] = px[i] * T(0.5) * (T(1) + std::erf(px[i] * T(M_SQRT1_2)));
+        }
+    }
 }
 
 }  // namespace mpnet::cpu
