@@ -2,9 +2,6 @@
 // does (docs/datasets.md). `convert` turns a folder or zip of images into a zip or folder of
 // PNGs named 00000/img00000000.png with a dataset.json of labels: the same names, labels and
 // pixels as the reference tool gives (its crops, and Pillow's resampling).
-#include <unistd.h>
-
-#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -15,6 +12,7 @@
 #include <vector>
 
 #include "cli.hpp"
+#include "progress.hpp"
 #include "mpnet/backend/cpu/cpu.hpp"
 #include "mpnet/data/dataset_tool.hpp"
 #include "mpnet/data/npy.hpp"
@@ -177,25 +175,6 @@ private:
     bool finished_ = false;
 };
 
-// Images done, rate and time left, on one terminal line (a line per 1000 images in a log).
-class Progress {
-public:
-    Progress(bool quiet, int64_t total) : quiet_(quiet), tty_(::isatty(STDERR_FILENO) != 0), total_(total) {}
-    void update(int64_t done) const {
-        if (quiet_ || (!tty_ && done % 1000 != 0 && done != total_)) return;
-        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-        const double rate = s > 0 ? double(done) / s : 0;
-        std::fprintf(stderr, "%simages %lld/%lld  %.1f images/s  eta %.0f s%s", tty_ ? "\r\033[K" : "",
-                     static_cast<long long>(done), static_cast<long long>(total_), rate,
-                     rate > 0 ? double(total_ - done) / rate : 0.0, tty_ && done != total_ ? "" : "\n");
-    }
-
-private:
-    bool quiet_, tty_;
-    int64_t total_;
-    std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
-};
-
 // dataset.json as Python's json.dumps writes it.
 std::string dataset_json(const std::vector<std::pair<std::string, int64_t>>& labels, bool labelled) {
     if (!labelled) return R"({"labels": null})";
@@ -229,7 +208,7 @@ void encode(const Options& o) {
     const Source src = open_source(o);
     const int64_t factor = vae.config().factor();
     Output out(o.dest);
-    const Progress progress(o.quiet, src.total);
+    const cli::ImageProgress progress(o.quiet, src.total);
     std::vector<std::pair<std::string, int64_t>> labels;
     for (int64_t i = 0; i < src.total; ++i) {
         const std::string& name = src.images.names[std::size_t(i)];
@@ -268,7 +247,7 @@ void convert(const Options& o) {
     const data::Transform transform = o.transform.empty() ? data::Transform::none : data::parse_transform(o.transform);
 
     Output out(o.dest);
-    const Progress progress(o.quiet, total);
+    const cli::ImageProgress progress(o.quiet, total);
     std::vector<std::pair<std::string, int64_t>> labels;
     std::optional<std::pair<int, int>> shape;
     std::string first;

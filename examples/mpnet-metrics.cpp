@@ -5,7 +5,6 @@
 // so a run over 50 000 images holds one batch and the running sums, never the images.
 #include <unistd.h>
 
-#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
@@ -16,6 +15,7 @@
 #include "cli.hpp"
 #include "device.hpp"
 #include "metrics_engine.hpp"
+#include "progress.hpp"
 #include "mpnet/backend/cpu/cpu.hpp"
 #include "mpnet/data/image_folder.hpp"
 #include "mpnet/metrics/frechet.hpp"
@@ -154,24 +154,6 @@ Options parse_args(int argc, char** argv) {
     return o;
 }
 
-class Progress {
-public:
-    Progress(bool quiet, int64_t total) : quiet_(quiet), tty_(::isatty(STDERR_FILENO) != 0), total_(total) {}
-    void update(int64_t done) const {
-        if (quiet_ || (!tty_ && done % 1024 != 0 && done != total_)) return;
-        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-        const double rate = s > 0 ? double(done) / s : 0;
-        std::fprintf(stderr, "%simages %lld/%lld  %.2f images/s  eta %.0f s%s", tty_ ? "\r\033[K" : "",
-                     static_cast<long long>(done), static_cast<long long>(total_), rate,
-                     rate > 0 ? double(total_ - done) / rate : 0.0, tty_ && done != total_ ? "" : "\n");
-    }
-
-private:
-    bool quiet_, tty_;
-    int64_t total_;
-    std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
-};
-
 // The statistics of the images under o.images for each of o.metrics.
 metrics::MetricStats image_stats(const Options& o) {
     const auto ds = data::load_image_folder(o.images, data::Storage::stream);
@@ -185,7 +167,7 @@ metrics::MetricStats image_stats(const Options& o) {
 #endif
     cli::StatsRun run(cli::ScoringOptions{o.inception, o.dinov2, o.metrics}, o.device);
 
-    const Progress progress(o.quiet, total);
+    const cli::ImageProgress progress(o.quiet, total);
     std::vector<uint8_t> pixels;
     for (int64_t first = 0; first < total; first += o.batch) {
         const int64_t n = std::min(o.batch, total - first);

@@ -5,7 +5,6 @@
 // left behind).
 #ifdef MPNET_METRICS_EXE
 #include <doctest/doctest.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -25,6 +24,7 @@
 #include "mpnet/metrics/inception_v3.hpp"
 #include "mpnet/metrics/preprocess.hpp"
 #include "mpnet/metrics/stats_file.hpp"
+#include "run_command.hpp"
 #ifdef MPNET_GENERATE_EXE
 #include "mpnet/nn/weights.hpp"
 #include "test_sampler_helpers.hpp"
@@ -35,24 +35,10 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct Result {
-    int status;
-    std::string output;  // stdout and stderr together
-};
+using Result = test::CommandResult;
+using test::run_command;
 
-// A shell command's status and output.
-Result run_metrics_command(const std::string& command) {
-    const std::string cmd = command + " 2>&1";
-    FILE* pipe = ::popen(cmd.c_str(), "r");
-    REQUIRE(pipe != nullptr);
-    std::string out;
-    char buf[4096];
-    for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, pipe)) > 0;) out.append(buf, n);
-    const int status = ::pclose(pipe);
-    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
-
-Result run_metrics(const std::string& args) { return run_metrics_command(std::string("'") + MPNET_METRICS_EXE + "' " + args); }
+Result run_metrics(const std::string& args) { return run_command(std::string("'") + MPNET_METRICS_EXE + "' " + args); }
 
 std::string q(const fs::path& p) { return "'" + p.string() + "'"; }
 
@@ -170,24 +156,24 @@ TEST_CASE("mpnet-metrics: ref, calc and fd on folders of PNGs match the library 
     nn::save_weights(tiny, (dir / "net.safetensors").string());
     const std::string gen = std::string("'") + MPNET_GENERATE_EXE + "' --net " + q(dir / "net.safetensors") +
                             " --seeds 0-5 --steps 2 --batch 4 --quiet";
-    auto g = run_metrics_command(gen + nets + " --outdir " + q(dir / "gen") + " --save-stats " + q(dir / "gen.safetensors"));
+    auto g = run_command(gen + nets + " --outdir " + q(dir / "gen") + " --save-stats " + q(dir / "gen.safetensors"));
     REQUIRE_MESSAGE(g.status == 0, g.output);
     r = run_metrics("ref --data " + q(dir / "gen") + " --dest " + q(dir / "gen_files.safetensors") + nets + " --quiet");
     REQUIRE_MESSAGE(r.status == 0, r.output);
     const auto on_the_fly = metrics::load_stats(dir / "gen.safetensors"), from_files = metrics::load_stats(dir / "gen_files.safetensors");
     for (const char* m : {"fid", "fd_dinov2"}) check_same_stats(on_the_fly.at(m), from_files.at(m));
     CHECK(on_the_fly.at("fid").count == 6);
-    g = run_metrics_command(gen + " --dinov2 " + q(dir / "dinov2.safetensors") + " --metrics-ref " + q(dir / "ref.safetensors"));
+    g = run_command(gen + " --dinov2 " + q(dir / "dinov2.safetensors") + " --metrics-ref " + q(dir / "ref.safetensors"));
     REQUIRE_MESSAGE(g.status == 0, g.output);
     r = run_metrics("fd --stats " + q(dir / "gen_files.safetensors") + " --ref " + q(dir / "ref.safetensors") + " --metrics fd_dinov2");
     CHECK(g.output.find("fid =") == std::string::npos);
     CHECK(printed(g.output, "fd_dinov2") == doctest::Approx(printed(r.output, "fd_dinov2")).epsilon(1e-7));
     const std::string plain = std::string("'") + MPNET_GENERATE_EXE + "' --net " + q(dir / "net.safetensors") + " --seeds 0";
-    const auto unscored = run_metrics_command(plain + " --save-stats " + q(dir / "x.safetensors") + " --inception " +
+    const auto unscored = run_command(plain + " --save-stats " + q(dir / "x.safetensors") + " --inception " +
                                               q(dir / "nothing.safetensors"));
     CHECK(unscored.status == 1);
     CHECK(unscored.output.find("nothing.safetensors") != std::string::npos);
-    const auto no_weights = run_metrics_command(plain + " --save-stats " + q(dir / "x.safetensors"));
+    const auto no_weights = run_command(plain + " --save-stats " + q(dir / "x.safetensors"));
     CHECK(no_weights.status == 2);
     CHECK(no_weights.output.find("need --inception FILE and/or --dinov2 FILE") != std::string::npos);
     CHECK_FALSE(fs::exists(dir / "x.safetensors"));

@@ -3,7 +3,6 @@
 // kind of bad input, each of which must fail with a message and leave no output behind.
 #ifdef MPNET_PHEMA_EXE
 #include <doctest/doctest.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -21,6 +20,7 @@
 #include "mpnet/phema/reconstruct.hpp"
 #include "mpnet/phema/snapshot_files.hpp"
 #include "mpnet/train/ema.hpp"
+#include "run_command.hpp"
 
 using namespace mpnet;
 namespace fs = std::filesystem;
@@ -50,20 +50,10 @@ private:
     fs::path path_;
 };
 
-struct Result {
-    int status;
-    std::string output;  // stdout and stderr together
-};
+using Result = test::CommandResult;
 
 Result run_phema(const std::string& args) {
-    const std::string cmd = std::string("'") + MPNET_PHEMA_EXE + "' " + args + " 2>&1";
-    FILE* pipe = ::popen(cmd.c_str(), "r");
-    REQUIRE(pipe != nullptr);
-    std::string out;
-    char buf[4096];
-    for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, pipe)) > 0;) out.append(buf, n);
-    const int status = ::pclose(pipe);
-    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+    return test::run_command(std::string("'") + MPNET_PHEMA_EXE + "' " + args);
 }
 
 std::string q(const fs::path& p) { return "'" + p.string() + "'"; }
