@@ -81,8 +81,4 @@ inline void check_layer_norm_channels(const Shape& x, const Shape& gamma, const 
           "layer_norm_channels_forward: x ", x, ", gamma ", gamma, ", beta ", beta, ", y ", y);
 }
 
-inline void check_same_shape(const Shape& x, const Shape& y, const char* what) {
-    check(x == y, what, ": input ", x, " and output ", y, " differ");
-}
-
 }  // namespace mpnet::ops

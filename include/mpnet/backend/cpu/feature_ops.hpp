@@ -192,7 +192,7 @@ void layer_norm_channels_forward(CpuBackend, const CpuTensor<T>& x, double eps, 
 // in double, std::erf.
 template <Scalar T>
 void gelu_forward(CpuBackend, const CpuTensor<T>& x, CpuTensor<T>& y) {
-    ops::check_same_shape(x.shape(), y.shape(), "gelu_forward");
+    check_same_shape(x, y, "gelu_forward");
     const int64_t n = x.numel();
     const T* px = x.data();
     T* py = y.data();

@@ -168,7 +168,7 @@ void layer_norm_channels_forward(CudaBackend, const CudaTensor<T>& x, double eps
 
 template <Scalar T>
 void gelu_forward(CudaBackend, const CudaTensor<T>& x, CudaTensor<T>& y) {
-    ops::check_same_shape(x.shape(), y.shape(), "gelu_forward");
+    check_same_shape(x, y, "gelu_forward");
     detail::for_each(x.numel(), detail::Gelu<T>{x.data(), y.data()}, "gelu_forward");
 }
 
