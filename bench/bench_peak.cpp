@@ -8,6 +8,7 @@
 #include <Eigen/Core>
 #include <vector>
 
+#include "mpnet/backend/cpu/bf16_rate.hpp"
 #include "peak.hpp"
 
 namespace {
@@ -57,6 +58,29 @@ void peak_fma_avx512(benchmark::State& state) {
 }
 BENCHMARK(peak_fma_avx512)->Name("peak/fma_avx512")->UseRealTime();
 #endif
+
+// The bf16 products' ceiling: vdpbf16ps on independent chains on every thread, 64 FLOP an
+// instruction (32 multiply-adds). Against peak/fma it shows whether --math bf16 can pay on
+// this CPU (mpnet/backend/cpu/bf16_rate.hpp).
+void peak_bf16_dot(benchmark::State& state) {
+#if MPNET_CPU_SIMD && defined(__AVX512F__)
+    if (!mpnet::cpu::bf16::cpu_supported()) {
+        state.SkipWithError("this CPU has no AVX512-BF16");
+        return;
+    }
+    const int64_t rounds = 1 << 18;
+    for (auto _ : state) {
+#pragma omp parallel
+        benchmark::DoNotOptimize(mpnet::cpu::bf16::detail::time_rounds<true>(rounds));
+    }
+    const double flops = 64.0 * 12 * double(rounds) * omp_get_max_threads();
+    state.counters["GFLOP/s"] = Counter(flops * 1e-9, Counter::kIsIterationInvariantRate);
+    state.counters["of_fma_peak"] = Counter(flops / machine_peak().flops, Counter::kIsIterationInvariantRate);
+#else
+    state.SkipWithError("this build does not target AVX-512");
+#endif
+}
+BENCHMARK(peak_bf16_dot)->Name("peak/bf16_dot")->UseRealTime();
 
 void peak_sgemm(benchmark::State& state) {
     const auto n = Eigen::Index(state.range(0));

@@ -107,8 +107,12 @@ def torch_variants(args):
     each of those again under autocast bf16."""
     variants = []
     for python in args.python or ["/usr/bin/python3"]:
-        version = subprocess.run([python, "-c", "import torch; print(torch.__version__)"], check=True,
-                                 capture_output=True, text=True).stdout.strip().split("+")[0]
+        probe = subprocess.run([python, "-c", "import torch; print(torch.__version__)"],
+                               capture_output=True, text=True)
+        if probe.returncode != 0:
+            sys.exit(f"compare.py: --python {python} cannot import torch: "
+                     f"{(probe.stderr.strip().splitlines() or ['no message'])[-1]}")
+        version = probe.stdout.strip().split("+")[0]
         modes = [("eager", False)] + ([("compile", True)] if args.compile and int(version.split(".")[0]) >= 2 else [])
         for autocast in [None] + (["bf16"] if args.torch_bf16 else []):
             for mode, compiled in modes:
@@ -116,18 +120,19 @@ def torch_variants(args):
     return variants
 
 
-def run_torch_all(names, args):
+def run_torch_all(names, args, variants):
     """({name: (time_ms, extra, label)} of the fastest float32 variant of each row, the same
-    over every variant (float32 or autocast))."""
-    best, best_any = {}, {}
-    for label, python, compiled, autocast in torch_variants(args):
+    over every variant (float32 or autocast), {name: [(label, time_ms)] of every variant})."""
+    best, best_any, every = {}, {}, {}
+    for label, python, compiled, autocast in variants:
         for name, (t, extra) in run_torch(names, args, python, compiled, autocast).items():
             if (compiled or autocast) and not name.startswith("network/"):
                 continue  # layer rows are eager float32 in every variant
+            every.setdefault(name, []).append((label, t))
             for table in ([best_any] if autocast else [best, best_any]):
                 if name not in table or t < table[name][0]:
                     table[name] = (t, extra, label)
-    return best, best_any
+    return best, best_any, every
 
 
 def run_torch(names, args, python, compiled, autocast):
@@ -179,7 +184,7 @@ def rate(counters):
 
 def counterpart(n, th, backend):
     """(time_ms, extra, label) of the PyTorch row mpnet row n is compared with."""
-    best, best_any = th
+    best, best_any, _ = th
     return (best_any if any_precision(n) else best).get(torch_name(n, backend), (None, {}, "-"))
 
 
@@ -224,6 +229,9 @@ def print_network(names, mp, th, backend):
                 mem += f"; PyTorch peak allocated {extra['peak_MiB']:.0f} MiB"
             speed = f"{t_th / t_mp:.2f}x the speed of PyTorch {label}" if t_th else "no PyTorch time"
             print(f"{n}: mpnet {fmt_time(t_mp)} ms, PyTorch {fmt_time(t_th)} ms ({speed}); {mem}")
+            variants = th[2].get(torch_name(n, backend), [])
+            if len(variants) > 1:
+                print("    every PyTorch run: " + ", ".join(f"{label} {fmt_time(t)} ms" for label, t in variants))
 
 
 def main():
@@ -256,8 +264,9 @@ def main():
     names = select(list_benchmarks(binary), args.filter, args.preset)
     if not names:
         sys.exit("no benchmark matches (the CUDA suite lists nothing without a GPU)")
+    variants = [] if args.no_torch else torch_variants(args)  # a PyTorch that fails is refused before any timing
     mp = run_mpnet(binary, names, args)
-    th = ({}, {}) if args.no_torch else run_torch_all(names, args)
+    th = run_torch_all(names, args, variants)
     print()
     print_table(names, mp, th, args.markdown, args.backend)
     print()

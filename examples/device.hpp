@@ -2,10 +2,12 @@
 // math mode of its matrix products. Host-only: the CUDA side is in device_cuda.cuh,
 // compiled into the programs' .cu parts when the build has CUDA.
 #pragma once
+#include <cstdio>
 #include <string>
 
 #include "cli.hpp"
 #include "mpnet/backend/cpu/backend.hpp"
+#include "mpnet/backend/cpu/bf16_rate.hpp"
 
 namespace mpnet::cli {
 
@@ -59,9 +61,15 @@ inline void check_device_options(const DeviceOption& d) {
 #endif
 }
 
-// Sets the CPU's math mode (on --device cpu).
-inline void select_cpu_math(const DeviceOption& d) {
-    if (!d.cuda) CpuBackend::set_math(d.math == "bf16" ? cpu::Math::bf16 : cpu::Math::fp32);
+// Sets the CPU's math mode (on --device cpu). bf16 on a CPU whose bf16 products are slower
+// than float32 ones still runs (it was asked for, and it changes the numbers), with a
+// warning from `program` when `speak` is set (one process of a run speaks for it).
+inline void select_cpu_math(const DeviceOption& d, const char* program, bool speak) {
+    if (d.cuda) return;
+    CpuBackend::set_math(d.math == "bf16" ? cpu::Math::bf16 : cpu::Math::fp32);
+    if (d.math != "bf16" || !speak) return;
+    if (const std::string why = cpu::bf16::slower_than_fp32(cpu::bf16::product_rate()); !why.empty())
+        std::fprintf(stderr, "%s: warning: %s\n", program, why.c_str());
 }
 
 #ifdef MPNET_WITH_CUDA

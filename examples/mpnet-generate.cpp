@@ -458,7 +458,7 @@ std::vector<uint8_t> channel_major(const std::vector<io::Image>& images) {
 }
 
 void generate(const Options& o, dist::Communicator& comm) {
-    cli::select_cpu_math(o.device);
+    cli::select_cpu_math(o.device, "mpnet-generate", comm.is_root() && !o.quiet);
     const std::unique_ptr<cli::SamplingEngine> engine =
 #ifdef MPNET_WITH_CUDA
         o.device.cuda ? (cli::select_cuda_device(o.device, comm.rank()), cli::make_cuda_sampling_engine(o.cuda_graphs)) :

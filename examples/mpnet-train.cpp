@@ -232,7 +232,7 @@ void train_here(const Options& opts, dist::Communicator& comm) {
 #ifdef MPNET_WITH_CUDA
     if (opts.device.cuda) cli::select_cuda_device(opts.device, comm.rank());
 #endif
-    cli::select_cpu_math(opts.device);
+    cli::select_cpu_math(opts.device, "mpnet-train", root);
     if (root) check_outdir(o.outdir);
     // Lines are kept until the trainer holds the directory: log.txt belongs to its run.
     // Rank 0 speaks for the run; the other ranks only report their own errors.

@@ -14,6 +14,7 @@
 
 #include "conv_reference.hpp"
 #include "mpnet/backend/cpu/bf16.hpp"
+#include "mpnet/backend/cpu/bf16_rate.hpp"
 #include "mpnet/ops/conv_geometry.hpp"
 
 // The build that proves the run-time choice must not target the instruction itself.
@@ -155,3 +156,28 @@ TEST_CASE("conv kernels: bf16 results bit-identical across thread counts and bat
     CHECK(dx3.to_host() == std::vector<float>(one[1].begin() + 3 * input, one[1].begin() + 4 * input));
 }
 #endif
+
+TEST_CASE("bf16 product rate: timed where the CPU has vdpbf16ps, and a warning exactly when bf16 is slower") {
+    const bf16::ProductRate rate = bf16::measure_product_rate();
+    if (bf16::cpu_supported()) {
+        // Bounds, not a speed: 12 M to 1 T instructions a second cover every CPU that exists.
+        CHECK(rate.fma_per_second > 1e7);
+        CHECK(rate.fma_per_second < 1e12);
+        CHECK(rate.dot_per_second > 1e7);
+        CHECK(rate.dot_per_second < 1e12);
+        MESSAGE("bf16 products here: ", rate.speedup(), "x float32's multiply-adds per second");
+    } else {
+        CHECK(rate.fma_per_second == 0);
+        CHECK(rate.dot_per_second == 0);
+        CHECK(bf16::slower_than_fp32(rate).empty());
+    }
+    // Emerald Rapids' figures: a quarter of the instructions, half the multiply-adds.
+    const std::string slow = bf16::slower_than_fp32({5.4e9, 1.3e9});
+    CHECK(slow.find("0.48x the multiply-adds") != std::string::npos);
+    CHECK(slow.find("--math bf16 runs the convolutions slower than fp32") != std::string::npos);
+    CHECK(bf16::ProductRate{5.4e9, 1.3e9}.speedup() == doctest::Approx(2 * 1.3 / 5.4));
+    // Zen 4's: both at one per cycle, twice the multiply-adds; and level.
+    CHECK(bf16::slower_than_fp32({4e9, 4e9}).empty());
+    CHECK(bf16::slower_than_fp32({4e9, 2e9}).empty());
+    CHECK_FALSE(bf16::slower_than_fp32({4e9, 1.99e9}).empty());
+}
