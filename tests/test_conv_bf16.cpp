@@ -11,6 +11,7 @@
 #include <bit>
 #include <cmath>
 #include <limits>
+#include <thread>
 
 #include "conv_reference.hpp"
 #include "mpnet/backend/cpu/bf16.hpp"
@@ -180,4 +181,53 @@ TEST_CASE("bf16 product rate: timed where the CPU has vdpbf16ps, and a warning e
     CHECK(bf16::slower_than_fp32({4e9, 4e9}).empty());
     CHECK(bf16::slower_than_fp32({4e9, 2e9}).empty());
     CHECK_FALSE(bf16::slower_than_fp32({4e9, 1.99e9}).empty());
+}
+
+TEST_CASE("cpu contexts: each thread computes in its own context's math, concurrently") {
+    // A bf16 context beside the process default (float32) where the CPU has bf16 products;
+    // else two float32 contexts, and bf16 refused by the context as by the backend.
+    const bool bf16_here = cpu::bf16_unavailable().empty();
+    if (!bf16_here)
+        CHECK_THROWS_WITH_AS(cpu::Context{cpu::Math::bf16}, doctest::Contains("bf16 math on the CPU"),
+                             std::runtime_error);
+    const cpu::Math other = bf16_here ? cpu::Math::bf16 : cpu::Math::fp32;
+    const auto x = random_float({4, 64, 16, 16}, 61), w = random_float({64, 64, 3, 3}, 62);
+    auto forward = [&] {
+        CpuTensor<float> y(Shape{4, 64, 16, 16});
+        conv2d_forward(CpuBackend{}, x, w, y);
+        return y.to_host();
+    };
+    // Each math alone, on this thread, first.
+    const std::vector<float> fp32_alone = forward();
+    std::vector<float> other_alone;
+    {
+        cpu::Context ctx(other);
+        const cpu::ContextScope scope(ctx);
+        CHECK(CpuBackend::math() == other);
+        other_alone = forward();
+        {
+            cpu::Context inner;  // scopes nest
+            const cpu::ContextScope inner_scope(inner);
+            CHECK(CpuBackend::math() == cpu::Math::fp32);
+        }
+        CHECK(CpuBackend::math() == other);
+    }
+    CHECK(CpuBackend::math() == cpu::Math::fp32);
+    if (bf16_here) CHECK(fp32_alone != other_alone);  // the two maths differ in the last bits
+
+    // Then both at once, many times: a thread in its own context, one in the default context.
+    cpu::Context ctx(other);
+    std::vector<std::vector<float>> in_context, in_default;
+    std::thread a([&] {
+        const cpu::ContextScope scope(ctx);
+        for (int i = 0; i < 6; ++i) in_context.push_back(forward());
+    });
+    std::thread b([&] {
+        for (int i = 0; i < 6; ++i) in_default.push_back(forward());
+    });
+    a.join();
+    b.join();
+    for (const auto& y : in_context) CHECK(y == other_alone);
+    for (const auto& y : in_default) CHECK(y == fp32_alone);
+    CHECK(CpuBackend::math() == cpu::Math::fp32);
 }

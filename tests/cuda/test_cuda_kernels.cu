@@ -1,6 +1,8 @@
 // Every CUDA kernel against the CPU kernel on the same random inputs, in float and double;
 // the RNG streams; the math modes; memory, streams and error reporting. (That both
 // backends declare the same kernels is asserted by their headers: backend/kernels.hpp.)
+#include <thread>
+
 #include "cuda_test.cuh"
 
 using namespace mpnet;
@@ -418,13 +420,18 @@ TEST_CASE("cuda memory: a repeated step takes nothing new from the driver") {
     CHECK(CudaBackend::peak_bytes() > mpnet::cuda::DevicePool::instance().bytes_in_use());
 }
 
-TEST_CASE("cuda streams: work follows the current stream") {
-    cudaStream_t stream = nullptr;
-    mpnet::cuda::cuda_check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
+TEST_CASE("cuda contexts: work follows the current context, on its stream, device and math") {
+    const int device = mpnet::cuda::detail::current_device();
+    mpnet::cuda::Context ctx(device, mpnet::cuda::Math::tf32);
     const cudaStream_t before = CudaBackend::stream();
+    const auto default_math = CudaBackend::math();
     {
-        mpnet::cuda::StreamScope scope(stream);
-        CHECK(CudaBackend::stream() == stream);
+        mpnet::cuda::ContextScope scope(ctx);
+        CHECK(CudaBackend::stream() == ctx.stream());
+        CHECK(CudaBackend::stream() != before);
+        CHECK(CudaBackend::math() == mpnet::cuda::Math::tf32);
+        CHECK(mpnet::cuda::detail::current_device() == device);
+        mpnet::cuda::MathScope fp32(mpnet::cuda::Math::fp32);  // a MathScope changes the current context only
         compare_backends<float>(
             [](auto tag, const auto& in) {
                 using TT = TensorOf<float, decltype(tag)>;
@@ -437,7 +444,48 @@ TEST_CASE("cuda streams: work follows the current stream") {
         CudaBackend::synchronize();
     }
     CHECK(CudaBackend::stream() == before);
-    mpnet::cuda::cuda_check(cudaStreamDestroy(stream), "cudaStreamDestroy");
+    CHECK(CudaBackend::math() == default_math);
+    CHECK(ctx.math() == mpnet::cuda::Math::tf32);
+}
+
+TEST_CASE("cuda contexts: two contexts on two threads run at once, each as it runs alone") {
+    // On two devices where there are two, else two streams of one; fp32 beside bf16.
+    const int last = mpnet::cuda::device_count() - 1;
+    mpnet::cuda::Context a(0, mpnet::cuda::Math::fp32), b(last, mpnet::cuda::Math::bf16);
+    const auto x = random_cpu<float>({4, 32, 16, 16}, 45), w = random_cpu<float>({32, 32, 3, 3}, 46);
+    auto forward = [&](mpnet::cuda::Context& ctx) {
+        mpnet::cuda::ContextScope scope(ctx);
+        const CudaTensor<float> xg = to_gpu(x), wg = to_gpu(w);
+        CudaTensor<float> y(Shape{4, 32, 16, 16});
+        conv2d_forward(CudaBackend{}, xg, wg, y);
+        return y.to_host();
+    };
+    const std::vector<float> alone_a = forward(a), alone_b = forward(b);
+    CHECK(alone_a != alone_b);  // bf16 operands change the last bits
+    std::vector<std::vector<float>> got_a, got_b;
+    std::thread ta([&] {
+        for (int i = 0; i < 8; ++i) got_a.push_back(forward(a));
+    });
+    std::thread tb([&] {
+        for (int i = 0; i < 8; ++i) got_b.push_back(forward(b));
+    });
+    ta.join();
+    tb.join();
+    for (const auto& y : got_a) CHECK(y == alone_a);
+    for (const auto& y : got_b) CHECK(y == alone_b);
+}
+
+TEST_CASE("cuda contexts: a tensor may outlive the context that allocated it") {
+    CudaTensor<float> kept;
+    {
+        mpnet::cuda::Context ctx(mpnet::cuda::detail::current_device());
+        mpnet::cuda::ContextScope scope(ctx);
+        kept = to_gpu(random_cpu<float>({3, 5}, 47));
+    }
+    // Freed on the legacy stream once its own stream is gone (DevicePool::retire_stream).
+    CHECK(kept.to_host().size() == 15);
+    kept = CudaTensor<float>();
+    CudaBackend::synchronize();
 }
 
 TEST_CASE("cuda errors name the operation and the shapes") {

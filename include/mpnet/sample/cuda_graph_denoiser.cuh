@@ -4,10 +4,11 @@
 // sampling the launches, not the arithmetic, can be most of its time. Since a forward pass
 // reads nothing back to the host (core/host_reads.hpp) and allocates from the stream-ordered
 // pool (which graphs capture as memory nodes), it can be captured: the first call for a batch
-// shape runs the network on a stream of the denoiser's own while capturing it, reading from
-// persistent input buffers; every call then copies x and the labels into those buffers, fills
-// sigma by a kernel and launches the graph. The caller's stream and the graph's are ordered by
-// events, so the denoiser behaves like NetworkDenoiser on whatever stream is current. A graph's
+// shape runs the network in a context of the denoiser's own (its stream, cuBLAS handle and
+// workspace; the caller's device and math mode) while capturing it, reading from persistent
+// input buffers; every call then copies x and the labels into those buffers, fills sigma by a
+// kernel and launches the graph. The caller's stream and the graph's are ordered by events,
+// so the denoiser behaves like NetworkDenoiser in whatever context is current. A graph's
 // memory keeps its addresses for the graph's lifetime, so the captured output stays valid
 // between launches (instantiated to free and re-make its allocations on each launch).
 #pragma once
@@ -23,8 +24,9 @@ class CudaGraphDenoiser {
 public:
     using TensorT = CudaTensor<T>;
 
-    explicit CudaGraphDenoiser(nn::Precond<T, CudaBackend>& net) : net_(&net) {
-        cuda::cuda_check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+    explicit CudaGraphDenoiser(nn::Precond<T, CudaBackend>& net)
+        : net_(&net), graph_context_(cuda::Context::current().device(), CudaBackend::math()),
+          stream_(graph_context_.stream()) {
         cuda::cuda_check(cudaEventCreateWithFlags(&inputs_ready_, cudaEventDisableTiming), "cudaEventCreate");
         cuda::cuda_check(cudaEventCreateWithFlags(&output_ready_, cudaEventDisableTiming), "cudaEventCreate");
     }
@@ -33,26 +35,21 @@ public:
     ~CudaGraphDenoiser() {
         release_graph();
         {
-            // The input buffers were allocated on the graph's stream, so they are freed there,
-            // before the stream goes (a free on a destroyed stream crashes in the driver).
-            cuda::StreamScope on_graph_stream(stream_);
+            // The input buffers were allocated on the graph's stream, so they are freed there.
+            cuda::ContextScope on_graph_stream(graph_context_);
             x_ = TensorT(), labels_ = TensorT(), sigma_ = TensorT();
         }
         (void)cudaStreamSynchronize(stream_);
         (void)cudaEventDestroy(inputs_ready_);
         (void)cudaEventDestroy(output_ready_);
-        (void)cudaStreamDestroy(stream_);
     }
 
     TensorT operator()(const TensorT& x, double sigma, const TensorT& labels) {
         if (!exec_ || x.shape() != x_.shape() || labels.shape() != labels_.shape()) capture(x.shape(), labels.shape());
         const cudaStream_t caller = cuda::current_stream();
-        {
-            cuda::StreamScope on_caller(caller);
-            x_.copy_from(x);
-            if (!labels.empty()) labels_.copy_from(labels);
-            fill(CudaBackend{}, sigma_, T(sigma));
-        }
+        x_.copy_from(x);
+        if (!labels.empty()) labels_.copy_from(labels);
+        fill(CudaBackend{}, sigma_, T(sigma));
         cuda::cuda_check(cudaEventRecord(inputs_ready_, caller), "cudaEventRecord");
         cuda::cuda_check(cudaStreamWaitEvent(stream_, inputs_ready_, 0), "cudaStreamWaitEvent");
         cuda::cuda_check(cudaGraphLaunch(exec_, stream_), "cudaGraphLaunch of the denoiser's graph");
@@ -69,11 +66,12 @@ public:
 private:
     void capture(const Shape& x_shape, const Shape& labels_shape) {
         release_graph();
-        cuda::StreamScope on_graph_stream(stream_);
+        graph_context_.set_math(CudaBackend::math());  // the caller's, as when a graph is replayed
+        cuda::ContextScope on_graph_stream(graph_context_);
         x_ = TensorT(x_shape);
         labels_ = labels_shape.rank() ? TensorT(labels_shape) : TensorT();
         sigma_ = TensorT(Shape{x_shape[0]});
-        (void)cuda::detail::BlasHandle::get();  // bind cuBLAS to this stream before capturing
+        (void)graph_context_.blas();  // cuBLAS's handle and workspace exist before the capture
         // The capture allocates the inputs' neighbours from the pool: let those allocations land first.
         cuda::cuda_check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize before capture");
         cuda::cuda_check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
@@ -95,7 +93,7 @@ private:
         if (!exec_) return;
         {
             // The captured output is a graph allocation: freed on the graph's stream, first.
-            cuda::StreamScope on_graph_stream(stream_);
+            cuda::ContextScope on_graph_stream(graph_context_);
             out_ = TensorT();
         }
         (void)cudaStreamSynchronize(stream_);
@@ -105,7 +103,8 @@ private:
     }
 
     nn::Precond<T, CudaBackend>* net_;
-    cudaStream_t stream_ = nullptr;
+    cuda::Context graph_context_;
+    cudaStream_t stream_;  // graph_context_'s
     cudaEvent_t inputs_ready_ = nullptr, output_ready_ = nullptr;
     cudaGraph_t graph_ = nullptr;
     cudaGraphExec_t exec_ = nullptr;

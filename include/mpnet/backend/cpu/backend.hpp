@@ -8,33 +8,13 @@
 
 #include <omp.h>
 
-#include "mpnet/backend/cpu/bf16.hpp"
+#include "mpnet/backend/cpu/context.hpp"
 #include "mpnet/backend/cpu/memory.hpp"
 #include "mpnet/core/error.hpp"
 #include "mpnet/core/host_reads.hpp"
 #include "mpnet/core/tensor.hpp"
 
 namespace mpnet::cpu {
-
-// The operands of the convolution products: float32, or bf16 with float32 sums (bf16.hpp;
-// AVX512-BF16 CPUs only). Tensors, weights, optimizer state and loss stay float32 either way.
-enum class Math { fp32, bf16 };
-
-inline std::string_view to_string(Math m) { return m == Math::bf16 ? "bf16" : "fp32"; }
-
-// Why this machine (CPU and build) cannot run bf16 products; empty where it can.
-inline std::string bf16_unavailable() {
-    if (!bf16::built) return "this build does not target AVX-512 (rebuild with -march=native on an AVX-512 CPU)";
-    if (!bf16::cpu_supported()) return "this CPU lacks AVX512-BF16 (vdpbf16ps)";
-    return {};
-}
-
-namespace detail {
-inline std::atomic<Math>& math_setting() {
-    static std::atomic<Math> m{Math::fp32};
-    return m;
-}
-}  // namespace detail
 
 struct CpuBackend {
     static constexpr std::string_view name = "cpu";
@@ -56,18 +36,12 @@ struct CpuBackend {
     // The arena a recurring phase's blocks are planned into (memory.hpp).
     using MemoryPlan = cpu::MemoryPlan;
 
-    // The math of the convolution products, for the whole process.
-    static Math math() { return detail::math_setting().load(std::memory_order_relaxed); }
-    static void set_math(Math m) {
-        if (m == Math::bf16) {
-            const std::string why = bf16_unavailable();
-            check(why.empty(), "bf16 math on the CPU: ", why);
-        }
-        detail::math_setting().store(m, std::memory_order_relaxed);
-    }
+    // The math of the convolution products in the calling thread's context (context.hpp).
+    static Math math() { return Context::current().math(); }
+    static void set_math(Math m) { Context::current().set_math(m); }
 };
 
-// Sets the CPU's math for a scope and restores the previous one at its end.
+// Sets the math of the calling thread's context for a scope and restores it at its end.
 class MathScope {
 public:
     explicit MathScope(Math m) : saved_(CpuBackend::math()) { CpuBackend::set_math(m); }

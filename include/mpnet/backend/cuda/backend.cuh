@@ -1,5 +1,6 @@
-// The CUDA backend: device memory from the stream-ordered pool, all work on the calling
-// thread's current stream, kernels as free functions in mpnet::cuda found by ADL on the tag.
+// The CUDA backend: device memory from the stream-ordered pool, all work in the calling
+// thread's context (context.cuh: device, stream, cuBLAS, math), kernels as free functions
+// in mpnet::cuda found by ADL on the tag.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -7,43 +8,12 @@
 #include <string_view>
 
 #include "mpnet/backend/cuda/check.cuh"
+#include "mpnet/backend/cuda/context.cuh"
 #include "mpnet/backend/cuda/memory.cuh"
 #include "mpnet/core/host_reads.hpp"
 #include "mpnet/core/tensor.hpp"
 
 namespace mpnet::cuda {
-
-// Compute type of the float matrix products (convolutions, linear layers, attention).
-// fp32 is the reference path. tf32, fp16 and bf16 let cuBLAS round the float operands to
-// that format and run them on tensor cores, accumulating in fp32; tensors, weights,
-// reductions and the optimizer stay fp32. Double products always run in fp64.
-enum class Math { fp32, tf32, fp16, bf16 };
-
-inline std::string_view to_string(Math m) {
-    switch (m) {
-        case Math::fp32: return "fp32";
-        case Math::tf32: return "tf32";
-        case Math::fp16: return "fp16";
-        case Math::bf16: return "bf16";
-    }
-    return "?";
-}
-inline Math parse_math(std::string_view s) {
-    for (Math m : {Math::fp32, Math::tf32, Math::fp16, Math::bf16})
-        if (s == to_string(m)) return m;
-    fail("unknown math mode '", s, "' (expected fp32, tf32, fp16 or bf16)");
-}
-
-namespace detail {
-inline std::atomic<Math>& math_setting() {
-    static std::atomic<Math> m{Math::fp32};
-    return m;
-}
-inline std::atomic<std::size_t>& scratch_limit_setting() {
-    static std::atomic<std::size_t> bytes{std::size_t{256} << 20};
-    return bytes;
-}
-}  // namespace detail
 
 struct CudaBackend {
     static constexpr std::string_view name = "cuda";
@@ -70,18 +40,14 @@ struct CudaBackend {
     static void zero(void* dst, std::size_t bytes) {
         cuda_check(cudaMemsetAsync(dst, 0, bytes, current_stream()), "zero of ", bytes, " bytes");
     }
-    static void synchronize() { cuda_check(cudaStreamSynchronize(current_stream()), "stream synchronize"); }
+    static void synchronize() { Context::current().synchronize(); }
 
+    // The calling thread's context's settings (context.cuh).
     static cudaStream_t stream() { return current_stream(); }
-    static void set_stream(cudaStream_t s) { set_current_stream(s); }
-    static Math math() { return detail::math_setting().load(std::memory_order_relaxed); }
-    static void set_math(Math m) { detail::math_setting().store(m, std::memory_order_relaxed); }
-    // Upper bound on the im2col scratch of one convolution call: larger batches are unfolded
-    // a chunk of images at a time (at least one image per chunk, whatever the bound).
-    static std::size_t scratch_limit() { return detail::scratch_limit_setting().load(std::memory_order_relaxed); }
-    static void set_scratch_limit(std::size_t bytes) {
-        detail::scratch_limit_setting().store(bytes, std::memory_order_relaxed);
-    }
+    static Math math() { return Context::current().math(); }
+    static void set_math(Math m) { Context::current().set_math(m); }
+    static std::size_t scratch_limit() { return Context::current().scratch_limit(); }
+    static void set_scratch_limit(std::size_t bytes) { Context::current().set_scratch_limit(bytes); }
     static std::size_t peak_bytes() { return DevicePool::instance().peak_bytes(); }
     static void reset_peak() { DevicePool::instance().reset_peak(); }
 };
@@ -99,7 +65,7 @@ inline int device_count() {
     return n;
 }
 
-// Sets the math mode for a scope and restores the previous one at its end.
+// Sets the math mode of the calling thread's context for a scope and restores it at its end.
 class MathScope {
 public:
     explicit MathScope(Math m) : saved_(CudaBackend::math()) { CudaBackend::set_math(m); }

@@ -1,7 +1,8 @@
 // Matrix products on cuBLAS for the CUDA kernels, stated in row-major terms.
 //
-// One cuBLAS handle per thread, bound to the thread's current stream, with its own
-// workspace so that cuBLAS never allocates during a step. cuBLAS is column-major: a
+// The cuBLAS handle is the calling thread's context's (context.cuh): bound to its stream,
+// with a workspace of its own, so that cuBLAS never allocates during a step. cuBLAS is
+// column-major: a
 // row-major C = op(A) op(B) is the column-major C^T = op(B)^T op(A)^T, which is how every
 // call below is issued.
 #pragma once
@@ -14,46 +15,6 @@
 #include "mpnet/backend/cuda/backend.cuh"
 
 namespace mpnet::cuda::detail {
-
-class BlasHandle {
-public:
-    // cuBLAS's recommended workspace for Hopper.
-    static constexpr std::size_t workspace_bytes = std::size_t{32} << 20;
-
-    static cublasHandle_t get() {
-        thread_local BlasHandle h;
-        return h.bound_to(current_stream());
-    }
-    BlasHandle(const BlasHandle&) = delete;
-    BlasHandle& operator=(const BlasHandle&) = delete;
-
-private:
-    BlasHandle() {
-        cublas_check(cublasCreate(&handle_), "cublasCreate");
-        cuda_check(cudaMalloc(&workspace_, workspace_bytes), "allocating the cuBLAS workspace of ", workspace_bytes,
-                   " bytes");
-    }
-    ~BlasHandle() {
-        // At process exit the runtime may already be gone: nothing useful can be done then.
-        (void)cudaFree(workspace_);
-        (void)cublasDestroy(handle_);
-    }
-    cublasHandle_t bound_to(cudaStream_t stream) {
-        if (!bound_ || stream != stream_) {
-            cublas_check(cublasSetStream(handle_, stream), "cublasSetStream");
-            // cublasSetStream resets the workspace to cuBLAS's own pool: set ours again.
-            cublas_check(cublasSetWorkspace(handle_, workspace_, workspace_bytes), "cublasSetWorkspace");
-            stream_ = stream;
-            bound_ = true;
-        }
-        return handle_;
-    }
-
-    cublasHandle_t handle_ = nullptr;
-    void* workspace_ = nullptr;
-    cudaStream_t stream_ = nullptr;
-    bool bound_ = false;
-};
 
 inline cublasComputeType_t compute_type(Math m) {
     switch (m) {
@@ -89,7 +50,7 @@ void gemm(int64_t m, int64_t n, int64_t k, double alpha, Operand<T> a, Operand<T
     const cudaDataType_t type = is_double ? CUDA_R_64F : CUDA_R_32F;
     const cublasComputeType_t compute = is_double ? CUBLAS_COMPUTE_64F : compute_type(CudaBackend::math());
     const T alpha_t = T(alpha), beta_t = T(beta);
-    cublas_check(cublasGemmStridedBatchedEx(BlasHandle::get(), b.trans ? CUBLAS_OP_T : CUBLAS_OP_N,
+    cublas_check(cublasGemmStridedBatchedEx(Context::current().blas(), b.trans ? CUBLAS_OP_T : CUBLAS_OP_N,
                                             a.trans ? CUBLAS_OP_T : CUBLAS_OP_N, int(n), int(m), int(k), &alpha_t,
                                             b.ptr, type, int(b.ld), b.stride, a.ptr, type, int(a.ld), a.stride,
                                             &beta_t, c, type, int(ldc), stride_c, int(batch), compute,

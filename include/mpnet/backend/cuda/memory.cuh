@@ -1,16 +1,13 @@
-// Device memory and streams for the CUDA backend.
+// Device memory for the CUDA backend.
 //
-// Every thread has a current stream (the legacy default stream unless the user sets
-// another); all kernels, copies, allocations and frees of that thread are ordered on it.
-// The default is the legacy stream rather than a per-thread one because its handle means
-// the same stream in every thread, so a tensor may be released by any thread. Memory comes
-// from the device's stream-ordered pool (cudaMallocAsync) whose release threshold is raised
-// to "never", so blocks freed during a training step stay reserved and the next step's
-// allocations are served from the pool without reaching the driver.
-//
-// A block is freed on the stream that allocated it, so the free is ordered after every
-// kernel that stream ran on it. Work on other streams that touches a block must be
-// synchronised by the caller before the block's last owner goes away.
+// Memory comes from each device's stream-ordered pool (cudaMallocAsync) whose release
+// threshold is raised to "never", so blocks freed during a training step stay reserved and
+// the next step's allocations are served from the pool without reaching the driver. A
+// block is allocated on the stream of the calling thread's context (context.cuh) and freed
+// on that same stream, so the free is ordered after every kernel that stream ran on it.
+// Work on other streams that touches a block must be synchronised by the caller before the
+// block's last owner goes away. A context that is destroyed first hands its blocks to the
+// legacy stream (retire_stream), so they may outlive it.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -18,6 +15,7 @@
 #include <cstdio>
 #include <limits>
 #include <mutex>
+#include <set>
 #include <span>
 #include <unordered_map>
 #include <utility>
@@ -26,28 +24,8 @@
 
 namespace mpnet::cuda {
 
-namespace detail {
-inline cudaStream_t& current_stream_slot() {
-    thread_local cudaStream_t stream = cudaStreamLegacy;
-    return stream;
-}
-}  // namespace detail
-
-// The stream this thread's work goes to.
-inline cudaStream_t current_stream() { return detail::current_stream_slot(); }
-inline void set_current_stream(cudaStream_t stream) { detail::current_stream_slot() = stream; }
-
-// Makes `stream` current for a scope and restores the previous one at its end.
-class StreamScope {
-public:
-    explicit StreamScope(cudaStream_t stream) : saved_(current_stream()) { set_current_stream(stream); }
-    ~StreamScope() { set_current_stream(saved_); }
-    StreamScope(const StreamScope&) = delete;
-    StreamScope& operator=(const StreamScope&) = delete;
-
-private:
-    cudaStream_t saved_;
-};
+// The stream of the calling thread's context (defined in context.cuh, included below).
+inline cudaStream_t current_stream();
 
 class DevicePool {
 public:
@@ -90,6 +68,14 @@ public:
             std::fprintf(stderr, "mpnet: CUDA error in deallocate of %zu bytes: %s\n", bytes, cudaGetErrorName(status));
     }
 
+    // Blocks ordered on `stream` are freed on the legacy stream from now on: `stream` is
+    // about to be destroyed, after its work has finished.
+    void retire_stream(cudaStream_t stream) {
+        std::lock_guard lock(mutex_);
+        for (auto& [p, block] : blocks_)
+            if (block.stream == stream) block.stream = cudaStreamLegacy;
+    }
+
     // Returns the pool's unused reserve to the driver (after the current stream's frees).
     void release_cached() {
         cuda_check(cudaStreamSynchronize(current_stream()), "release_cached: stream synchronize");
@@ -123,17 +109,23 @@ private:
         return pool;
     }
 
-    // Once per process: keep freed memory in the pool instead of giving it back at every
+    // Once per device: keep freed memory in the pool instead of giving it back at every
     // synchronisation, which is what makes steady-state training allocation-free.
     void keep_reserved() {
-        std::call_once(configured_, [] {
-            uint64_t threshold = std::numeric_limits<uint64_t>::max();
-            cuda_check(cudaMemPoolSetAttribute(pool(), cudaMemPoolAttrReleaseThreshold, &threshold),
-                       "cudaMemPoolSetAttribute(release threshold)");
-        });
+        int device = 0;
+        cuda_check(cudaGetDevice(&device), "cudaGetDevice");
+        {
+            std::lock_guard lock(mutex_);
+            if (configured_.contains(device)) return;
+        }
+        uint64_t threshold = std::numeric_limits<uint64_t>::max();
+        cuda_check(cudaMemPoolSetAttribute(pool(), cudaMemPoolAttrReleaseThreshold, &threshold),
+                   "cudaMemPoolSetAttribute(release threshold) of device ", device);
+        std::lock_guard lock(mutex_);
+        configured_.insert(device);
     }
 
-    std::once_flag configured_;
+    std::set<int> configured_;  // devices whose pool keep_reserved has set
     std::mutex mutex_;
     std::unordered_map<void*, Block> blocks_;
     std::size_t in_use_ = 0, peak_ = 0;
@@ -180,3 +172,5 @@ private:
 };
 
 }  // namespace mpnet::cuda
+
+#include "mpnet/backend/cuda/context.cuh"  // current_stream()
