@@ -1,6 +1,7 @@
 // Every CUDA kernel against the CPU kernel on the same random inputs, in float and double;
 // the RNG streams; the math modes; memory, streams and error reporting. (That both
 // backends declare the same kernels is asserted by their headers: backend/kernels.hpp.)
+#include <exception>
 #include <thread>
 
 #include "cuda_test.cuh"
@@ -463,27 +464,38 @@ TEST_CASE("cuda contexts: two contexts on two threads run at once, each as it ru
     const std::vector<float> alone_a = forward(a), alone_b = forward(b);
     CHECK(alone_a != alone_b);  // bf16 operands change the last bits
     std::vector<std::vector<float>> got_a, got_b;
-    std::thread ta([&] {
-        for (int i = 0; i < 8; ++i) got_a.push_back(forward(a));
-    });
-    std::thread tb([&] {
-        for (int i = 0; i < 8; ++i) got_b.push_back(forward(b));
-    });
+    std::exception_ptr failed_a, failed_b;  // an exception must not leave a thread (terminate)
+    auto repeat = [&](mpnet::cuda::Context& ctx, std::vector<std::vector<float>>& got, std::exception_ptr& failed) {
+        try {
+            for (int i = 0; i < 8; ++i) got.push_back(forward(ctx));
+        } catch (...) {
+            failed = std::current_exception();
+        }
+    };
+    std::thread ta([&] { repeat(a, got_a, failed_a); }), tb([&] { repeat(b, got_b, failed_b); });
     ta.join();
     tb.join();
+    for (const auto& failed : {failed_a, failed_b})
+        if (failed) std::rethrow_exception(failed);
+    REQUIRE(got_a.size() == 8);
+    REQUIRE(got_b.size() == 8);
     for (const auto& y : got_a) CHECK(y == alone_a);
     for (const auto& y : got_b) CHECK(y == alone_b);
 }
 
 TEST_CASE("cuda contexts: a tensor may outlive the context that allocated it") {
+    const auto values = random_cpu<float>({3, 5}, 47);
     CudaTensor<float> kept;
     {
         mpnet::cuda::Context ctx(mpnet::cuda::detail::current_device());
         mpnet::cuda::ContextScope scope(ctx);
-        kept = to_gpu(random_cpu<float>({3, 5}, 47));
+        kept = to_gpu(values);
+        affine(CudaBackend{}, kept, 2.0f, 0.0f, kept);  // work on the context's stream before it goes
     }
     // Freed on the legacy stream once its own stream is gone (DevicePool::retire_stream).
-    CHECK(kept.to_host().size() == 15);
+    const std::vector<float> host = kept.to_host();
+    REQUIRE(host.size() == 15);
+    for (std::size_t i = 0; i < host.size(); ++i) CHECK(host[i] == 2.0f * values.data()[i]);
     kept = CudaTensor<float>();
     CudaBackend::synchronize();
 }

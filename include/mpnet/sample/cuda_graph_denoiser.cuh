@@ -32,13 +32,11 @@ public:
     }
     CudaGraphDenoiser(const CudaGraphDenoiser&) = delete;
     CudaGraphDenoiser& operator=(const CudaGraphDenoiser&) = delete;
+    // Blocks are freed on the stream that allocated them (DevicePool), so the tensors made
+    // in the graph's context need no scope here; a destructor must not throw.
     ~CudaGraphDenoiser() {
         release_graph();
-        {
-            // The input buffers were allocated on the graph's stream, so they are freed there.
-            cuda::ContextScope on_graph_stream(graph_context_);
-            x_ = TensorT(), labels_ = TensorT(), sigma_ = TensorT();
-        }
+        x_ = TensorT(), labels_ = TensorT(), sigma_ = TensorT();
         (void)cudaStreamSynchronize(stream_);
         (void)cudaEventDestroy(inputs_ready_);
         (void)cudaEventDestroy(output_ready_);
@@ -66,7 +64,8 @@ public:
 private:
     void capture(const Shape& x_shape, const Shape& labels_shape) {
         release_graph();
-        graph_context_.set_math(CudaBackend::math());  // the caller's, as when a graph is replayed
+        graph_context_.set_math(CudaBackend::math());  // the caller's settings, as when it runs uncaptured
+        graph_context_.set_scratch_limit(CudaBackend::scratch_limit());
         cuda::ContextScope on_graph_stream(graph_context_);
         x_ = TensorT(x_shape);
         labels_ = labels_shape.rank() ? TensorT(labels_shape) : TensorT();
@@ -91,11 +90,11 @@ private:
 
     void release_graph() {
         if (!exec_) return;
-        {
-            // The captured output is a graph allocation: freed on the graph's stream, first.
-            cuda::ContextScope on_graph_stream(graph_context_);
-            out_ = TensorT();
-        }
+        // The captured output is a graph allocation, freed on the graph's stream (where it was
+        // allocated) after the caller's stream has finished its last copy of it.
+        (void)cudaEventRecord(output_ready_, cuda::current_stream());
+        (void)cudaStreamWaitEvent(stream_, output_ready_, 0);
+        out_ = TensorT();
         (void)cudaStreamSynchronize(stream_);
         (void)cudaGraphExecDestroy(exec_);
         (void)cudaGraphDestroy(graph_);

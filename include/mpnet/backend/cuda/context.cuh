@@ -5,7 +5,7 @@
 // (memory.cuh), each block ordered on the stream of the context that allocated it.
 //
 // Several contexts live in one process: one per GPU, or two streams of one GPU. A context
-// is used by one thread at a time. A thread's work goes to the context a ContextScope made
+// is used by one thread at a time, and is destroyed only once no ContextScope holds it. A thread's work goes to the context a ContextScope made
 // current (which also makes its device current), or else to the thread's default context:
 // the legacy default stream on whichever device is current, a cuBLAS handle per device,
 // and the process-wide math mode and scratch bound, which CudaBackend::set_math and
@@ -112,11 +112,22 @@ public:
         (is_default() ? detail::default_scratch_limit() : scratch_limit_).store(bytes);
     }
 
-    // The context's cuBLAS handle, made on first use (on the default context, one per device).
+    // The context's cuBLAS handle, made on first use on the context's device (on the
+    // default context, one per device).
     cublasHandle_t blas() {
         const int device = this->device();
         if (blas_.size() <= std::size_t(device)) blas_.resize(std::size_t(device) + 1);
-        if (!blas_[std::size_t(device)]) blas_[std::size_t(device)] = std::make_unique<detail::Blas>(stream_);
+        if (!blas_[std::size_t(device)]) {
+            const int previous = detail::current_device();
+            if (previous != device) cuda_check(cudaSetDevice(device), "cudaSetDevice(", device, ") for cuBLAS");
+            try {
+                blas_[std::size_t(device)] = std::make_unique<detail::Blas>(stream_);
+            } catch (...) {
+                (void)cudaSetDevice(previous);
+                throw;
+            }
+            if (previous != device) (void)cudaSetDevice(previous);
+        }
         return blas_[std::size_t(device)]->handle();
     }
 
@@ -167,7 +178,8 @@ private:
     int saved_device_;
 };
 
-// The stream this thread's work goes to: its context's.
+// The stream this thread's work goes to, and that stream's device: its context's.
 inline cudaStream_t current_stream() { return Context::current().stream(); }
+inline int current_context_device() { return Context::current().device(); }
 
 }  // namespace mpnet::cuda

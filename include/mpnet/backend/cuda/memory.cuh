@@ -24,8 +24,10 @@
 
 namespace mpnet::cuda {
 
-// The stream of the calling thread's context (defined in context.cuh, included below).
+// The stream and the device of the calling thread's context (defined in context.cuh,
+// included below).
 inline cudaStream_t current_stream();
+inline int current_context_device();
 
 class DevicePool {
 public:
@@ -35,33 +37,41 @@ public:
     }
 
     void* allocate(std::size_t bytes) {
-        keep_reserved();
+        const int device = current_context_device();
+        keep_reserved(device);
         const cudaStream_t stream = current_stream();
         void* p = nullptr;
         const cudaError_t status = cudaMallocAsync(&p, bytes, stream);
         if (status != cudaSuccess)
-            cuda_check(status, "allocate of ", bytes, " bytes from the stream-ordered pool (", bytes_in_use(),
-                       " bytes in use)");
+            cuda_check(status, "allocate of ", bytes, " bytes from the stream-ordered pool of device ", device, " (",
+                       bytes_in_use(), " bytes in use)");
         std::lock_guard lock(mutex_);
-        blocks_[p] = Block{bytes, stream};
+        blocks_[p] = Block{bytes, stream, device};
         in_use_ += bytes;
         if (in_use_ > peak_) peak_ = in_use_;
         return p;
     }
 
     // Called from tensor destructors, so it must not throw. A failure here means the
-    // context is already broken (or torn down at exit); it is reported, not hidden.
+    // context is already broken (or torn down at exit); it is reported, not hidden. The
+    // free is issued under the lock, so that a context being destroyed on another thread
+    // cannot retire (and destroy) the block's stream in between.
     void deallocate(void* p, std::size_t bytes) noexcept {
-        cudaStream_t stream = current_stream();
-        {
-            std::lock_guard lock(mutex_);
-            if (auto it = blocks_.find(p); it != blocks_.end()) {
-                stream = it->second.stream;
-                blocks_.erase(it);
-            }
-            in_use_ -= bytes;
+        std::lock_guard lock(mutex_);
+        cudaStream_t stream = cudaStreamLegacy;
+        int device = -1;
+        if (auto it = blocks_.find(p); it != blocks_.end()) {
+            stream = it->second.stream;
+            device = it->second.device;
+            blocks_.erase(it);
         }
+        in_use_ -= bytes;
+        // A retired block is freed on the legacy stream of its own device.
+        int current = device;
+        if (device >= 0 && stream == cudaStreamLegacy && cudaGetDevice(&current) == cudaSuccess && current != device)
+            (void)cudaSetDevice(device);
         const cudaError_t status = cudaFreeAsync(p, stream);
+        if (current != device) (void)cudaSetDevice(current);
         if (status == cudaSuccess) return;
         (void)cudaGetLastError();
         if (status != cudaErrorCudartUnloading)
@@ -76,10 +86,11 @@ public:
             if (block.stream == stream) block.stream = cudaStreamLegacy;
     }
 
-    // Returns the pool's unused reserve to the driver (after the current stream's frees).
+    // Returns the unused reserve of the current context's device's pool to the driver (after
+    // the current stream's frees).
     void release_cached() {
         cuda_check(cudaStreamSynchronize(current_stream()), "release_cached: stream synchronize");
-        cuda_check(cudaMemPoolTrimTo(pool(), 0), "release_cached: cudaMemPoolTrimTo");
+        cuda_check(cudaMemPoolTrimTo(pool(current_context_device()), 0), "release_cached: cudaMemPoolTrimTo");
     }
 
     [[nodiscard]] std::size_t bytes_in_use() {
@@ -98,12 +109,11 @@ public:
 private:
     struct Block {
         std::size_t bytes;
-        cudaStream_t stream;
+        cudaStream_t stream;  // of the context that allocated it (the legacy stream once retired)
+        int device;
     };
 
-    static cudaMemPool_t pool() {
-        int device = 0;
-        cuda_check(cudaGetDevice(&device), "cudaGetDevice");
+    static cudaMemPool_t pool(int device) {
         cudaMemPool_t pool = nullptr;
         cuda_check(cudaDeviceGetDefaultMemPool(&pool, device), "cudaDeviceGetDefaultMemPool of device ", device);
         return pool;
@@ -111,15 +121,13 @@ private:
 
     // Once per device: keep freed memory in the pool instead of giving it back at every
     // synchronisation, which is what makes steady-state training allocation-free.
-    void keep_reserved() {
-        int device = 0;
-        cuda_check(cudaGetDevice(&device), "cudaGetDevice");
+    void keep_reserved(int device) {
         {
             std::lock_guard lock(mutex_);
             if (configured_.contains(device)) return;
         }
         uint64_t threshold = std::numeric_limits<uint64_t>::max();
-        cuda_check(cudaMemPoolSetAttribute(pool(), cudaMemPoolAttrReleaseThreshold, &threshold),
+        cuda_check(cudaMemPoolSetAttribute(pool(device), cudaMemPoolAttrReleaseThreshold, &threshold),
                    "cudaMemPoolSetAttribute(release threshold) of device ", device);
         std::lock_guard lock(mutex_);
         configured_.insert(device);
