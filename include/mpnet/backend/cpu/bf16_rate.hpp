@@ -2,9 +2,9 @@
 //
 // vdpbf16ps does two multiply-adds per float32 lane where an FMA does one, but CPUs issue
 // the two instructions at different rates. On AMD Zen 4 it issues as fast as an FMA, so
-// bf16 products run at twice float32's multiply-add rate. On Intel's Sapphire and Emerald
-// Rapids cores (whose bf16 throughput is meant to come from AMX) it issues at a quarter of
-// the FMA rate, so bf16 products there run at half of float32's: `--math bf16` makes the
+// bf16 products run at twice float32's multiply-add rate. On an Intel Emerald Rapids core
+// (measured; these server cores get their bf16 throughput from AMX) it issues at a quarter
+// of the FMA rate, so bf16 products there run at half of float32's: `--math bf16` makes the
 // convolutions slower, not faster. No CPU flag tells the two apart, so the rate is timed:
 // both instructions on 12 independent register chains (enough to hide either latency), on
 // the calling thread, best of a few short runs (a few milliseconds in all). The result only
