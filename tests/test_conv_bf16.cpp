@@ -11,9 +11,8 @@
 #include <bit>
 #include <cmath>
 #include <limits>
-#include <exception>
-#include <thread>
 
+#include "concurrently.hpp"
 #include "conv_reference.hpp"
 #include "mpnet/backend/cpu/bf16.hpp"
 #include "mpnet/backend/cpu/bf16_rate.hpp"
@@ -219,26 +218,14 @@ TEST_CASE("cpu contexts: each thread computes in its own context's math, concurr
     // Then both at once, many times: a thread in its own context, one in the default context.
     cpu::Context ctx(other);
     std::vector<std::vector<float>> in_context, in_default;
-    std::exception_ptr failed_a, failed_b;  // an exception must not leave a thread (terminate)
-    std::thread a([&] {
-        try {
+    mpnet::test::run_concurrently(
+        [&] {
             const cpu::ContextScope scope(ctx);
             for (int i = 0; i < 6; ++i) in_context.push_back(forward());
-        } catch (...) {
-            failed_a = std::current_exception();
-        }
-    });
-    std::thread b([&] {
-        try {
+        },
+        [&] {
             for (int i = 0; i < 6; ++i) in_default.push_back(forward());
-        } catch (...) {
-            failed_b = std::current_exception();
-        }
-    });
-    a.join();
-    b.join();
-    for (const auto& failed : {failed_a, failed_b})
-        if (failed) std::rethrow_exception(failed);
+        });
     REQUIRE(in_context.size() == 6);
     REQUIRE(in_default.size() == 6);
     // Bit for bit: the products' results do not depend on the thread count

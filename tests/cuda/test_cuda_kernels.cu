@@ -1,9 +1,7 @@
 // Every CUDA kernel against the CPU kernel on the same random inputs, in float and double;
 // the RNG streams; the math modes; memory, streams and error reporting. (That both
 // backends declare the same kernels is asserted by their headers: backend/kernels.hpp.)
-#include <exception>
-#include <thread>
-
+#include "concurrently.hpp"
 #include "cuda_test.cuh"
 
 using namespace mpnet;
@@ -464,19 +462,13 @@ TEST_CASE("cuda contexts: two contexts on two threads run at once, each as it ru
     const std::vector<float> alone_a = forward(a), alone_b = forward(b);
     CHECK(alone_a != alone_b);  // bf16 operands change the last bits
     std::vector<std::vector<float>> got_a, got_b;
-    std::exception_ptr failed_a, failed_b;  // an exception must not leave a thread (terminate)
-    auto repeat = [&](mpnet::cuda::Context& ctx, std::vector<std::vector<float>>& got, std::exception_ptr& failed) {
-        try {
-            for (int i = 0; i < 8; ++i) got.push_back(forward(ctx));
-        } catch (...) {
-            failed = std::current_exception();
-        }
-    };
-    std::thread ta([&] { repeat(a, got_a, failed_a); }), tb([&] { repeat(b, got_b, failed_b); });
-    ta.join();
-    tb.join();
-    for (const auto& failed : {failed_a, failed_b})
-        if (failed) std::rethrow_exception(failed);
+    mpnet::test::run_concurrently(
+        [&] {
+            for (int i = 0; i < 8; ++i) got_a.push_back(forward(a));
+        },
+        [&] {
+            for (int i = 0; i < 8; ++i) got_b.push_back(forward(b));
+        });
     REQUIRE(got_a.size() == 8);
     REQUIRE(got_b.size() == 8);
     for (const auto& y : got_a) CHECK(y == alone_a);

@@ -25,8 +25,7 @@ public:
     using TensorT = CudaTensor<T>;
 
     explicit CudaGraphDenoiser(nn::Precond<T, CudaBackend>& net)
-        : net_(&net), graph_context_(cuda::Context::current().device(), CudaBackend::math()),
-          stream_(graph_context_.stream()) {
+        : net_(&net), graph_context_(cuda::Context::current().device(), CudaBackend::math()) {
         cuda::cuda_check(cudaEventCreateWithFlags(&inputs_ready_, cudaEventDisableTiming), "cudaEventCreate");
         cuda::cuda_check(cudaEventCreateWithFlags(&output_ready_, cudaEventDisableTiming), "cudaEventCreate");
     }
@@ -37,7 +36,7 @@ public:
     ~CudaGraphDenoiser() {
         release_graph();
         x_ = TensorT(), labels_ = TensorT(), sigma_ = TensorT();
-        (void)cudaStreamSynchronize(stream_);
+        (void)cudaStreamSynchronize(graph_stream());
         (void)cudaEventDestroy(inputs_ready_);
         (void)cudaEventDestroy(output_ready_);
     }
@@ -49,9 +48,9 @@ public:
         if (!labels.empty()) labels_.copy_from(labels);
         fill(CudaBackend{}, sigma_, T(sigma));
         cuda::cuda_check(cudaEventRecord(inputs_ready_, caller), "cudaEventRecord");
-        cuda::cuda_check(cudaStreamWaitEvent(stream_, inputs_ready_, 0), "cudaStreamWaitEvent");
-        cuda::cuda_check(cudaGraphLaunch(exec_, stream_), "cudaGraphLaunch of the denoiser's graph");
-        cuda::cuda_check(cudaEventRecord(output_ready_, stream_), "cudaEventRecord");
+        cuda::cuda_check(cudaStreamWaitEvent(graph_stream(), inputs_ready_, 0), "cudaStreamWaitEvent");
+        cuda::cuda_check(cudaGraphLaunch(exec_, graph_stream()), "cudaGraphLaunch of the denoiser's graph");
+        cuda::cuda_check(cudaEventRecord(output_ready_, graph_stream()), "cudaEventRecord");
         cuda::cuda_check(cudaStreamWaitEvent(caller, output_ready_, 0), "cudaStreamWaitEvent");
         ++launches_;
         return out_.clone();  // on the caller's stream, after the graph
@@ -72,17 +71,17 @@ private:
         sigma_ = TensorT(Shape{x_shape[0]});
         (void)graph_context_.blas();  // cuBLAS's handle and workspace exist before the capture
         // The capture allocates the inputs' neighbours from the pool: let those allocations land first.
-        cuda::cuda_check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize before capture");
-        cuda::cuda_check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+        cuda::cuda_check(cudaStreamSynchronize(graph_stream()), "cudaStreamSynchronize before capture");
+        cuda::cuda_check(cudaStreamBeginCapture(graph_stream(), cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
         try {
             out_ = net_->forward(x_, sigma_, labels_, nn::ForwardMode{}, false).D;
         } catch (...) {
             cudaGraph_t broken = nullptr;
-            (void)cudaStreamEndCapture(stream_, &broken);
+            (void)cudaStreamEndCapture(graph_stream(), &broken);
             if (broken) (void)cudaGraphDestroy(broken);
             throw;
         }
-        cuda::cuda_check(cudaStreamEndCapture(stream_, &graph_), "cudaStreamEndCapture of the denoiser's graph");
+        cuda::cuda_check(cudaStreamEndCapture(graph_stream(), &graph_), "cudaStreamEndCapture of the denoiser's graph");
         cuda::cuda_check(cudaGraphInstantiateWithFlags(&exec_, graph_, cudaGraphInstantiateFlagAutoFreeOnLaunch),
                          "cudaGraphInstantiate of the denoiser's graph");
         ++captures_;
@@ -93,17 +92,18 @@ private:
         // The captured output is a graph allocation, freed on the graph's stream (where it was
         // allocated) after the caller's stream has finished its last copy of it.
         (void)cudaEventRecord(output_ready_, cuda::current_stream());
-        (void)cudaStreamWaitEvent(stream_, output_ready_, 0);
+        (void)cudaStreamWaitEvent(graph_stream(), output_ready_, 0);
         out_ = TensorT();
-        (void)cudaStreamSynchronize(stream_);
+        (void)cudaStreamSynchronize(graph_stream());
         (void)cudaGraphExecDestroy(exec_);
         (void)cudaGraphDestroy(graph_);
         exec_ = nullptr, graph_ = nullptr;
     }
 
+    [[nodiscard]] cudaStream_t graph_stream() const { return graph_context_.stream(); }
+
     nn::Precond<T, CudaBackend>* net_;
     cuda::Context graph_context_;
-    cudaStream_t stream_;  // graph_context_'s
     cudaEvent_t inputs_ready_ = nullptr, output_ready_ = nullptr;
     cudaGraph_t graph_ = nullptr;
     cudaGraphExec_t exec_ = nullptr;

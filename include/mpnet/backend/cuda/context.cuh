@@ -84,10 +84,9 @@ public:
         const cudaError_t created = cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking);
         (void)cudaSetDevice(previous);
         cuda_check(created, "cudaStreamCreate on device ", device, " for a new context");
-        owns_stream_ = true;
     }
     ~Context() {
-        if (!owns_stream_) return;
+        if (is_default()) return;  // the legacy stream is not ours
         // Blocks still alive on the stream are freed on the legacy stream later; the handle
         // goes before its stream.
         (void)cudaStreamSynchronize(stream_);
@@ -151,8 +150,7 @@ private:
     }
 
     int device_;
-    cudaStream_t stream_ = nullptr;
-    bool owns_stream_ = false;
+    cudaStream_t stream_ = nullptr;  // made by the context, or the legacy stream of a default one
     std::atomic<Math> math_{Math::fp32};
     std::atomic<std::size_t> scratch_limit_{0};
     std::vector<std::unique_ptr<detail::Blas>> blas_;  // indexed by device
