@@ -72,6 +72,7 @@ struct Options {
     std::string net_config;
     nlohmann::json net_settings = nlohmann::json::object();  // from the per-setting options
     cli::DeviceOption device;
+    bool cuda_graphs = false;                                // rounds replayed as a CUDA graph
     double collective_timeout = 600;                         // seconds, under an MPI launcher
 };
 
@@ -122,6 +123,9 @@ Image counts accept suffixes: 6400, 64k (1e3), 2M (1e6), 8Ki (2^10), 8Mi (2^20).
         .value("--device", "DEVICE", cli::device_help,
                [&](const std::string& v) { cli::parse_device(v, opts.device); })
         .value("--math", "MODE", cli::math_help, [&](const std::string& v) { cli::parse_math(v, opts.device); })
+        .value("--cuda-graphs", "BOOL",
+               "on the GPU, capture a training round (forward, loss and\nbackward) once as a CUDA graph and replay it (default: false)",
+               [&](const std::string& v) { opts.cuda_graphs = cli::parse_bool("--cuda-graphs", v); })
         .flag("--start-over", "if DIR holds another run, move its files to\nDIR/previous-run-<n>/ and start a new run instead of refusing",
               [&] { o.start_over = true; });
     p.section("Recipe")
@@ -185,6 +189,7 @@ Options parse_args(int argc, char** argv) {
     if (!opts.net_config.empty()) o.net = read_net_config(opts.net_config);
     for (const auto& [key, value] : opts.net_settings.items()) o.net[key] = value;
     cli::check_device_options(opts.device);
+    if (opts.cuda_graphs && !opts.device.cuda) throw UsageError("--cuda-graphs applies to --device cuda only");
     cli::as_usage_error([&] {
         o.validate();
         (void)nn::find_preset(o.preset);
@@ -284,7 +289,7 @@ void train_here(const Options& opts, dist::Communicator& comm) {
     double images = 0;
     try {
 #ifdef MPNET_WITH_CUDA
-        if (opts.device.cuda) images = cli::train_on_cuda(resolved, ds, log, comm, holding_dir);
+        if (opts.device.cuda) images = cli::train_on_cuda(resolved, ds, log, comm, holding_dir, opts.cuda_graphs);
         else
 #endif
             images = cli::train_on<CpuBackend>(resolved, ds, log, comm, holding_dir);

@@ -81,7 +81,7 @@ PY
 }
 
 # 48 steps of fmnist-s on the GPU in one go, and as 32 steps plus a resumed 16: the resumed
-# run must reach the same weights.
+# run must reach the same weights; then the rounds as CUDA graphs (train_graphs).
 train_resume() {
     local train=("$dir/examples/mpnet-train" --preset fmnist-s --data "$out/bars" --device "$device" --batch 64
                  --status 1024 --snapshot 1024 --checkpoint 1024)
@@ -93,6 +93,18 @@ train_resume() {
         grep -q "resuming from" "$out/resume.log" &&
         "$python" "$root/scripts/compare_tensors.py" --tolerance 0 \
             "$out/train-resumed/network-snapshot-0000003-0.100.safetensors" \
+            "$out/train-once/network-snapshot-0000003-0.100.safetensors" &&
+        train_graphs "${train[@]}"
+}
+
+# On the GPU, the same 48 steps with every round a replayed CUDA graph (--cuda-graphs): the
+# plain run's weights, to 1e-6 of the largest value (cuBLAS may pick other kernels when captured).
+train_graphs() {
+    [ "$device" = cuda ] || return 0
+    rm -rf "$out/train-graphs"
+    "$@" --outdir "$out/train-graphs" --duration 3072 --cuda-graphs true | tee "$out/graphs.log" &&
+        "$python" "$root/scripts/compare_tensors.py" --tolerance 1e-6 \
+            "$out/train-graphs/network-snapshot-0000003-0.100.safetensors" \
             "$out/train-once/network-snapshot-0000003-0.100.safetensors"
 }
 

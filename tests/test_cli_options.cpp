@@ -206,6 +206,8 @@ TEST_CASE("mpnet-train: every bad value is refused naming its option, before any
              {"--math fp8 --device cuda", "--math: 'fp8' is not one of fp32, tf32, fp16, bf16"},
              {"--math tf32", "--math tf32 applies to --device cuda only (the CPU runs fp32 or bf16)"},
              {"--math fp16", "--math fp16 applies to --device cuda only"},
+             {"--cuda-graphs true", "--cuda-graphs applies to --device cuda only"},
+             {"--cuda-graphs maybe", "--cuda-graphs: expected true or false, got 'maybe'"},
          }) {
         CAPTURE(args);
         const Outcome r = run(MPNET_TRAIN_EXE, base + args, s.dir);
@@ -332,7 +334,7 @@ TEST_CASE("every program: hostile option values end in a clear message or a corr
           "--channel-mult", "--channel-mult-emb", "--channel-mult-noise", "--channels-per-head", "--clip-act",
           "--concat-balance", "--label-balance", "--logvar-channels", "--model-channels", "--num-blocks",
           "--res-balance", "--resample-filter", "--sigma-data", "--data-storage", "--data-threads", "--data-cache",
-          "--collective-timeout"}},
+          "--collective-timeout", "--cuda-graphs"}},
         {"mpnet-generate", MPNET_GENERATE_EXE, "--net " + s.path("net.safetensors") + " --grid g.png --quiet",
          {"--guidance", "--seeds", "--class", "--class-names", "--steps", "--sigma-min", "--sigma-max", "--rho",
           "--S-churn", "--S-min", "--S-max", "--S-noise", "--batch", "--cuda-graphs", "--collective-timeout"}},

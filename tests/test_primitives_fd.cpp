@@ -2,6 +2,7 @@
 // including the cases the golden data does not cover (any normalisation dims, 5x5
 // kernels, trainable gains, odd filters, dropout, clip).
 #include "golden.hpp"
+#include "mpnet/nn/dropout_seed.hpp"
 #include "mpnet/nn/mp_fourier.hpp"
 #include "mpnet/nn/mpconv.hpp"
 
@@ -224,4 +225,30 @@ TEST_CASE("dropout keeps about 1-p of the elements, rescaled, and backward uses 
     CHECK(double(kept) / double(x.numel()) == doctest::Approx(0.75).epsilon(0.01));
     dropout_apply(CpuBackend{}, x, 0.25, 7, dx);  // the backward of a mask is the same mask
     MPNET_CHECK_CLOSE(dx, y, 0.0);
+}
+
+// The seed read from the backend (nn/dropout_seed.hpp) gives the mask of substream(seed,
+// stream) exactly, for seeds that use all 64 bits; and a new seed written over it is seen.
+TEST_CASE("dropout with its seed on the backend: the mask of substream(seed, stream), and a rewritten seed is used") {
+    const auto x = random_tensor(Shape{4099}, 3);
+    const nn::DropoutSeed<CpuBackend> seed;
+    for (const uint64_t s : {uint64_t{0}, uint64_t{7}, uint64_t{0xFFFFFFFFFFFFFFFF}, uint64_t{0x8000000100000001}}) {
+        CAPTURE(s);
+        seed.set(s);
+        for (const uint64_t stream : {uint64_t{0}, uint64_t{5}}) {
+            D keyed(x.shape()), direct(x.shape());
+            dropout_apply(CpuBackend{}, x, 0.3, seed.words, stream, keyed);
+            dropout_apply(CpuBackend{}, x, 0.3, rng::substream(s, stream), direct);
+            MPNET_CHECK_CLOSE(keyed, direct, 0.0);
+        }
+        CHECK(rng::from_words(seed.words.data()[0], seed.words.data()[1]) == s);
+    }
+    D a(x.shape()), b(x.shape());
+    seed.set(1);
+    dropout_apply(CpuBackend{}, x, 0.3, seed.words, 0, a);
+    seed.set(2);
+    dropout_apply(CpuBackend{}, x, 0.3, seed.words, 0, b);
+    int64_t differ = 0;
+    for (int64_t i = 0; i < a.numel(); ++i) differ += a.data()[i] != b.data()[i];
+    CHECK(differ > 100);
 }

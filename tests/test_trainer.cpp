@@ -10,6 +10,7 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <memory>
 
 #include "bars_data.hpp"
 #include "golden.hpp"
@@ -125,6 +126,62 @@ TEST_CASE("trainer: with bf16 math, N steps straight equal N/2 + N/2 bit for bit
     for (size_t i = 0; i < a.params.size(); ++i) differ = std::max(differ, double(std::abs(a.params[i] - fp32.params[i])));
     CHECK(differ > 0);
     CHECK(differ < 0.1);  // the same training, to bf16's precision over 8 steps
+}
+
+// What a replayed CUDA graph needs of a round (train/round_runner.hpp): its computation reads
+// only the staged buffers and the network's state, and running it again gives the same
+// result. This runner runs each one twice; the run must train to the plain run's bits.
+struct TwiceRunner final : train::RoundRunner {
+    int* rounds;
+    explicit TwiceRunner(int* r) : rounds(r) {}
+    void run(const std::function<void()>& compute) override {
+        compute();
+        compute();
+        ++*rounds;
+    }
+};
+
+TEST_CASE("trainer: each round's computation run twice, as a graph replays it, trains to the same bits") {
+    const auto ds = bars_dataset();
+    for (int64_t batch_gpu : {8, 4}) {  // one round per step, and two
+        CAPTURE(batch_gpu);
+        auto o = tiny_options(fresh_dir("plain"), 64);
+        o.batch_gpu = batch_gpu;
+        const Trained plain = train_to(ds, o);
+        o.outdir = fresh_dir("twice").string();
+        int rounds = 0;
+        train::Trainer<float, CpuBackend> t(train::resolve(o, ds), ds, [](const std::string&) {});
+        t.set_round_runner(std::make_unique<TwiceRunner>(&rounds));
+        t.resume();
+        t.run();
+        CHECK(rounds == 64 / 8 * (8 / batch_gpu));
+        const Trained twice{flat_params(t.network()), flat_ema(t.ema())};
+        REQUIRE(plain.params.size() == twice.params.size());
+        CHECK(std::memcmp(plain.params.data(), twice.params.data(), plain.params.size() * sizeof(float)) == 0);
+        CHECK(std::memcmp(plain.ema.data(), twice.ema.data(), plain.ema.size() * sizeof(float)) == 0);
+    }
+}
+
+// The network's dropout seed on the backend: a training forward without a seed in its mode
+// uses the one set before it, exactly as if the mode carried it, and a new seed changes it.
+TEST_CASE("network: a dropout seed set before a training forward equals the seed given in its mode") {
+    auto cfg = nn::find_preset("fmnist-xs").net;
+    cfg.dropout = 0.25;
+    nn::Precond<float, CpuBackend> net(cfg, 3);
+    net.visit([](const std::string& name, nn::Param<float, CpuBackend>& p) {  // gains start at 0: D would be c_skip x
+        if (name.ends_with("gain")) fill(CpuBackend{}, p.value, 1.0f);
+    });
+    const auto x = CpuTensor<float>::from_host(Shape{2, 1, 32, 32}, std::vector<float>(2 * 32 * 32, 0.5f));
+    const auto sigma = CpuTensor<float>::from_host(Shape{2}, std::vector<float>{0.4f, 2.0f});
+    auto D = [&](const nn::ForwardMode& mode) { return net.forward(x, sigma, {}, mode, false).D.to_host(); };
+    net.force_normalize();  // once: normalising again would move the weights' last bits
+    const auto given = D(nn::ForwardMode{true, 99, true});
+    net.set_dropout_seed(1);
+    const auto other = D(nn::ForwardMode{true, std::nullopt, true});
+    net.set_dropout_seed(99);
+    const auto set_before = D(nn::ForwardMode{true, std::nullopt, true});
+    CHECK(std::memcmp(given.data(), set_before.data(), given.size() * sizeof(float)) == 0);
+    CHECK(std::memcmp(given.data(), other.data(), given.size() * sizeof(float)) != 0);
 }
 
 TEST_CASE("trainer: the loss goes down on a learnable dataset") {

@@ -2,8 +2,12 @@
 // Block and Precond cases, a whole training step (forced weight normalisation, dropout,
 // loss, every parameter gradient, the Adam update) and a guided sampling run with churn,
 // each against the same computation on the CPU.
+#include <unistd.h>
+
+#include <filesystem>
 #include <map>
 
+#include "bars_data.hpp"
 #include "cuda_test.cuh"
 #include "host_reads_cases.hpp"
 #include "mpnet/sample/cuda_graph_denoiser.cuh"
@@ -11,6 +15,7 @@
 #include "mpnet/sample/edm_sampler.hpp"
 #include "mpnet/sample/seeds.hpp"
 #include "mpnet/train/adam.hpp"
+#include "mpnet/train/cuda_graph_rounds.cuh"
 #include "mpnet/train/trainer.hpp"
 
 // The trainer type-checks on the GPU backend: every member is instantiated here.
@@ -243,4 +248,56 @@ TEST_CASE("cuda network: sampling through captured CUDA graphs gives the plain d
         MPNET_CHECK_GPU(graph_net(other, 0.5, other_labels), test::to_cpu(plain_net(other, 0.5, other_labels)), 1e-6);
         CHECK(graph_net.captures() == 2);
     }
+}
+
+// The trainer's rounds as a replayed CUDA graph: one capture, one launch per round, and the
+// weights and EMA of the plain run. A replay runs the kernels the capture recorded, with the
+// inputs, the noise and the dropout seed staged anew each round, so the two runs should
+// agree to the last bit; cuBLAS may pick other kernels for a captured stream, hence 1e-6 of
+// the largest value.
+TEST_CASE("cuda trainer: rounds replayed as a CUDA graph train to the plain rounds' weights") {
+    const auto ds = testing::bars_dataset();
+    const auto dir = std::filesystem::temp_directory_path() / ("mpnet-cuda-graph-rounds-" + std::to_string(::getpid()));
+    std::filesystem::remove_all(dir);
+    struct Result {
+        std::vector<float> weights, ema;
+        int captures = 0;
+        int64_t launches = 0;
+    };
+    auto train = [&](const std::string& name, bool graphs) {
+        train::TrainOptions o;
+        o.outdir = (dir / name).string();
+        o.preset = "fmnist-xs";
+        o.batch = 8, o.batch_gpu = 4;  // two rounds per step
+        o.duration = 64, o.status = 32, o.checkpoint = 64, o.snapshot = 1000;
+        o.lr = 0.01, o.rampup = 16, o.dropout = 0.1;
+        train::Trainer<float, CudaBackend> t(train::resolve(o, ds), ds, [](const std::string&) {});
+        auto runner = std::make_unique<train::CudaGraphRounds>();
+        const train::CudaGraphRounds* rounds = runner.get();
+        if (graphs) t.set_round_runner(std::move(runner));
+        t.resume();
+        t.run();
+        Result r{t.network().flat_values().to_host()};
+        for (const auto& [name_, tensor] : t.ema().profile(0)) {
+            const auto v = tensor.to_host();
+            r.ema.insert(r.ema.end(), v.begin(), v.end());
+        }
+        if (graphs) r.captures = rounds->captures(), r.launches = rounds->launches();
+        return r;
+    };
+    const Result plain = train("plain", false), replayed = train("graph", true);
+    std::filesystem::remove_all(dir);
+    CHECK(replayed.captures == 1);
+    CHECK(replayed.launches == 64 / 4);
+    auto close = [](const std::vector<float>& a, const std::vector<float>& b) {
+        REQUIRE(a.size() == b.size());
+        double largest = 0, diff = 0;
+        for (size_t i = 0; i < a.size(); ++i)
+            largest = std::max(largest, double(std::abs(a[i]))), diff = std::max(diff, double(std::abs(a[i] - b[i])));
+        CAPTURE(diff);
+        CAPTURE(largest);
+        CHECK(diff <= 1e-6 * largest);
+    };
+    close(plain.weights, replayed.weights);
+    close(plain.ema, replayed.ema);
 }

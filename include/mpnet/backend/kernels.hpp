@@ -37,6 +37,7 @@ template <class B, class T>
 concept KernelsFor = requires(B b, const Tensor<T, B>& x, const Tensor<T, B>& a, const Tensor<T, B>& dy,
                               const Tensor<T, B>& s, Tensor<T, B>& y, Tensor<T, B>& dx, Tensor<T, B>& db,
                               Tensor<T, B>& ds, Tensor<T, B>* scale, Tensor<double, B>& total,
+                              const Tensor<double, B>& words,
                               ops::AttentionContext<T, B>* ctx,
                               const ops::AttentionContext<T, B>& saved, T alpha, T beta,
                               detail::Exactly<double> t, detail::Exactly<uint64_t> seed,
@@ -55,6 +56,7 @@ concept KernelsFor = requires(B b, const Tensor<T, B>& x, const Tensor<T, B>& a,
     { clip_forward(b, x, t, y) } -> std::same_as<void>;
     { clip_backward(b, x, dy, t, dx) } -> std::same_as<void>;
     { dropout_apply(b, x, t, seed, y) } -> std::same_as<void>;             // probability, mask seed
+    { dropout_apply(b, x, t, words, seed, y) } -> std::same_as<void>;      // mask seed: substream(words, seed)
     { scale_channels_forward(b, x, s, y) } -> std::same_as<void>;          // y = x s[n, c]
     { scale_channels_backward(b, x, s, dy, dx, ds) } -> std::same_as<void>;
     { append_ones_channel(b, x, y) } -> std::same_as<void>;

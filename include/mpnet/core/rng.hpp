@@ -68,4 +68,16 @@ MPNET_HOST_DEVICE constexpr uint64_t substream(uint64_t seed, uint64_t purpose) 
     return (uint64_t{b.v[0]} << 32) | b.v[1];
 }
 
+// A seed kept in a tensor of doubles, as its upper and lower 32 bits (each exact in a
+// double), so that kernels can read a seed that changes between replays of a CUDA graph.
+struct SeedWords {
+    double hi, lo;
+};
+MPNET_HOST_DEVICE constexpr SeedWords to_words(uint64_t seed) {
+    return {static_cast<double>(seed >> 32), static_cast<double>(seed & 0xFFFFFFFFu)};
+}
+MPNET_HOST_DEVICE constexpr uint64_t from_words(double hi, double lo) {
+    return (static_cast<uint64_t>(hi) << 32) | static_cast<uint64_t>(lo);
+}
+
 }  // namespace mpnet::rng

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "mpnet/nn/config.hpp"
+#include "mpnet/nn/dropout_seed.hpp"
 #include "mpnet/nn/layout.hpp"
 #include "mpnet/nn/mpconv.hpp"
 #include "mpnet/ops/attention_context.hpp"
@@ -20,10 +21,11 @@
 namespace mpnet::nn {
 
 // Training mode turns on forced weight normalisation and dropout; the seed makes dropout
-// masks reproducible.
+// masks reproducible. Without a seed, the masks come from the seed the network holds on the
+// backend (nn/dropout_seed.hpp), as it was last set: what a replayed CUDA graph relies on.
 struct ForwardMode {
     bool training = false;
-    uint64_t dropout_seed = 0;
+    std::optional<uint64_t> dropout_seed;
     // Training mode only: the caller applied forced weight normalisation already (once per
     // optimizer step, so that every round of the step, in any process, sees the same weights).
     bool weights_normalized = false;
@@ -56,7 +58,7 @@ public:
         TensorT skipped, pn_scale;  // enc: pixel-norm input and its scales
         TensorT a0_in;              // input of the first mp_silu
         TensorT y0, c;              // conv_res0 output, modulation (emb_linear + 1)
-        std::optional<uint64_t> dropout_seed;  // set when dropout ran
+        Tensor<double, B> dropout_words;  // the masks' seed when dropout ran (a copy: a later round may change it)
         ops::AttentionContext<T, B> attn;
         TensorT pre_clip;
     };
@@ -65,10 +67,14 @@ public:
         for_each_conv([](Conv& c) { c.force_normalize(); });
     }
 
+    // Where the dropout masks' seed comes from: by default a seed of the block's own, stream 0;
+    // in a UNet, the network's seed and the block's index.
+    void share_dropout_seed(const DropoutSeed<B>& seed) { dropout_ = seed; }
+
     TensorT forward(const TensorT& x_in, const TensorT& emb, const ForwardMode& mode, Context* ctx = nullptr) const {
         Context local;
         Context& s = ctx ? *ctx : local;
-        s.dropout_seed.reset();
+        s.dropout_words = Tensor<double, B>();
         s.x_shape = x_in.shape();
         TensorT x(ops::resampled_shape(x_in.shape(), spec_.resample));
         resample_forward(B{}, x_in, cfg_.resample_filter, spec_.resample, x);
@@ -89,8 +95,9 @@ public:
         modulated_silu_forward(B{}, y, c, a1);
         if (ctx) s.y0 = y, s.c = c;
         if (mode.training && cfg_.dropout > 0) {
-            s.dropout_seed = mode.dropout_seed;
-            dropout_apply(B{}, a1, cfg_.dropout, *s.dropout_seed, a1);
+            if (mode.dropout_seed) dropout_.set(*mode.dropout_seed);
+            dropout_apply(B{}, a1, cfg_.dropout, dropout_.words, dropout_.stream, a1);
+            if (ctx) s.dropout_words = dropout_.words.clone();
         }
         y = conv_res1.forward(a1, 1, ctx ? &s.res1 : nullptr);
         if (!spec_.encoder && conv_skip) x = conv_skip->forward(x, 1, ctx ? &s.skip : nullptr);
@@ -135,7 +142,7 @@ public:
         TensorT dx = (!spec_.encoder && conv_skip) ? conv_skip->backward(dx_main, s.skip) : dx_main;
         // residual branch
         TensorT dym = conv_res1.backward(dy, s.res1);
-        if (s.dropout_seed) dropout_apply(B{}, dym, cfg_.dropout, *s.dropout_seed, dym);
+        if (!s.dropout_words.empty()) dropout_apply(B{}, dym, cfg_.dropout, s.dropout_words, dropout_.stream, dym);
         TensorT dy0 = dym, dc(s.c.shape());  // in place over dym
         modulated_silu_backward(B{}, s.y0, s.c, dym, dy0, dc);
         TensorT de = emb_linear.backward(dc, s.emb, &emb_gain.grad_to_accumulate());
@@ -173,6 +180,7 @@ private:
 
     BlockSpec spec_;
     NetworkConfig cfg_;
+    DropoutSeed<B> dropout_;
 
 public:
     Param<T, B> emb_gain;

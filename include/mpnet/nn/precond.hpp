@@ -97,6 +97,10 @@ public:
 
     void zero_grad() { arena_.grads().set_zero(); }
 
+    // The seed of the next training forward's dropout masks when its ForwardMode has none
+    // (UNet::set_dropout_seed).
+    void set_dropout_seed(uint64_t seed) const { unet.set_dropout_seed(seed); }
+
     // Every parameter value (and gradient) in visit order, each view 64-byte aligned.
     [[nodiscard]] const ParamArena<T, B>& arena() const { return arena_; }
     [[nodiscard]] TensorT& flat_values() { return arena_.values(); }

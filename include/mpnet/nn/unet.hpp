@@ -24,6 +24,9 @@ public:
         if (cfg.label_dim) emb_label.emplace(cfg.label_dim, cfg.cemb(), 0);
         for (size_t i = 1; i < layout_.enc.size(); ++i) enc.emplace_back(layout_.enc[i], cfg);
         for (const auto& spec : layout_.dec) dec.emplace_back(spec, cfg);
+        // Each block draws its dropout mask from its own substream of the network's seed.
+        for (size_t i = 0; i < enc.size(); ++i) enc[i].share_dropout_seed(dropout_.with_stream(i));
+        for (size_t i = 0; i < dec.size(); ++i) dec[i].share_dropout_seed(dropout_.with_stream(enc.size() + i));
     }
 
     struct Context {
@@ -37,6 +40,10 @@ public:
 
     [[nodiscard]] const NetworkConfig& config() const { return cfg_; }
 
+    // Sets the dropout seed a training forward without one in its ForwardMode uses (by
+    // kernels: a graph replayed after this call sees the new seed).
+    void set_dropout_seed(uint64_t seed) const { dropout_.set(seed); }
+
     void force_normalize() {
         for_each_conv([](Conv& c) { c.force_normalize(); });
         for (auto& b : enc) b.force_normalize();
@@ -48,6 +55,8 @@ public:
                     Context* ctx = nullptr) const {
         Context local;
         Context& s = ctx ? *ctx : local;
+        if (mode.training && cfg_.dropout > 0 && mode.dropout_seed) set_dropout_seed(*mode.dropout_seed);
+        const ForwardMode block_mode{mode.training, std::nullopt, mode.weights_normalized};
         const TensorT emb = embedding(c_noise, labels, ctx);
         TensorT h(Shape{x.size(0), x.size(1) + 1, x.size(2), x.size(3)});
         append_ones_channel(B{}, x, h);
@@ -59,7 +68,7 @@ public:
         s.skip_shapes.assign(dec.size(), Shape{});
         s.main_shapes.assign(dec.size(), Shape{});
         for (size_t i = 0; i < enc.size(); ++i) {
-            h = enc[i].forward(h, emb, block_mode(mode, i), ctx ? &s.enc[i] : nullptr);
+            h = enc[i].forward(h, emb, block_mode, ctx ? &s.enc[i] : nullptr);
             skips.push_back(h);
         }
         for (size_t i = 0; i < dec.size(); ++i) {
@@ -71,7 +80,7 @@ public:
                 skips.pop_back();
                 h = cat;
             }
-            h = dec[i].forward(h, emb, block_mode(mode, enc.size() + i), ctx ? &s.dec[i] : nullptr);
+            h = dec[i].forward(h, emb, block_mode, ctx ? &s.dec[i] : nullptr);
         }
         return out_conv.forward(h, out_gain.value, ctx ? &s.out_conv : nullptr);
     }
@@ -149,10 +158,6 @@ private:
         emb_noise.backward(de, s.emb_noise, nullptr, false);
     }
 
-    // Each block draws its dropout mask from its own substream.
-    static ForwardMode block_mode(const ForwardMode& m, size_t index) {
-        return {m.training, rng::substream(m.dropout_seed, index)};
-    }
     template <class F>
     void for_each_conv(F&& f) {
         for (Conv* c : {&emb_noise, &enc_conv, &out_conv}) f(*c);
@@ -161,6 +166,7 @@ private:
 
     NetworkConfig cfg_;
     UNetLayout layout_;
+    DropoutSeed<B> dropout_;
 
 public:
     Param<T, B> out_gain;

@@ -22,6 +22,7 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -37,6 +38,7 @@
 #include "mpnet/train/ema.hpp"
 #include "mpnet/train/loss_curve.hpp"
 #include "mpnet/train/options.hpp"
+#include "mpnet/train/round_runner.hpp"
 #include "mpnet/train/run_directory.hpp"
 #include "mpnet/train/schedule.hpp"
 
@@ -166,6 +168,9 @@ public:
                                       "written (the last checkpoint is kept; try a lower --lr)");
     }
 
+    // Hands each round's computation to `runner` (nullptr: run it directly).
+    void set_round_runner(std::unique_ptr<RoundRunner> runner) { runner_ = std::move(runner); }
+
     [[nodiscard]] nn::Precond<T, B>& network() { return net_; }
     [[nodiscard]] const PowerEma<T, B>& ema() const { return ema_; }
     [[nodiscard]] double images_seen() const { return nimg_; }
@@ -232,7 +237,6 @@ private:
         // make a round's weights depend on how many rounds its process ran before it.
         net_.force_normalize();
         for (int64_t i = 0; i < chunks_per_rank_; ++i) {
-            net_.zero_grad();
             Tensor<double, B> loss = unread_losses_.slice(pending_steps_ * chunks_per_rank_ + i,
                                                    pending_steps_ * chunks_per_rank_ + i + 1);
             round(comm_.rank() * chunks_per_rank_ + i, loss);
@@ -289,31 +293,64 @@ private:
     // Forward and backward of chunk c of this step: batch_gpu images from global image index
     // nimg + c * batch_gpu. The loss sum goes to `loss` ([1], on the backend).
     void round(int64_t c, Tensor<double, B>& loss) {
+        stage(c);
+        if (runner_) runner_->run([this] { compute(); });
+        else compute();
+        loss.copy_from(staged_.loss);
+    }
+
+    // The buffers a round reads and writes besides the network (round_runner.hpp): the same
+    // addresses every round.
+    struct Staged {
+        TensorT y, sigma, labels, noise;  // clean images, noise levels, one-hot labels, unit noise
+        Tensor<double, B> loss{Shape{1}};
+    };
+    static Staged make_staged(const ResolvedRun& run, const data::Dataset& ds) {
+        const int64_t n = run.opt.batch_gpu, C = ds.channels, R = ds.resolution;
+        Staged s{TensorT(Shape{n, C, R, R}), TensorT(Shape{n}), TensorT(), TensorT(Shape{n, C, R, R})};
+        if (run.opt.cond) s.labels = TensorT(Shape{n, ds.num_classes});
+        return s;
+    }
+
+    // Chunk c's inputs, into the staged buffers and the network's dropout seed.
+    void stage(int64_t c) {
         const auto& o = run_.opt;
         const double first = nimg_ + double(c * o.batch_gpu);
-        const int64_t n = o.batch_gpu, C = ds_.channels, R = ds_.resolution, chw = C * R * R;
+        const int64_t n = o.batch_gpu, chw = staged_.y.shape().numel_from(1);
         const auto batch = loader_.next();
-        const Shape shape{n, C, R, R};
-        const TensorT y = TensorT::from_host(shape, std::span<const float>(batch.images));
+        upload(staged_.y, batch.images);
         const uint64_t g0 = static_cast<uint64_t>(first);
         std::vector<T> sigma(static_cast<size_t>(n));
         for (int64_t i = 0; i < n; ++i)
             sigma[size_t(i)] = T(std::exp(
                 o.P_mean + o.P_std * rng::normal(rng::substream(o.seed, sigma_stream), g0 + uint64_t(i))));
-        const TensorT s = TensorT::from_host(Shape{n}, sigma);
-        TensorT noisy(shape);
-        fill_normal(B{}, noisy, rng::substream(o.seed, noise_stream), g0 * uint64_t(chw));
-        TensorT nv = noisy.view(Shape{n, 1, chw});
-        scale_channels_forward(B{}, nv, s, nv);
-        axpby(B{}, T(1), y, T(1), noisy);
-        TensorT labels;
-        if (o.cond) labels = TensorT::from_host(Shape{n, ds_.num_classes}, std::span<const float>(batch.labels_onehot));
+        upload(staged_.sigma, sigma);
+        if (o.cond) upload(staged_.labels, batch.labels_onehot);
+        fill_normal(B{}, staged_.noise, rng::substream(o.seed, noise_stream), g0 * uint64_t(chw));
+        if (run_.net.dropout > 0)
+            net_.set_dropout_seed(rng::substream(rng::substream(o.seed, dropout_stream), uint64_t(step_ * 4096 + c)));
+    }
+    static void upload(TensorT& t, std::span<const T> values) {
+        check(values.size() == static_cast<size_t>(t.numel()), "trainer: ", values.size(), " values for ", t.shape());
+        B::copy_from_host(t.data(), values.data(), t.bytes());
+    }
+
+    // The round from the staged inputs: zeroes the gradients and leaves this round's in them,
+    // the loss sum in staged_.loss. Reads nothing else that changes between rounds.
+    void compute() {
+        const Staged& st = staged_;
+        const Shape shape = st.y.shape();
+        const int64_t n = shape[0], chw = shape.numel_from(1);
+        net_.zero_grad();
+        TensorT noisy(shape), nv = noisy.view(Shape{n, 1, chw});
+        scale_channels_forward(B{}, st.noise.view(Shape{n, 1, chw}), st.sigma, nv);
+        axpby(B{}, T(1), st.y, T(1), noisy);
         typename nn::Precond<T, B>::Context ctx;
-        const nn::ForwardMode mode{true, rng::substream(rng::substream(o.seed, dropout_stream), uint64_t(step_ * 4096 + c)),
-                                   true};
-        auto out = net_.forward(noisy, s, labels, mode, true, &ctx);
+        auto out = net_.forward(noisy, st.sigma, st.labels, nn::ForwardMode{true, std::nullopt, true}, true, &ctx);
         TensorT dD(shape), dlogvar(Shape{n});
-        edm2_loss(B{}, out.D, y, s, out.logvar, run_.net.sigma_data, 1.0 / double(o.batch), dD, dlogvar, loss);
+        Tensor<double, B> loss = st.loss;
+        edm2_loss(B{}, out.D, st.y, st.sigma, out.logvar, run_.net.sigma_data, 1.0 / double(run_.opt.batch), dD,
+                  dlogvar, loss);
         net_.backward(dD, dlogvar, ctx);
     }
 
@@ -557,6 +594,8 @@ private:
     dist::GradientTree<T, B> tree_;
     std::vector<T> host_grads_;  // the gradient on the host, for the sum over ranks
     Tensor<double, B> unread_losses_{Shape{loss_capacity * chunks_per_rank_}};  // chunk losses of unread steps
+    Staged staged_ = make_staged(run_, ds_);
+    std::unique_ptr<RoundRunner> runner_;
     int64_t pending_steps_ = 0;
     double nimg_ = 0, last_lr_ = 0, sum_seconds_ = 0;
     int64_t step_ = 0, nonfinite_ = 0;

@@ -196,6 +196,16 @@ void dropout_apply(CpuBackend, const CpuTensor<T>& x, double p, uint64_t seed, C
     });
 }
 
+// The same, with the mask's seed rng::substream(seed, stream), where the seed is read from
+// `seed_words` (rng::to_words) on the backend: a replayed CUDA graph changes it by kernels.
+template <Scalar T>
+void dropout_apply(CpuBackend, const CpuTensor<T>& x, double p, const CpuTensor<double>& seed_words, uint64_t stream,
+                   CpuTensor<T>& y) {
+    check(seed_words.numel() == 2, "dropout_apply: the seed is 2 words, not ", seed_words.shape());
+    const double* w = seed_words.data();
+    dropout_apply(CpuBackend{}, x, p, rng::substream(rng::from_words(w[0], w[1]), stream), y);
+}
+
 // ---- modulation: y[n, c, ...] = x[n, c, ...] * s[n, c] --------------------------------
 template <Scalar T>
 void scale_channels_forward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T>& s, CpuTensor<T>& y) {

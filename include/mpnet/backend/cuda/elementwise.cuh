@@ -115,6 +115,21 @@ struct Dropout {
         y[i] = rng::uniform(seed, static_cast<uint64_t>(i)) >= p ? x[i] * keep_scale : T(0);
     }
 };
+// Each element derives the mask's seed from the words itself: the words are read where the
+// kernel runs, so that a graph replay sees the value its launch was preceded by.
+template <class T>
+struct DropoutSeeded {
+    const T* x;
+    double p;
+    const double* seed_words;
+    uint64_t stream;
+    T keep_scale;
+    T* y;
+    __device__ void operator()(int64_t i) const {
+        const uint64_t seed = rng::substream(rng::from_words(seed_words[0], seed_words[1]), stream);
+        y[i] = rng::uniform(seed, static_cast<uint64_t>(i)) >= p ? x[i] * keep_scale : T(0);
+    }
+};
 template <class T>
 struct ScaleChannels {
     const T *x, *s;
@@ -322,6 +337,16 @@ void dropout_apply(CudaBackend, const CudaTensor<T>& x, double p, uint64_t seed,
     check_same_shape(x, y, "dropout_apply");
     detail::for_each(x.numel(), detail::Dropout<T>{x.data(), p, seed, T(1 / (1 - p)), y.data()}, "dropout_apply on ",
                      x.shape());
+}
+
+template <Scalar T>
+void dropout_apply(CudaBackend, const CudaTensor<T>& x, double p, const CudaTensor<double>& seed_words,
+                   uint64_t stream, CudaTensor<T>& y) {
+    check_same_shape(x, y, "dropout_apply");
+    check(seed_words.numel() == 2, "dropout_apply: the seed is 2 words, not ", seed_words.shape());
+    detail::for_each(x.numel(),
+                     detail::DropoutSeeded<T>{x.data(), p, seed_words.data(), stream, T(1 / (1 - p)), y.data()},
+                     "dropout_apply on ", x.shape());
 }
 
 // ---- modulation: y[n, c, ...] = x[n, c, ...] * s[n, c] --------------------------------
