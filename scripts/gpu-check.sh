@@ -143,7 +143,7 @@ run() {
     # compute-sanitizer's memcheck over the kernel tests (where the machine's runtime allows it)
     [[ $stages == *" memcheck "* ]] && stage memcheck 120 compute-sanitizer --tool memcheck --error-exitcode 9 \
         "$dir/tests/cuda/mpnet_cuda_tests" --test-case='cuda kernels*'
-    [[ $stages == *" train "* ]] && stage train 120 train_resume
+    [[ $stages == *" train "* ]] && stage train 180 train_resume
     [[ $stages == *" sample "* ]] && stage sample 90 sample_compare
     # Optional: every layer at the edm2-img64-xs shapes, fp32 (PyTorch runs fp32 without TF32).
     [[ $stages == *" layers "* ]] && stage layers 200 "$python" bench/compare.py --build "$dir" --backend cuda \

@@ -277,7 +277,8 @@ TEST_CASE("cuda trainer: rounds replayed as a CUDA graph train to the plain roun
         if (graphs) t.set_round_runner(std::move(runner));
         t.resume();
         t.run();
-        Result r{t.network().flat_values().to_host()};
+        Result r;
+        r.weights = t.network().flat_values().to_host();
         for (const auto& [name_, tensor] : t.ema().profile(0)) {
             const auto v = tensor.to_host();
             r.ema.insert(r.ema.end(), v.begin(), v.end());

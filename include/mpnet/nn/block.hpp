@@ -23,6 +23,8 @@ namespace mpnet::nn {
 // Training mode turns on forced weight normalisation and dropout; the seed makes dropout
 // masks reproducible. Without a seed, the masks come from the seed the network holds on the
 // backend (nn/dropout_seed.hpp), as it was last set: what a replayed CUDA graph relies on.
+// A network and its copies share that seed, so their training forwards run one at a time; a
+// Block used alone draws from substream(seed, 0).
 struct ForwardMode {
     bool training = false;
     std::optional<uint64_t> dropout_seed;

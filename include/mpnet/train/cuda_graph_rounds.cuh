@@ -6,12 +6,14 @@
 // stream-ordered pool (captured as graph memory nodes) and, as the trainer stages it
 // (round_runner.hpp), reads only buffers at fixed addresses: the batch, sigma and noise, and
 // the network's weights and dropout seed, all written before the launch by copies and kernels
-// outside the graph. So the first call captures it and every call launches the graph.
+// outside the graph. So the first call records it by stream capture (which runs nothing) and
+// every call, the first included, launches the graph.
 //
 // The capture runs in a context of the runner's own (a stream of its own, its cuBLAS handle
 // and workspace; the caller's device, math mode and scratch bound), ordered with the caller's
-// stream by events, as sample::CudaGraphDenoiser does for the sampler. The graph is
-// instantiated to free and re-make its allocations at each launch.
+// stream by events, as sample::CudaGraphDenoiser does for the sampler. Every allocation made
+// in a round is freed in it, so the graph's memory nodes pair up; it is instantiated with
+// AutoFreeOnLaunch all the same, so that a round that kept one could not leak it per launch.
 #pragma once
 #include <cuda_runtime.h>
 

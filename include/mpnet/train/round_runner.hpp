@@ -6,7 +6,9 @@
 // those buffers and the network's state, and writes the parameter gradients (zeroed first)
 // and one loss slot: running it again gives the same result. That is what lets a runner
 // capture it once as a CUDA graph and replay it every round (train/cuda_graph_rounds.cuh);
-// without a runner the trainer calls it directly.
+// without a runner the trainer calls it directly. On the CPU a test runs every round twice
+// (idempotence); that a round passes no per-round value to a kernel by argument, which a
+// replay would freeze, only the CUDA test of replayed against plain rounds checks.
 #pragma once
 #include <functional>
 
