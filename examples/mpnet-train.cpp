@@ -72,7 +72,7 @@ struct Options {
     std::string net_config;
     nlohmann::json net_settings = nlohmann::json::object();  // from the per-setting options
     cli::DeviceOption device;
-    bool cuda_graphs = false;                                // rounds replayed as a CUDA graph
+    bool cuda_graphs = false;                                // step parts replayed as CUDA graphs
     double collective_timeout = 600;                         // seconds, under an MPI launcher
 };
 
@@ -124,7 +124,7 @@ Image counts accept suffixes: 6400, 64k (1e3), 2M (1e6), 8Ki (2^10), 8Mi (2^20).
                [&](const std::string& v) { cli::parse_device(v, opts.device); })
         .value("--math", "MODE", cli::math_help, [&](const std::string& v) { cli::parse_math(v, opts.device); })
         .value("--cuda-graphs", "BOOL",
-               "on the GPU, capture a training round (forward, loss and\nbackward) once as a CUDA graph and replay it (default: false)",
+               "on the GPU, capture each part of a training step (weight\nnormalisation, a round of forward, loss and backward, the\nAdam and EMA update) once as a CUDA graph and replay it\n(default: false)",
                [&](const std::string& v) { opts.cuda_graphs = cli::parse_bool("--cuda-graphs", v); })
         .flag("--start-over", "if DIR holds another run, move its files to\nDIR/previous-run-<n>/ and start a new run instead of refusing",
               [&] { o.start_over = true; });
@@ -147,6 +147,8 @@ Image counts accept suffixes: 6400, 64k (1e3), 2M (1e6), 8Ki (2^10), 8Mi (2^20).
                [&](const std::string& v) { o.P_mean = cli::parse_real("--P_mean", v); })
         .value("--P_std", "X", "std of ln(sigma) of the training noise (default: preset's)",
                [&](const std::string& v) { o.P_std = cli::parse_real("--P_std", v, cli::positive); })
+        .value("--ls", "X", "loss scaling: the loss's gradient is multiplied by X (Adam\nis not told, as in the reference) (default: 1)",
+               [&](const std::string& v) { o.loss_scaling = cli::parse_real("--ls", v, cli::positive); })
         .value("--seed", "N", "random seed, 0 to 2^64-1 (default: 0)",
                [&](const std::string& v) { o.seed = cli::parse_integer<uint64_t>("--seed", v); })
         .value("--xflip", "BOOL", "random left-right flips (default: false)",

@@ -11,13 +11,13 @@
 namespace mpnet::cli {
 
 // Trains (or resumes) the run; `holding_dir` is called once the trainer holds the run
-// directory; `runner` runs the rounds (nullptr: directly). Returns the images seen.
+// directory; `runner` runs the parts of each step (nullptr: directly). Returns the images seen.
 template <Backend B>
 double train_on(const train::ResolvedRun& run, const data::Dataset& ds,
                 const std::function<void(const std::string&)>& log, dist::Communicator& comm,
-                const std::function<void()>& holding_dir, std::unique_ptr<train::RoundRunner> runner = nullptr) {
+                const std::function<void()>& holding_dir, std::unique_ptr<train::StepRunner> runner = nullptr) {
     train::Trainer<float, B> trainer(run, ds, log, comm);
-    trainer.set_round_runner(std::move(runner));
+    trainer.set_step_runner(std::move(runner));
     holding_dir();
     if (!trainer.resume()) log("starting a new run in " + run.opt.outdir);
     trainer.run();
@@ -25,7 +25,7 @@ double train_on(const train::ResolvedRun& run, const data::Dataset& ds,
 }
 
 // The GPU's instance (train_cuda.cu), on the device select_cuda_device made current; with
-// `cuda_graphs`, each round is a replayed CUDA graph (train/cuda_graph_rounds.cuh).
+// `cuda_graphs`, each part of a step is a replayed CUDA graph (train/cuda_graph_steps.cuh).
 double train_on_cuda(const train::ResolvedRun& run, const data::Dataset& ds,
                      const std::function<void(const std::string&)>& log, dist::Communicator& comm,
                      const std::function<void()>& holding_dir, bool cuda_graphs);

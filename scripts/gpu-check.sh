@@ -97,7 +97,7 @@ train_resume() {
         train_graphs "${train[@]}"
 }
 
-# On the GPU, the same 48 steps with every round a replayed CUDA graph (--cuda-graphs): the
+# On the GPU, the same 48 steps with every part of a step a replayed CUDA graph (--cuda-graphs): the
 # plain run's weights, to 1e-6 of the largest value (cuBLAS may pick other kernels when captured).
 train_graphs() {
     [ "$device" = cuda ] || return 0

@@ -1,5 +1,6 @@
-// A small learnable dataset for the training tests: 64 grayscale 16x16 images of 4 classes
-// (class k is a bar at row 4k, plus noise), in memory or as a folder of PNGs.
+// A small learnable dataset for the training tests, and the run they train on it: 64
+// grayscale 16x16 images of 4 classes (class k is a bar at row 4k, plus noise), in memory or
+// as a folder of PNGs.
 #pragma once
 #include <stb/stb_image_write.h>
 
@@ -13,8 +14,27 @@
 
 #include "mpnet/core/rng.hpp"
 #include "mpnet/data/dataset.hpp"
+#include "mpnet/train/options.hpp"
 
 namespace mpnet::testing {
+
+// The training tests' run: fmnist-xs on the bars, 8 images a step, a status line and a
+// checkpoint every 2 steps, a learning-rate rampup over the first steps, and dropout (which
+// exercises the dropout streams across a resume and a replay).
+inline train::TrainOptions tiny_train_options(const std::filesystem::path& dir, double duration) {
+    train::TrainOptions o;
+    o.outdir = dir.string();
+    o.preset = "fmnist-xs";
+    o.batch = 8;
+    o.duration = duration;
+    o.status = 16;
+    o.checkpoint = 16;
+    o.snapshot = 1000;
+    o.lr = 0.01;
+    o.rampup = 16;
+    o.dropout = 0.1;
+    return o;
+}
 
 inline data::Dataset bars_dataset() {
     data::Dataset ds;

@@ -196,6 +196,7 @@ TEST_CASE("mpnet-train: every bad value is refused naming its option, before any
              {"--decay -5", "--decay: -5 is outside [0, inf)"},
              {"--P_std inf", "--P_std: inf is not finite"},
              {"--P_std -1", "--P_std: -1 is outside (0, inf)"},
+             {"--ls 0", "--ls: 0 is outside (0, inf)"},
              {"--ema 0.05,0.05", "--ema 0.05 and 0.05 would both be written"},
              {"--ema 0.5", "--ema 0.5 is outside (0, 0.3"},
              {"--duration inf", "--duration: 'inf' is not an image count"},
@@ -329,7 +330,7 @@ TEST_CASE("every program: hostile option values end in a clear message or a corr
     const std::vector<Program> programs = {
         {"mpnet-train", MPNET_TRAIN_EXE,
          "--outdir run --data " + s.path("data") + " --preset fmnist-xs --batch 8 --duration 16 --quiet",
-         {"--cond", "--batch-gpu", "--lr", "--decay", "--rampup", "--dropout", "--P_mean", "--P_std", "--seed",
+         {"--cond", "--batch-gpu", "--lr", "--decay", "--rampup", "--dropout", "--P_mean", "--P_std", "--ls", "--seed",
           "--xflip", "--ema", "--status", "--snapshot", "--checkpoint", "--attn-balance", "--attn-resolutions",
           "--channel-mult", "--channel-mult-emb", "--channel-mult-noise", "--channels-per-head", "--clip-act",
           "--concat-balance", "--label-balance", "--logvar-channels", "--model-channels", "--num-blocks",

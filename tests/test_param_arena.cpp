@@ -91,7 +91,8 @@ TEST_CASE_TEMPLATE("param arena: fused Adam and EMA steps equal per-parameter st
         adam.step(lr);
         ema.update(net.flat_values(), nimg, batch);
         for (Ref& r : ref) {
-            adam_step(CpuBackend{}, r.value, r.grad, r.m, r.v, lr, 0.9, 0.99, 1e-8, step);
+            const auto c = CpuTensor<double>::from_host(Shape{3}, train::adam_step_coefficients(lr, 0.9, 0.99, step));
+            adam_step(CpuBackend{}, r.value, r.grad, r.m, r.v, c, 0.9, 0.99, 1e-8);
             for (size_t k = 0; k < sigma_rels.size(); ++k) {
                 const double beta = phema::beta_from_exp(phema::std_to_exp(sigma_rels[k]), nimg, batch);
                 axpby(CpuBackend{}, T(1 - beta), r.value, T(beta), r.ema[k]);

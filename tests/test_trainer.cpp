@@ -18,6 +18,7 @@
 
 using namespace mpnet;
 using testing::bars_dataset;
+using testing::tiny_train_options;
 namespace fs = std::filesystem;
 
 namespace {
@@ -28,21 +29,6 @@ fs::path fresh_dir(const std::string& name) {
     fs::remove_all(d);
     fs::create_directories(d);
     return d;
-}
-
-train::TrainOptions tiny_options(const fs::path& dir, double duration) {
-    train::TrainOptions o;
-    o.outdir = dir.string();
-    o.preset = "fmnist-xs";
-    o.batch = 8;
-    o.duration = duration;
-    o.status = 16;
-    o.checkpoint = 16;
-    o.snapshot = 1000;
-    o.lr = 0.01;
-    o.rampup = 16;
-    o.dropout = 0.1;  // exercises the dropout streams across the resume
-    return o;
 }
 
 std::vector<float> flat_params(nn::Precond<float, CpuBackend>& net) {
@@ -83,10 +69,10 @@ TEST_CASE("trainer: N steps straight equal N/2 steps, a restart and N/2 more, bi
     const auto ds = bars_dataset();
     for (int64_t batch_gpu : {8, 4}) {  // with and without gradient accumulation
         CAPTURE(batch_gpu);
-        auto straight = tiny_options(fresh_dir("straight"), 64);
+        auto straight = tiny_train_options(fresh_dir("straight"), 64);
         straight.batch_gpu = batch_gpu;
         const Trained a = train_to(ds, straight);
-        auto half = tiny_options(fresh_dir("halves"), 32);
+        auto half = tiny_train_options(fresh_dir("halves"), 32);
         half.batch_gpu = batch_gpu;
         train_to(ds, half);
         half.duration = 64;
@@ -111,10 +97,10 @@ TEST_CASE("trainer: with bf16 math, N steps straight equal N/2 + N/2 bit for bit
         return;
     }
     const auto ds = bars_dataset();
-    const Trained fp32 = train_to(ds, tiny_options(fresh_dir("fp32"), 64));
+    const Trained fp32 = train_to(ds, tiny_train_options(fresh_dir("fp32"), 64));
     const cpu::MathScope bf16(cpu::Math::bf16);
-    const Trained a = train_to(ds, tiny_options(fresh_dir("bf16-straight"), 64));
-    auto half = tiny_options(fresh_dir("bf16-halves"), 32);
+    const Trained a = train_to(ds, tiny_train_options(fresh_dir("bf16-straight"), 64));
+    auto half = tiny_train_options(fresh_dir("bf16-halves"), 32);
     train_to(ds, half);
     half.duration = 64;
     const Trained b = train_to(ds, half);
@@ -128,37 +114,47 @@ TEST_CASE("trainer: with bf16 math, N steps straight equal N/2 + N/2 bit for bit
     CHECK(differ < 0.1);  // the same training, to bf16's precision over 8 steps
 }
 
-// What a replayed CUDA graph needs of a round (train/round_runner.hpp): its computation reads
-// only the staged buffers and the network's state, and running it again gives the same
-// result. This runner runs each one twice; the run must train to the plain run's bits.
-struct TwiceRunner final : train::RoundRunner {
-    int* rounds;
-    explicit TwiceRunner(int* r) : rounds(r) {}
-    void run(const std::function<void()>& compute) override {
-        compute();
-        compute();
-        ++*rounds;
+// What replayed CUDA graphs need of a step's parts (train/step_runner.hpp): every part's
+// device work runs through the runner, in order (one part for a step of one round, else
+// normalize, a round per chunk, update), and a round's computation reads only the staged
+// buffers and the network's state, so that running it again gives the same result. This
+// runner runs each round twice and the other parts once (they move the state they read);
+// the run must train to the plain run's bits.
+struct PartsRunner final : train::StepRunner {
+    std::string* parts;
+    explicit PartsRunner(std::string* p) : parts(p) {}
+    void run(train::StepPart part, const std::function<void()>& work) override {
+        switch (part) {
+            case train::StepPart::step: *parts += 's'; break;
+            case train::StepPart::normalize: *parts += 'n'; break;
+            case train::StepPart::round: *parts += 'r'; work(); break;
+            case train::StepPart::update: *parts += 'u'; break;
+        }
+        work();
     }
 };
 
-TEST_CASE("trainer: each round's computation run twice, as a graph replays it, trains to the same bits") {
+TEST_CASE("trainer: a step's parts run through the runner, each round twice as a graph replays it, to the same bits") {
     const auto ds = bars_dataset();
     for (int64_t batch_gpu : {8, 4}) {  // one round per step, and two
         CAPTURE(batch_gpu);
-        auto o = tiny_options(fresh_dir("plain"), 64);
+        auto o = tiny_train_options(fresh_dir("plain"), 64);
         o.batch_gpu = batch_gpu;
         const Trained plain = train_to(ds, o);
-        o.outdir = fresh_dir("twice").string();
-        int rounds = 0;
+        o.outdir = fresh_dir("parts").string();
+        std::string parts;
         train::Trainer<float, CpuBackend> t(train::resolve(o, ds), ds, [](const std::string&) {});
-        t.set_round_runner(std::make_unique<TwiceRunner>(&rounds));
+        t.set_step_runner(std::make_unique<PartsRunner>(&parts));
         t.resume();
         t.run();
-        CHECK(rounds == 64 / 8 * (8 / batch_gpu));
-        const Trained twice{flat_params(t.network()), flat_ema(t.ema())};
-        REQUIRE(plain.params.size() == twice.params.size());
-        CHECK(std::memcmp(plain.params.data(), twice.params.data(), plain.params.size() * sizeof(float)) == 0);
-        CHECK(std::memcmp(plain.ema.data(), twice.ema.data(), plain.ema.size() * sizeof(float)) == 0);
+        const std::string one_step = batch_gpu == 8 ? "s" : "nrru";
+        std::string want;
+        for (int step = 0; step < 64 / 8; ++step) want += one_step;
+        CHECK(parts == want);
+        const Trained replayed{flat_params(t.network()), flat_ema(t.ema())};
+        REQUIRE(plain.params.size() == replayed.params.size());
+        CHECK(std::memcmp(plain.params.data(), replayed.params.data(), plain.params.size() * sizeof(float)) == 0);
+        CHECK(std::memcmp(plain.ema.data(), replayed.ema.data(), plain.ema.size() * sizeof(float)) == 0);
     }
 }
 
@@ -184,10 +180,49 @@ TEST_CASE("network: a dropout seed set before a training forward equals the seed
     CHECK(std::memcmp(given.data(), other.data(), given.size() * sizeof(float)) != 0);
 }
 
+// --ls as the reference has it: the loss's gradient, and so every parameter gradient, is
+// multiplied by the scale (a power of two: exactly, the backward being linear in it), while
+// the loss reported is the unscaled one. One step, so that both runs compute their gradients
+// from the same weights; the gains start at 0 (nothing but the output gain and the logvar
+// layer would get a gradient), so both runs set them to 1 first.
+TEST_CASE("trainer: loss scaling multiplies every gradient exactly and leaves the reported loss alone") {
+    const auto ds = bars_dataset();
+    struct Result {
+        std::vector<float> grads;
+        double loss = 0;
+    };
+    auto one_step = [&](const std::string& name, double loss_scaling) {
+        const auto dir = fresh_dir(name);
+        auto o = tiny_train_options(dir, 8);
+        o.status = 8;
+        o.loss_scaling = loss_scaling;
+        train::Trainer<float, CpuBackend> t(train::resolve(o, ds), ds, [](const std::string&) {});
+        t.resume();
+        t.network().visit([](const std::string& name, nn::Param<float, CpuBackend>& p) {
+            if (name.ends_with("gain")) fill(CpuBackend{}, p.value, 1.0f);
+        });
+        t.run();
+        std::ifstream stats(dir / "stats.jsonl");
+        std::string line;
+        REQUIRE(std::getline(stats, line));
+        return Result{t.network().flat_grads().to_host(), nlohmann::json::parse(line)["loss"].get<double>()};
+    };
+    const Result plain = one_step("ls1", 1), scaled = one_step("ls4", 4);
+    REQUIRE(plain.grads.size() == scaled.grads.size());
+    size_t nonzero = 0, unequal = 0;
+    for (size_t i = 0; i < plain.grads.size(); ++i) {
+        nonzero += plain.grads[i] != 0;
+        unequal += scaled.grads[i] != 4 * plain.grads[i];
+    }
+    CHECK(nonzero > plain.grads.size() / 2);
+    CHECK(unequal == 0);
+    CHECK(scaled.loss == plain.loss);
+}
+
 TEST_CASE("trainer: the loss goes down on a learnable dataset") {
     const auto ds = bars_dataset();
     const auto dir = fresh_dir("loss");
-    auto o = tiny_options(dir, 960);
+    auto o = tiny_train_options(dir, 960);
     o.dropout = 0;
     o.checkpoint = 960;
     o.status = 160;
@@ -249,7 +284,7 @@ const std::string tiny_args = " --preset fmnist-xs --batch 8 --duration 96 --sta
 TEST_CASE("trainer: a loss that stays non-finite stops the run with an error and leaves the last checkpoint") {
     const auto ds = bars_dataset();
     const auto dir = fresh_dir("nan");
-    auto o = tiny_options(dir, 16);  // one good checkpoint at 16 images
+    auto o = tiny_train_options(dir, 16);  // one good checkpoint at 16 images
     train_to(ds, o);
     const fs::path good = dir / "training-state-000000000016.safetensors";
     REQUIRE(fs::exists(good));
@@ -432,7 +467,7 @@ std::vector<std::string> checkpoint_names(const fs::path& dir) {
 TEST_CASE("run directory: checkpoints of another network are refused, not replaced, and --start-over sets them aside") {
     const auto ds = bars_dataset();
     const auto dir = fresh_dir("foreign");
-    train_to(ds, tiny_options(dir, 32));
+    train_to(ds, tiny_train_options(dir, 32));
     const fs::path mine = dir / "training-state-000000000032.safetensors";
     const std::string before = bytes_of(mine);
 
@@ -440,7 +475,7 @@ TEST_CASE("run directory: checkpoints of another network are refused, not replac
     more_classes.num_classes = 5;
     std::string message;
     try {
-        train::Trainer<float, CpuBackend> t(train::resolve(tiny_options(dir, 64), more_classes), more_classes,
+        train::Trainer<float, CpuBackend> t(train::resolve(tiny_train_options(dir, 64), more_classes), more_classes,
                                             [](const std::string&) {});
         t.resume();
     } catch (const Error& e) {
@@ -450,7 +485,7 @@ TEST_CASE("run directory: checkpoints of another network are refused, not replac
     CHECK(message.find("--start-over") != std::string::npos);
     CHECK(bytes_of(mine) == before);
 
-    auto over = tiny_options(dir, 16);
+    auto over = tiny_train_options(dir, 16);
     over.start_over = true;
     std::vector<std::string> log;
     train::Trainer<float, CpuBackend> fresh(train::resolve(over, more_classes), more_classes,
@@ -466,7 +501,7 @@ TEST_CASE("run directory: retention keeps this run's two newest checkpoints what
     const auto dir = fresh_dir("retention");
     for (const char* junk : {"training-state-000000999998.safetensors", "training-state-000000999999.safetensors"})
         std::ofstream(dir / junk) << "not a checkpoint";
-    train_to(ds, tiny_options(dir, 64));  // checkpoints at 16, 32, 48, 64
+    train_to(ds, tiny_train_options(dir, 64));  // checkpoints at 16, 32, 48, 64
     CHECK(checkpoint_names(dir) == std::vector<std::string>{"training-state-000000999999.safetensors",
                                                            "training-state-000000999998.safetensors",
                                                            "training-state-000000000064.safetensors",
@@ -476,7 +511,7 @@ TEST_CASE("run directory: retention keeps this run's two newest checkpoints what
 TEST_CASE("run directory: a checkpoint with bad metadata or a wrong tensor falls back, leaving no state half-loaded") {
     const auto ds = bars_dataset();
     const auto dir = fresh_dir("fallback");
-    train_to(ds, tiny_options(dir, 32));  // checkpoints at 16 and 32
+    train_to(ds, tiny_train_options(dir, 32));  // checkpoints at 16 and 32
     const fs::path newest = dir / "training-state-000000000032.safetensors";
     for (const auto& [what, edit] : std::vector<std::pair<std::string, std::function<void(std::map<std::string, std::string>&)>>>{
              {"metadata 'nimg' is missing", [](auto& m) { m.erase("nimg"); }},
@@ -486,7 +521,7 @@ TEST_CASE("run directory: a checkpoint with bad metadata or a wrong tensor falls
         const std::string good = bytes_of(newest);
         edit_metadata(newest, edit);
         std::vector<std::string> log;
-        train::Trainer<float, CpuBackend> t(train::resolve(tiny_options(dir, 32), ds), ds,
+        train::Trainer<float, CpuBackend> t(train::resolve(tiny_train_options(dir, 32), ds), ds,
                                             [&](const std::string& s) { log.push_back(s); });
         REQUIRE(t.resume());
         CHECK(t.images_seen() == 16);
@@ -499,7 +534,7 @@ TEST_CASE("run directory: a checkpoint with bad metadata or a wrong tensor falls
     // The only checkpoint has a wrong EMA tensor (read after the network and Adam state): the
     // run starts afresh with exactly a fresh run's weights.
     const auto lone = fresh_dir("fallback-lone");
-    train_to(ds, tiny_options(lone, 16));
+    train_to(ds, tiny_train_options(lone, 16));
     const fs::path only = lone / "training-state-000000000016.safetensors";
     {
         const auto f = io::SafetensorsFile::open(only);
@@ -512,13 +547,13 @@ TEST_CASE("run directory: a checkpoint with bad metadata or a wrong tensor falls
         w.write(only);
     }
     std::vector<std::string> log;
-    train::Trainer<float, CpuBackend> t(train::resolve(tiny_options(lone, 16), ds), ds,
+    train::Trainer<float, CpuBackend> t(train::resolve(tiny_train_options(lone, 16), ds), ds,
                                         [&](const std::string& s) { log.push_back(s); });
     CHECK_FALSE(t.resume());
     REQUIRE(!log.empty());
     CHECK(log[0].find("ema.1.unet.out_gain") != std::string::npos);
     const auto other = fresh_dir("fallback-fresh");
-    train::Trainer<float, CpuBackend> reference(train::resolve(tiny_options(other, 16), ds), ds,
+    train::Trainer<float, CpuBackend> reference(train::resolve(tiny_train_options(other, 16), ds), ds,
                                                 [](const std::string&) {});
     CHECK(flat_params(t.network()) == flat_params(reference.network()));
 }
@@ -526,7 +561,7 @@ TEST_CASE("run directory: a checkpoint with bad metadata or a wrong tensor falls
 TEST_CASE("run directory: a resumed run's stats.jsonl and loss.svg hold every status line once") {
     const auto ds = bars_dataset();
     const auto dir = fresh_dir("stats");
-    auto o = tiny_options(dir, 48);
+    auto o = tiny_train_options(dir, 48);
     o.checkpoint = 32;
     train_to(ds, o);
     // As if killed just before the final checkpoint: the resume goes back to 32 and passes 48 again.
@@ -547,10 +582,10 @@ TEST_CASE("run directory: a resumed run's stats.jsonl and loss.svg hold every st
 TEST_CASE("run directory: one trainer at a time, and the second is told the holder's process id") {
     const auto ds = bars_dataset();
     const auto dir = fresh_dir("lock");
-    train::Trainer<float, CpuBackend> holder(train::resolve(tiny_options(dir, 16), ds), ds, [](const std::string&) {});
+    train::Trainer<float, CpuBackend> holder(train::resolve(tiny_train_options(dir, 16), ds), ds, [](const std::string&) {});
     std::string message;
     try {
-        train::Trainer<float, CpuBackend> second(train::resolve(tiny_options(dir, 16), ds), ds, [](const std::string&) {});
+        train::Trainer<float, CpuBackend> second(train::resolve(tiny_train_options(dir, 16), ds), ds, [](const std::string&) {});
     } catch (const Error& e) {
         message = e.what();
     }

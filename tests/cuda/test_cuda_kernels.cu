@@ -1,8 +1,13 @@
 // Every CUDA kernel against the CPU kernel on the same random inputs, in float and double;
 // the RNG streams; the math modes; memory, streams and error reporting. (That both
 // backends declare the same kernels is asserted by their headers: backend/kernels.hpp.)
+#include <algorithm>
+#include <array>
+
 #include "concurrently.hpp"
 #include "cuda_test.cuh"
+#include "mpnet/train/adam.hpp"
+#include "mpnet/train/host_staging.hpp"
 
 using namespace mpnet;
 using test::compare_backends;
@@ -82,12 +87,13 @@ TEST_CASE_TEMPLATE("cuda kernels: channel scaling, ones channel, arithmetic, fil
             modulated_silu_forward(tag, in[0], in[1], my);
             modulated_silu_backward(tag, in[0], in[1], in[2], mdx, mds);
             append_ones_channel(tag, in[0], ones);
-            TT acc = in[2].clone(), aff(in[0].shape()), filled(in[0].shape());
+            TT acc = in[2].clone(), staged = in[2].clone(), aff(in[0].shape()), filled(in[0].shape());
             axpby(tag, T(0.7), in[0], T(-1.3), acc);
+            axpby_staged(tag, TT::from_host(Shape{2}, std::vector<T>{T(0.7), T(-1.3)}), in[0], staged);
             affine(tag, in[0], T(2.5), T(-0.5), aff);
             affine(tag, aff, T(1), T(1), aff);  // in place, as Block adds 1 to its modulation
             fill(tag, filled, T(3.25));
-            return Outputs<T, decltype(tag)>{y, dx, ds, my, mdx, mds, ones, acc, aff, filled};
+            return Outputs<T, decltype(tag)>{y, dx, ds, my, mdx, mds, ones, acc, staged, aff, filled};
         },
         gpu_grad_tol<T>, {x, k, dy});
 }
@@ -323,7 +329,11 @@ TEST_CASE_TEMPLATE("cuda kernels: adam_step", T, float, double) {
     compare_backends<T>(
         [](auto tag, const auto& in) {
             auto p = in[0].clone(), m = in[2].clone(), v = in[3].clone();
-            for (int64_t step : {1, 2, 50}) adam_step(tag, p, in[1], m, v, 0.01, 0.9, 0.99, 1e-8, step);
+            for (int64_t step : {1, 2, 50}) {
+                const auto c = TensorOf<double, decltype(tag)>::from_host(
+                    Shape{3}, train::adam_step_coefficients(0.01, 0.9, 0.99, step));
+                adam_step(tag, p, in[1], m, v, c, 0.9, 0.99, 1e-8);
+            }
             return Outputs<T, decltype(tag)>{p, m, v};
         },
         gpu_fwd_tol<T>, {random_cpu<T>(s, 47), random_cpu<T>(s, 48), m0, v0});
@@ -417,6 +427,37 @@ TEST_CASE("cuda memory: a repeated step takes nothing new from the driver") {
     step();
     CHECK(reserved() == before);
     CHECK(CudaBackend::peak_bytes() > mpnet::cuda::DevicePool::instance().bytes_in_use());
+}
+
+// The trainer's uploads through two page-locked slots (train/host_staging.hpp): each upload
+// takes its values when called (the host buffer is overwritten at once), kernels queued after
+// it see them, a slot refilled two batches later does not disturb the copies before it, and
+// a batch larger than the room given is refused.
+TEST_CASE("cuda host staging: pinned uploads arrive in order, each slot refilled only once read") {
+    static_assert(train::PinnedUploads<CudaBackend>);
+    const int64_t n = 1 << 16;
+    train::HostStaging<CudaBackend> staging(std::array<std::size_t, 2>{n * sizeof(float), sizeof(double)});
+    CudaTensor<float> staged(Shape{n}), sum = CudaTensor<float>::zeros(Shape{n});
+    CudaTensor<double> scalar(Shape{1});
+    std::vector<float> host(static_cast<size_t>(n));
+    for (int k = 1; k <= 8; ++k) {
+        std::fill(host.begin(), host.end(), float(k));
+        const std::array<double, 1> one{double(k)};
+        {
+            auto uploads = staging.next();
+            uploads(staged, std::span<const float>(host));
+            uploads(scalar, std::span<const double>(one));
+        }
+        std::fill(host.begin(), host.end(), -100.0f);
+        axpby(CudaBackend{}, 1.0f, staged, 1.0f, sum);
+    }
+    const auto got = sum.to_host();
+    CHECK(std::count(got.begin(), got.end(), 36.0f) == n);
+    CHECK(scalar.to_host()[0] == 8.0);
+    auto uploads = staging.next();
+    CudaTensor<float> big(Shape{2 * n});
+    const std::vector<float> values(size_t(2 * n), 1.0f);
+    CHECK_THROWS_WITH_AS(uploads(big, std::span<const float>(values)), doctest::Contains("room for"), Error);
 }
 
 TEST_CASE("cuda contexts: work follows the current context, on its stream, device and math") {

@@ -15,7 +15,7 @@
 #include "mpnet/sample/edm_sampler.hpp"
 #include "mpnet/sample/seeds.hpp"
 #include "mpnet/train/adam.hpp"
-#include "mpnet/train/cuda_graph_rounds.cuh"
+#include "mpnet/train/cuda_graph_steps.cuh"
 #include "mpnet/train/trainer.hpp"
 
 // The trainer type-checks on the GPU backend: every member is instantiated here.
@@ -250,31 +250,30 @@ TEST_CASE("cuda network: sampling through captured CUDA graphs gives the plain d
     }
 }
 
-// The trainer's rounds as a replayed CUDA graph: one capture, one launch per round, and the
-// weights and EMA of the plain run. A replay runs the kernels the capture recorded, with the
-// inputs, the noise and the dropout seed staged anew each round, so the two runs should
-// agree to the last bit; cuBLAS may pick other kernels for a captured stream, hence 1e-6 of
-// the largest value.
-TEST_CASE("cuda trainer: rounds replayed as a CUDA graph train to the plain rounds' weights") {
+// The trainer's steps as replayed CUDA graphs: one capture per part, one launch per part
+// run, and the weights and EMA of the plain run. A step of one round is one graph; a step of
+// two rounds is three (weight normalisation and update once a step, a round per chunk). A
+// replay runs the kernels the capture recorded, with the inputs, the noise, the dropout seed
+// and Adam's and the EMA's coefficients staged anew, so the two runs should agree to the last
+// bit; cuBLAS may pick other kernels for a captured stream, hence 1e-6 of the largest value.
+// Coefficients frozen at their first values by a replay would fail this: the first step's
+// learning rate is 0 (rampup), and Adam's bias corrections change every step.
+TEST_CASE("cuda trainer: steps replayed as CUDA graphs train to the plain steps' weights") {
+    using train::StepPart;
     const auto ds = testing::bars_dataset();
-    const auto dir = std::filesystem::temp_directory_path() / ("mpnet-cuda-graph-rounds-" + std::to_string(::getpid()));
+    const auto dir = std::filesystem::temp_directory_path() / ("mpnet-cuda-graph-steps-" + std::to_string(::getpid()));
     std::filesystem::remove_all(dir);
     struct Result {
         std::vector<float> weights, ema;
-        int captures = 0;
-        int64_t launches = 0;
+        std::map<StepPart, int64_t> captures, launches;
     };
-    auto train = [&](const std::string& name, bool graphs) {
-        train::TrainOptions o;
-        o.outdir = (dir / name).string();
-        o.preset = "fmnist-xs";
-        o.batch = 8, o.batch_gpu = 4;  // two rounds per step
-        o.duration = 64, o.status = 32, o.checkpoint = 64, o.snapshot = 1000;
-        o.lr = 0.01, o.rampup = 16, o.dropout = 0.1;
+    auto train = [&](const std::string& name, int64_t batch_gpu, bool graphs) {
+        train::TrainOptions o = testing::tiny_train_options(dir / name, 64);
+        o.batch_gpu = batch_gpu;
         train::Trainer<float, CudaBackend> t(train::resolve(o, ds), ds, [](const std::string&) {});
-        auto runner = std::make_unique<train::CudaGraphRounds>();
-        const train::CudaGraphRounds* rounds = runner.get();
-        if (graphs) t.set_round_runner(std::move(runner));
+        auto runner = std::make_unique<train::CudaGraphSteps>();
+        const train::CudaGraphSteps* steps = runner.get();
+        if (graphs) t.set_step_runner(std::move(runner));
         t.resume();
         t.run();
         Result r;
@@ -283,13 +282,11 @@ TEST_CASE("cuda trainer: rounds replayed as a CUDA graph train to the plain roun
             const auto v = tensor.to_host();
             r.ema.insert(r.ema.end(), v.begin(), v.end());
         }
-        if (graphs) r.captures = rounds->captures(), r.launches = rounds->launches();
+        if (graphs)
+            for (StepPart p : {StepPart::step, StepPart::normalize, StepPart::round, StepPart::update})
+                r.captures[p] = steps->captures(p), r.launches[p] = steps->launches(p);
         return r;
     };
-    const Result plain = train("plain", false), replayed = train("graph", true);
-    std::filesystem::remove_all(dir);
-    CHECK(replayed.captures == 1);
-    CHECK(replayed.launches == 64 / 4);
     auto close = [](const std::vector<float>& a, const std::vector<float>& b) {
         REQUIRE(a.size() == b.size());
         double largest = 0, diff = 0;
@@ -299,6 +296,22 @@ TEST_CASE("cuda trainer: rounds replayed as a CUDA graph train to the plain roun
         CAPTURE(largest);
         CHECK(diff <= 1e-6 * largest);
     };
-    close(plain.weights, replayed.weights);
-    close(plain.ema, replayed.ema);
+    const int64_t steps = 64 / 8;
+    for (int64_t batch_gpu : {8, 4}) {
+        CAPTURE(batch_gpu);
+        const std::string tag = std::to_string(batch_gpu);
+        const Result plain = train("plain-" + tag, batch_gpu, false), replayed = train("graph-" + tag, batch_gpu, true);
+        const bool one_round = batch_gpu == 8;
+        CHECK(replayed.captures.at(StepPart::step) == (one_round ? 1 : 0));
+        CHECK(replayed.launches.at(StepPart::step) == (one_round ? steps : 0));
+        for (StepPart p : {StepPart::normalize, StepPart::update}) {
+            CHECK(replayed.captures.at(p) == (one_round ? 0 : 1));
+            CHECK(replayed.launches.at(p) == (one_round ? 0 : steps));
+        }
+        CHECK(replayed.captures.at(StepPart::round) == (one_round ? 0 : 1));
+        CHECK(replayed.launches.at(StepPart::round) == (one_round ? 0 : 2 * steps));
+        close(plain.weights, replayed.weights);
+        close(plain.ema, replayed.ema);
+    }
+    std::filesystem::remove_all(dir);
 }

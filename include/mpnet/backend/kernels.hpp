@@ -37,7 +37,7 @@ template <class B, class T>
 concept KernelsFor = requires(B b, const Tensor<T, B>& x, const Tensor<T, B>& a, const Tensor<T, B>& dy,
                               const Tensor<T, B>& s, Tensor<T, B>& y, Tensor<T, B>& dx, Tensor<T, B>& db,
                               Tensor<T, B>& ds, Tensor<T, B>* scale, Tensor<double, B>& total,
-                              const Tensor<double, B>& words,
+                              const Tensor<double, B>& words, const Tensor<double, B>& step_coefficients,
                               ops::AttentionContext<T, B>* ctx,
                               const ops::AttentionContext<T, B>& saved, T alpha, T beta,
                               detail::Exactly<double> t, detail::Exactly<uint64_t> seed,
@@ -61,6 +61,7 @@ concept KernelsFor = requires(B b, const Tensor<T, B>& x, const Tensor<T, B>& a,
     { scale_channels_backward(b, x, s, dy, dx, ds) } -> std::same_as<void>;
     { append_ones_channel(b, x, y) } -> std::same_as<void>;
     { axpby(b, alpha, x, beta, y) } -> std::same_as<void>;                 // y = alpha x + beta y
+    { axpby_staged(b, a, x, y) } -> std::same_as<void>;                    // y = a[0] x + a[1] y, a on the backend
     { affine(b, x, alpha, beta, y) } -> std::same_as<void>;                // y = alpha x + beta
     { scale_by_scalar(b, x, s, t, y) } -> std::same_as<void>;             // y = x s[0] / t
     { dot_accumulate(b, x, a, t, y) } -> std::same_as<void>;              // y[0] += dot(x, a) / t
@@ -95,8 +96,8 @@ concept KernelsFor = requires(B b, const Tensor<T, B>& x, const Tensor<T, B>& a,
     // or writes it to a one-element double tensor
     { edm2_loss(b, x, a, s, s, t, t, dx, db) } -> std::same_as<double>;
     { edm2_loss(b, x, a, s, s, t, t, dx, db, total) } -> std::same_as<void>;  // the sum kept on the backend
-    // adam: param, grad, m, v, lr, beta1, beta2, eps, step
-    { adam_step(b, y, x, dx, db, t, t, t, t, count) } -> std::same_as<void>;
+    // adam: param, grad, m, v, the step's [lr, 1 - beta1^t, 1 - beta2^t] on the backend, beta1, beta2, eps
+    { adam_step(b, y, x, dx, db, step_coefficients, t, t, t) } -> std::same_as<void>;
 };
 
 // A backend with its memory (Backend) and every kernel, in float and in double.

@@ -38,10 +38,8 @@ public:
         return t;
     }
     static Tensor from_host(Shape shape, std::span<const T> values) {
-        check(values.size() == static_cast<std::size_t>(shape.numel()), "Tensor::from_host: ", values.size(),
-              " values for shape ", shape);
         Tensor t(shape);
-        if (!values.empty()) B::copy_from_host(t.data(), values.data(), t.bytes());
+        t.copy_from_host(values);
         return t;
     }
 
@@ -78,6 +76,12 @@ public:
     void copy_from(const Tensor& src) {
         check(src.shape() == shape_, "Tensor::copy_from: shape ", src.shape(), " into ", shape_);
         if (numel()) B::copy(data(), src.data(), bytes());
+    }
+    // Overwrites every element with host values, as many as the tensor holds.
+    void copy_from_host(std::span<const T> values) {
+        check(values.size() == static_cast<std::size_t>(numel()), "Tensor::copy_from_host: ", values.size(),
+              " values for shape ", shape_);
+        if (numel()) B::copy_from_host(data(), values.data(), bytes());
     }
     void set_zero() {
         if (numel()) B::zero(data(), bytes());

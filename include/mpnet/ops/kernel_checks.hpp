@@ -61,10 +61,13 @@ inline LossExtents loss_extents(const Shape& D, const Shape& y, const Shape& sig
     return e;
 }
 
-// adam_step: gradient and moments as large as the parameter.
-inline void check_adam(const Shape& param, const Shape& grad, const Shape& m, const Shape& v) {
+// adam_step: gradient and moments as large as the parameter, three step coefficients.
+inline void check_adam(const Shape& param, const Shape& grad, const Shape& m, const Shape& v,
+                       const Shape& coefficients) {
     check(grad.numel() == param.numel() && m.numel() == param.numel() && v.numel() == param.numel(),
           "adam_step: parameter ", param, ", gradient ", grad, ", moments ", m, " and ", v);
+    check(coefficients.numel() == 3, "adam_step: the step coefficients must be [lr, 1 - beta1^t, 1 - beta2^t], got ",
+          coefficients);
 }
 
 }  // namespace mpnet::ops

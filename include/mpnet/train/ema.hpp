@@ -8,12 +8,15 @@
 //
 // Each profile is one flat buffer laid out as a ParamLayout (nn/param_arena.hpp), with named
 // views for profile(k) and the state files. Given the network's flat parameters (laid out
-// the same), an update is one axpby per profile; the elementwise kernel makes that equal to
-// one call per parameter bit for bit, and the zero padding stays zero.
+// the same), an update is one elementwise kernel call per profile, equal to one call per
+// parameter bit for bit, and the zero padding stays zero.
 //
-// The update uses the backend kernel axpby(B{}, alpha, x, beta, y) (y = alpha x + beta y),
-// found by argument-dependent lookup: include the backend's kernels (e.g.
-// mpnet/backend/cpu/cpu.hpp) before instantiating update().
+// An update is staged, then applied, as Adam's step is (train/adam.hpp): stage() computes
+// every profile's (1 - beta_k, beta_k) on the host and writes them to the backend; apply()
+// runs one axpby_staged(B{}, coefficients, x, y) per profile (y = c[0] x + c[1] y), which
+// reads them there, so a CUDA graph that recorded apply() once replays every update
+// correctly. The kernel is found by argument-dependent lookup: include the backend's kernels
+// (e.g. mpnet/backend/cpu/cpu.hpp) before instantiating update().
 #pragma once
 #include <cstddef>
 #include <span>
@@ -26,6 +29,7 @@
 #include "mpnet/io/safetensors.hpp"
 #include "mpnet/nn/param_arena.hpp"
 #include "mpnet/phema/profile.hpp"
+#include "mpnet/train/host_staging.hpp"
 
 namespace mpnet::train {
 
@@ -49,21 +53,43 @@ public:
             flat_.push_back(flat_params.clone());
             profiles_.push_back(layout_.views(flat_.back()));
         }
+        coefficients_ = Tensor<T, B>(Shape{int64_t(sigma_rels_.size()), 2});
     }
 
     // After an optimizer step: images_seen counts the images of that step too.
     void update(const NamedTensors& params, double images_seen, double batch_size) {
         check_matches(params);
-        for_each_beta(images_seen, batch_size, [&](std::size_t k, T alpha, T beta) {
-            for (std::size_t i = 0; i < params.size(); ++i) axpby(B{}, alpha, params[i].second, beta, profiles_[k][i].second);
-        });
+        stage(images_seen, batch_size);
+        for (std::size_t k = 0; k < profiles_.size(); ++k)
+            for (std::size_t i = 0; i < params.size(); ++i)
+                axpby_staged(B{}, coefficients(k), params[i].second, profiles_[k][i].second);
     }
     // The same for the parameters as one flat buffer laid out as at construction.
     void update(const Tensor<T, B>& flat_params, double images_seen, double batch_size) {
+        stage(images_seen, batch_size);
+        apply(flat_params);
+    }
+
+    // The update after an optimizer step, in two parts: stage() writes every profile's
+    // coefficients to the backend by `upload` (train/host_staging.hpp; by default a copy that
+    // waits for the device; a bad time leaves them and every profile as they were), apply()
+    // moves each profile towards the flat parameters with them.
+    template <class Upload = CopyFromHost>
+    void stage(double images_seen, double batch_size, Upload&& upload = Upload{}) {
+        std::vector<T> c;
+        for (const double gamma : gammas_) {
+            const double beta = phema::beta_from_exp(gamma, images_seen, batch_size);
+            c.push_back(static_cast<T>(1 - beta));
+            c.push_back(static_cast<T>(beta));
+        }
+        upload(coefficients_, std::span<const T>(c));
+    }
+    [[nodiscard]] std::size_t staged_bytes() const { return coefficients_.bytes(); }  // what stage() uploads
+    void apply(const Tensor<T, B>& flat_params) {
         check(flat_params.numel() == layout_.numel, "PowerEma::update: ", flat_params.numel(),
               " flat parameter values, the EMA tracks ", layout_.numel);
         const Tensor<T, B> x = flat_params.view(flat_.front().shape());
-        for_each_beta(images_seen, batch_size, [&](std::size_t k, T alpha, T beta) { axpby(B{}, alpha, x, beta, flat_[k]); });
+        for (std::size_t k = 0; k < flat_.size(); ++k) axpby_staged(B{}, coefficients(k), x, flat_[k]);
     }
 
     [[nodiscard]] std::size_t num_profiles() const { return profiles_.size(); }
@@ -112,13 +138,9 @@ public:
     }
 
 private:
-    // f(k, 1 - beta_k, beta_k) for every profile, the betas all computed first: a bad time
-    // leaves every profile as it was.
-    template <class F>
-    void for_each_beta(double images_seen, double batch_size, F&& f) const {
-        std::vector<double> betas;
-        for (const double gamma : gammas_) betas.push_back(phema::beta_from_exp(gamma, images_seen, batch_size));
-        for (std::size_t k = 0; k < betas.size(); ++k) f(k, static_cast<T>(1 - betas[k]), static_cast<T>(betas[k]));
+    // Profile k's staged (1 - beta_k, beta_k).
+    [[nodiscard]] Tensor<T, B> coefficients(std::size_t k) const {
+        return coefficients_.slice(int64_t(k), int64_t(k) + 1).view(Shape{2});
     }
 
     static nn::ParamLayout layout_of(const NamedTensors& params) {
@@ -153,6 +175,7 @@ private:
     nn::ParamLayout layout_;
     std::vector<Tensor<T, B>> flat_;      // profile k as one buffer laid out as layout_
     std::vector<NamedTensors> profiles_;  // profile k's named views into flat_[k]
+    Tensor<T, B> coefficients_;           // [K, 2]: the staged update's (1 - beta_k, beta_k)
 };
 
 }  // namespace mpnet::train

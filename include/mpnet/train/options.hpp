@@ -32,6 +32,10 @@ struct TrainOptions {
     double rampup = -1;     // images; -1 = the preset's
     double dropout = -1;    // -1 = the preset's
     double P_mean = NAN, P_std = NAN;  // NaN = the preset's
+    // --ls: the loss's gradient is multiplied by it before the backward pass, to keep a
+    // half-precision backward's small gradients above underflow. As in the reference it is not
+    // divided out again: Adam is blind to the gradient's scale but for its eps.
+    double loss_scaling = 1;
     uint64_t seed = 0;
     double status = 6400;       // images between status lines
     double snapshot = 64000;    // images between EMA snapshots
@@ -60,6 +64,7 @@ struct TrainOptions {
         check(dropout == -1 || (dropout >= 0 && dropout < 1), "--dropout ", dropout, " is outside [0, 1)");
         check(std::isnan(P_mean) || finite(P_mean), "--P_mean must be finite");
         check(std::isnan(P_std) || (P_std > 0 && finite(P_std)), "--P_std ", P_std, " is not positive");
+        check(loss_scaling > 0 && finite(loss_scaling), "--ls ", loss_scaling, " is not positive");
         for (const double v : {status, snapshot, checkpoint})
             check(v > 0 && finite(v), "--status, --snapshot and --checkpoint must be positive");
         check(snapshot >= 1000, "--snapshot ", snapshot, " is below 1000 images: snapshot files are named by kimg");
@@ -87,7 +92,7 @@ struct TrainOptions {
 };
 
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(TrainOptions, outdir, data, data_storage, data_threads, skip_bad, data_cache_mib, preset, net, cond, batch, batch_gpu,
-                                                duration, lr, decay, rampup, dropout, P_mean, P_std, seed, status,
+                                                duration, lr, decay, rampup, dropout, P_mean, P_std, loss_scaling, seed, status,
                                                 snapshot, checkpoint, ema, xflip, quiet, start_over,
                                                 max_nonfinite_steps)
 

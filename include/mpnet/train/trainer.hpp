@@ -14,6 +14,7 @@
 #pragma once
 #include <unistd.h>
 
+#include <array>
 #include <charconv>
 #include <chrono>
 #include <cmath>
@@ -38,7 +39,8 @@
 #include "mpnet/train/ema.hpp"
 #include "mpnet/train/loss_curve.hpp"
 #include "mpnet/train/options.hpp"
-#include "mpnet/train/round_runner.hpp"
+#include "mpnet/train/host_staging.hpp"
+#include "mpnet/train/step_runner.hpp"
 #include "mpnet/train/run_directory.hpp"
 #include "mpnet/train/schedule.hpp"
 
@@ -168,8 +170,8 @@ public:
                                       "written (the last checkpoint is kept; try a lower --lr)");
     }
 
-    // Hands each round's computation to `runner` (nullptr: run it directly).
-    void set_round_runner(std::unique_ptr<RoundRunner> runner) { runner_ = std::move(runner); }
+    // Hands the device work of each step's parts to `runner` (nullptr: run it directly).
+    void set_step_runner(std::unique_ptr<StepRunner> runner) { runner_ = std::move(runner); }
 
     [[nodiscard]] nn::Precond<T, B>& network() { return net_; }
     [[nodiscard]] const PowerEma<T, B>& ema() const { return ema_; }
@@ -229,36 +231,89 @@ private:
     // One optimizer step over `batch` images, this rank's chunks of batch_gpu images each, the
     // gradient summed over chunks and ranks in tree order. Each chunk's loss is left on the
     // backend (read_losses takes them); with one process nothing is read back to the host.
+    // The device work runs in parts, each staged first (step_runner.hpp): one part for a step
+    // of one round on one process, else normalize, the rounds and update, with the gradient
+    // sums between them. The uploads of each part's inputs are one batch of host_staging.hpp:
+    // on the GPU they return at once, and the host prepares the next part as the device runs.
     void step() {
         const typename MemoryPlanFor<B>::Region region(memory_plan_);  // every step allocates alike
         const auto& o = run_.opt;
         const double lr = learning_rate(nimg_, double(o.batch), o.lr, o.decay, run_.rampup);
-        // Forced weight normalisation once per step: normalising again in every round would
-        // make a round's weights depend on how many rounds its process ran before it.
-        net_.force_normalize();
-        for (int64_t i = 0; i < chunks_per_rank_; ++i) {
-            Tensor<double, B> loss = unread_losses_.slice(pending_steps_ * chunks_per_rank_ + i,
-                                                   pending_steps_ * chunks_per_rank_ + i + 1);
-            round(comm_.rank() * chunks_per_rank_ + i, loss);
-            if (chunks_per_rank_ > 1) tree_.add(net_.flat_grads());
+        if (chunks_per_rank_ == 1 && comm_.size() == 1) {
+            {
+                auto uploads = staging_.next();
+                stage(0, uploads);
+                stage_update(lr, uploads);
+            }
+            run_part(StepPart::step, [this] {
+                net_.force_normalize();
+                compute();
+                update();
+            });
+            loss_slot(0).copy_from(staged_.loss);
+        } else {
+            // Forced weight normalisation once per step: normalising again in every round would
+            // make a round's weights depend on how many rounds its process ran before it.
+            run_part(StepPart::normalize, [this] { net_.force_normalize(); });
+            for (int64_t i = 0; i < chunks_per_rank_; ++i) {
+                {
+                    auto uploads = staging_.next();
+                    stage(comm_.rank() * chunks_per_rank_ + i, uploads);
+                }
+                run_part(StepPart::round, [this] { compute(); });
+                loss_slot(i).copy_from(staged_.loss);
+                if (chunks_per_rank_ > 1) tree_.add(net_.flat_grads());
+            }
+            if (chunks_per_rank_ > 1) tree_.finish(net_.flat_grads());
+            if (comm_.size() > 1) sum_over_ranks();
+            {
+                auto uploads = staging_.next();
+                stage_update(lr, uploads);
+            }
+            run_part(StepPart::update, [this] { update(); });
         }
-        if (chunks_per_rank_ > 1) tree_.finish(net_.flat_grads());
-        if (comm_.size() > 1) {
-            const Timer t;
-            TensorT& grads = net_.flat_grads();
-            host_grads_.resize(static_cast<size_t>(grads.numel()));  // kept between steps
-            B::copy_to_host(host_grads_.data(), grads.data(), grads.bytes());
-            comm_.sum(std::span<T>(host_grads_));
-            B::copy_from_host(grads.data(), host_grads_.data(), grads.bytes());
-            sum_seconds_ += t.seconds();
-        }
-        clear_nonfinite(B{}, net_.flat_grads());
-        adam_.step(lr);
         nimg_ += double(o.batch);
         ++step_;
         ++pending_steps_;
-        if (comm_.is_root()) ema_.update(net_.flat_values(), nimg_, double(o.batch));
         last_lr_ = lr;
+    }
+
+    // The step's gradient summed over the processes, through the host.
+    void sum_over_ranks() {
+        const Timer t;
+        TensorT& grads = net_.flat_grads();
+        host_grads_.resize(static_cast<size_t>(grads.numel()));  // kept between steps
+        B::copy_to_host(host_grads_.data(), grads.data(), grads.bytes());
+        comm_.sum(std::span<T>(host_grads_));
+        grads.copy_from_host(host_grads_);
+        sum_seconds_ += t.seconds();
+    }
+
+    // The update's coefficients, for the step about to end: Adam's at learning rate lr, the
+    // EMA's (on the process that keeps it) for the images seen once this step is taken.
+    void stage_update(double lr, typename HostStaging<B>::Batch& uploads) {
+        adam_.stage(lr, uploads);
+        if (comm_.is_root()) ema_.stage(nimg_ + double(run_.opt.batch), double(run_.opt.batch), uploads);
+    }
+
+    // The update: the summed gradient's non-finite values cleared, the staged Adam step, and
+    // the staged EMA update on the process that keeps it.
+    void update() {
+        clear_nonfinite(B{}, net_.flat_grads());
+        adam_.apply();
+        if (comm_.is_root()) ema_.apply(net_.flat_values());
+    }
+
+    // Where chunk i of this step leaves its loss sum ([1], on the backend).
+    [[nodiscard]] Tensor<double, B> loss_slot(int64_t i) const {
+        const int64_t k = pending_steps_ * chunks_per_rank_ + i;
+        return unread_losses_.slice(k, k + 1);
+    }
+
+    template <class F>
+    void run_part(StepPart part, F&& work) {
+        if (runner_) runner_->run(part, work);
+        else work();
     }
 
     // Reads the losses of the steps taken since the last read in one copy, sums each step's
@@ -290,16 +345,7 @@ private:
         }
     }
 
-    // Forward and backward of chunk c of this step: batch_gpu images from global image index
-    // nimg + c * batch_gpu. The loss sum goes to `loss` ([1], on the backend).
-    void round(int64_t c, Tensor<double, B>& loss) {
-        stage(c);
-        if (runner_) runner_->run([this] { compute(); });
-        else compute();
-        loss.copy_from(staged_.loss);
-    }
-
-    // The buffers a round reads and writes besides the network (round_runner.hpp): the same
+    // The buffers a round reads and writes besides the network (step_runner.hpp): the same
     // addresses every round.
     struct Staged {
         TensorT y, sigma, labels, noise;  // clean images, noise levels, one-hot labels, unit noise
@@ -312,27 +358,24 @@ private:
         return s;
     }
 
-    // Chunk c's inputs, into the staged buffers and the network's dropout seed.
-    void stage(int64_t c) {
+    // Chunk c's inputs (batch_gpu images from global image index nimg + c * batch_gpu), into
+    // the staged buffers and the network's dropout seed.
+    void stage(int64_t c, typename HostStaging<B>::Batch& uploads) {
         const auto& o = run_.opt;
         const double first = nimg_ + double(c * o.batch_gpu);
         const int64_t n = o.batch_gpu, chw = staged_.y.shape().numel_from(1);
         const auto batch = loader_.next();
-        upload(staged_.y, batch.images);
+        uploads(staged_.y, std::span<const T>(batch.images));
         const uint64_t g0 = static_cast<uint64_t>(first);
         std::vector<T> sigma(static_cast<size_t>(n));
         for (int64_t i = 0; i < n; ++i)
             sigma[size_t(i)] = T(std::exp(
                 o.P_mean + o.P_std * rng::normal(rng::substream(o.seed, sigma_stream), g0 + uint64_t(i))));
-        upload(staged_.sigma, sigma);
-        if (o.cond) upload(staged_.labels, batch.labels_onehot);
+        uploads(staged_.sigma, std::span<const T>(sigma));
+        if (o.cond) uploads(staged_.labels, std::span<const T>(batch.labels_onehot));
         fill_normal(B{}, staged_.noise, rng::substream(o.seed, noise_stream), g0 * uint64_t(chw));
         if (run_.net.dropout > 0)
             net_.set_dropout_seed(rng::substream(rng::substream(o.seed, dropout_stream), uint64_t(step_ * 4096 + c)));
-    }
-    static void upload(TensorT& t, std::span<const T> values) {
-        check(values.size() == static_cast<size_t>(t.numel()), "trainer: ", values.size(), " values for ", t.shape());
-        B::copy_from_host(t.data(), values.data(), t.bytes());
     }
 
     // The round from the staged inputs: zeroes the gradients and leaves this round's in them,
@@ -349,8 +392,8 @@ private:
         auto out = net_.forward(noisy, st.sigma, st.labels, nn::ForwardMode{true, std::nullopt, true}, true, &ctx);
         TensorT dD(shape), dlogvar(Shape{n});
         Tensor<double, B> loss = st.loss;
-        edm2_loss(B{}, out.D, st.y, st.sigma, out.logvar, run_.net.sigma_data, 1.0 / double(run_.opt.batch), dD,
-                  dlogvar, loss);
+        edm2_loss(B{}, out.D, st.y, st.sigma, out.logvar, run_.net.sigma_data,
+                  run_.opt.loss_scaling / double(run_.opt.batch), dD, dlogvar, loss);
         net_.backward(dD, dlogvar, ctx);
     }
 
@@ -511,7 +554,7 @@ private:
     void broadcast(TensorT& t) {
         auto host = t.to_host();
         comm_.broadcast(std::as_writable_bytes(std::span(host)));
-        if (!comm_.is_root()) B::copy_from_host(t.data(), host.data(), t.bytes());
+        if (!comm_.is_root()) t.copy_from_host(host);
     }
 
     template <class I>
@@ -595,7 +638,10 @@ private:
     std::vector<T> host_grads_;  // the gradient on the host, for the sum over ranks
     Tensor<double, B> unread_losses_{Shape{loss_capacity * chunks_per_rank_}};  // chunk losses of unread steps
     Staged staged_ = make_staged(run_, ds_);
-    std::unique_ptr<RoundRunner> runner_;
+    // Room for one batch of uploads: a round's inputs and the update's coefficients.
+    HostStaging<B> staging_{std::array<std::size_t, 5>{staged_.y.bytes(), staged_.sigma.bytes(), staged_.labels.bytes(),
+                                                       Adam<T, B>::staged_bytes, ema_.staged_bytes()}};
+    std::unique_ptr<StepRunner> runner_;
     int64_t pending_steps_ = 0;
     double nimg_ = 0, last_lr_ = 0, sum_seconds_ = 0;
     int64_t step_ = 0, nonfinite_ = 0;

@@ -1,5 +1,6 @@
 // One Adam step on the CPU (no weight decay), fused over the parameter, its gradient and
-// both moments, with the bias corrections of step t.
+// both moments. The step's learning rate and bias corrections come as a tensor on the
+// backend (train/adam.hpp stages them), as the CUDA kernel reads them inside a replayed graph.
 #pragma once
 #include <cmath>
 
@@ -8,11 +9,12 @@
 
 namespace mpnet::cpu {
 
+// coefficients = [lr, 1 - beta1^t, 1 - beta2^t] for step t.
 template <Scalar T>
-void adam_step(CpuBackend, CpuTensor<T>& param, const CpuTensor<T>& grad, CpuTensor<T>& m, CpuTensor<T>& v, double lr,
-               double beta1, double beta2, double eps, int64_t step) {
-    ops::check_adam(param.shape(), grad.shape(), m.shape(), v.shape());
-    const double c1 = 1 - std::pow(beta1, double(step)), c2 = 1 - std::pow(beta2, double(step));
+void adam_step(CpuBackend, CpuTensor<T>& param, const CpuTensor<T>& grad, CpuTensor<T>& m, CpuTensor<T>& v,
+               const CpuTensor<double>& coefficients, double beta1, double beta2, double eps) {
+    ops::check_adam(param.shape(), grad.shape(), m.shape(), v.shape(), coefficients.shape());
+    const double lr = coefficients.data()[0], c1 = coefficients.data()[1], c2 = coefficients.data()[2];
     T *p = param.data(), *pm = m.data(), *pv = v.data();
     const T* g = grad.data();
     const int64_t n = param.numel();

@@ -304,6 +304,15 @@ void axpby(CpuBackend, T alpha, const CpuTensor<T>& x, T beta, CpuTensor<T>& y) 
     detail::for_each_index(x.numel(), [&](int64_t i) { py[i] = alpha * px[i] + beta * py[i]; });
 }
 
+// y = a[0] x + a[1] y with the coefficients a two-element tensor on the backend: a step's
+// coefficients staged before a replayed CUDA graph runs it (train/step_runner.hpp). The
+// same arithmetic as axpby, so the two agree bit for bit.
+template <Scalar T>
+void axpby_staged(CpuBackend, const CpuTensor<T>& a, const CpuTensor<T>& x, CpuTensor<T>& y) {
+    check(a.numel() == 2, "axpby_staged: the coefficients must have two elements, got ", a.shape());
+    axpby(CpuBackend{}, a.data()[0], x, a.data()[1], y);
+}
+
 // y = alpha * x + beta (elementwise affine)
 template <Scalar T>
 void affine(CpuBackend, const CpuTensor<T>& x, T alpha, T beta, CpuTensor<T>& y) {

@@ -10,6 +10,7 @@
 #include "mpnet/backend/cuda/check.cuh"
 #include "mpnet/backend/cuda/context.cuh"
 #include "mpnet/backend/cuda/memory.cuh"
+#include "mpnet/backend/cuda/pinned_slot.cuh"
 #include "mpnet/core/host_reads.hpp"
 #include "mpnet/core/tensor.hpp"
 
@@ -41,6 +42,8 @@ struct CudaBackend {
         cuda_check(cudaMemsetAsync(dst, 0, bytes, current_stream()), "zero of ", bytes, " bytes");
     }
     static void synchronize() { Context::current().synchronize(); }
+    // Uploads that return at once (pinned_slot.cuh), for train/host_staging.hpp.
+    using PinnedSlot = cuda::PinnedSlot;
 
     // The calling thread's context's settings (context.cuh).
     static cudaStream_t stream() { return current_stream(); }

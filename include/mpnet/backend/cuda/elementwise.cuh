@@ -174,6 +174,13 @@ struct Axpby {
     __device__ void operator()(int64_t i) const { y[i] = alpha * x[i] + beta * y[i]; }
 };
 template <class T>
+struct AxpbyStaged {
+    const T* a;  // [alpha, beta], read by every thread
+    const T* x;
+    T* y;
+    __device__ void operator()(int64_t i) const { y[i] = a[0] * x[i] + a[1] * y[i]; }
+};
+template <class T>
 struct Affine {
     const T* x;
     T alpha, beta;
@@ -403,6 +410,15 @@ template <Scalar T>
 void axpby(CudaBackend, T alpha, const CudaTensor<T>& x, T beta, CudaTensor<T>& y) {
     check_same_shape(x, y, "axpby");
     detail::for_each(x.numel(), detail::Axpby<T>{alpha, x.data(), beta, y.data()}, "axpby on ", x.shape());
+}
+
+// y = a[0] x + a[1] y with the coefficients a two-element tensor on the device, so that a
+// replayed graph reads the ones staged for its step (train/step_runner.hpp).
+template <Scalar T>
+void axpby_staged(CudaBackend, const CudaTensor<T>& a, const CudaTensor<T>& x, CudaTensor<T>& y) {
+    check(a.numel() == 2, "axpby_staged: the coefficients must have two elements, got ", a.shape());
+    check_same_shape(x, y, "axpby_staged");
+    detail::for_each(x.numel(), detail::AxpbyStaged<T>{a.data(), x.data(), y.data()}, "axpby_staged on ", x.shape());
 }
 
 // y = alpha * x + beta (elementwise affine)
