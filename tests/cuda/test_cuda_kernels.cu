@@ -429,10 +429,22 @@ TEST_CASE("cuda memory: a repeated step takes nothing new from the driver") {
     CHECK(CudaBackend::peak_bytes() > mpnet::cuda::DevicePool::instance().bytes_in_use());
 }
 
+namespace {
+// Keeps the stream busy for about `cycles` clock cycles, so that copies queued behind it are
+// still pending when the host moves on.
+__global__ void spin(long long cycles) {
+    const long long start = clock64();
+    while (clock64() - start < cycles) {
+    }
+}
+}  // namespace
+
 // The trainer's uploads through two page-locked slots (train/host_staging.hpp): each upload
 // takes its values when called (the host buffer is overwritten at once), kernels queued after
-// it see them, a slot refilled two batches later does not disturb the copies before it, and
-// a batch larger than the room given is refused.
+// it see them, and a slot is refilled only once the copies out of it ran: each batch waits
+// behind a kernel of some 20 ms, so a slot refilled without waiting would change the copies
+// still pending from it and the sum. A batch larger than the room given is refused, and so
+// is an upload into a stream being captured.
 TEST_CASE("cuda host staging: pinned uploads arrive in order, each slot refilled only once read") {
     static_assert(train::PinnedUploads<CudaBackend>);
     const int64_t n = 1 << 16;
@@ -443,6 +455,7 @@ TEST_CASE("cuda host staging: pinned uploads arrive in order, each slot refilled
     for (int k = 1; k <= 8; ++k) {
         std::fill(host.begin(), host.end(), float(k));
         const std::array<double, 1> one{double(k)};
+        spin<<<1, 1, 0, CudaBackend::stream()>>>(30'000'000);
         {
             auto uploads = staging.next();
             uploads(staged, std::span<const float>(host));
@@ -458,6 +471,20 @@ TEST_CASE("cuda host staging: pinned uploads arrive in order, each slot refilled
     CudaTensor<float> big(Shape{2 * n});
     const std::vector<float> values(size_t(2 * n), 1.0f);
     CHECK_THROWS_WITH_AS(uploads(big, std::span<const float>(values)), doctest::Contains("room for"), Error);
+}
+
+TEST_CASE("cuda host staging: an upload into a stream being captured is refused") {
+    mpnet::cuda::Context ctx(mpnet::cuda::detail::current_device());
+    const mpnet::cuda::ContextScope scope(ctx);
+    train::HostStaging<CudaBackend> staging(std::array<std::size_t, 1>{sizeof(float)});
+    CudaTensor<float> t(Shape{1});
+    const std::array<float, 1> one{1.0f};
+    auto uploads = staging.next();
+    mpnet::cuda::cuda_check(cudaStreamBeginCapture(ctx.stream(), cudaStreamCaptureModeThreadLocal), "begin capture");
+    CHECK_THROWS_WITH_AS(uploads(t, std::span<const float>(one)), doctest::Contains("captured"), Error);
+    cudaGraph_t graph = nullptr;
+    mpnet::cuda::cuda_check(cudaStreamEndCapture(ctx.stream(), &graph), "end capture");
+    if (graph) (void)cudaGraphDestroy(graph);
 }
 
 TEST_CASE("cuda contexts: work follows the current context, on its stream, device and math") {

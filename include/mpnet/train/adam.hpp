@@ -50,9 +50,9 @@ public:
     // (train/host_staging.hpp; by default a copy that waits for the device).
     template <class Upload = CopyFromHost>
     void stage(double lr, Upload&& upload = Upload{}) {
-        ++step_;
-        const std::array<double, 3> c = adam_step_coefficients(lr, opts_.beta1, opts_.beta2, step_);
+        const std::array<double, 3> c = adam_step_coefficients(lr, opts_.beta1, opts_.beta2, step_ + 1);
         upload(coefficients_, std::span<const double>(c));
+        ++step_;
     }
     // What stage() uploads.
     static constexpr std::size_t staged_bytes = 3 * sizeof(double);

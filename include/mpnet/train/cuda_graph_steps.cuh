@@ -33,7 +33,9 @@ class CudaGraphSteps final : public StepRunner {
 public:
     CudaGraphSteps() : context_(cuda::Context::current().device(), CudaBackend::math()) {
         cuda::cuda_check(cudaEventCreateWithFlags(&inputs_ready_, cudaEventDisableTiming), "cudaEventCreate");
-        cuda::cuda_check(cudaEventCreateWithFlags(&part_done_, cudaEventDisableTiming), "cudaEventCreate");
+        const cudaError_t made = cudaEventCreateWithFlags(&part_done_, cudaEventDisableTiming);
+        if (made != cudaSuccess) (void)cudaEventDestroy(inputs_ready_);
+        cuda::cuda_check(made, "cudaEventCreate");
     }
     CudaGraphSteps(const CudaGraphSteps&) = delete;
     CudaGraphSteps& operator=(const CudaGraphSteps&) = delete;

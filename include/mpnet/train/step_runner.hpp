@@ -17,6 +17,11 @@
 // what lets a runner capture each part once as a CUDA graph and replay it
 // (train/cuda_graph_steps.cuh); without a runner the trainer calls the parts directly.
 //
+// Nor may a part wait for the device or move data to or from the host: no copy_from_host,
+// to_host, sum or dot, no edm2_loss that returns its sum, no upload through the staging
+// slots (which refuse one while their stream is captured), no normalize over dimensions that
+// are not adjacent (its group list is uploaded and refuses too).
+//
 // A round also gives the same result when run again (it zeroes the gradients before writing
 // them and writes its loss sum to one fixed slot, which the trainer copies out after it), which
 // a CPU test checks by running every round twice; the other
