@@ -81,7 +81,7 @@ PY
 }
 
 # 48 steps of fmnist-s on the GPU in one go, and as 32 steps plus a resumed 16: the resumed
-# run must reach the same weights; then the rounds as CUDA graphs (train_graphs).
+# run must reach the same weights; then the steps as CUDA graphs (train_graphs).
 train_resume() {
     local train=("$dir/examples/mpnet-train" --preset fmnist-s --data "$out/bars" --device "$device" --batch 64
                  --status 1024 --snapshot 1024 --checkpoint 1024)
