@@ -63,13 +63,14 @@ public:
     }
 
     // How often a part was captured (once, when it ran at all) and launched (once per run).
-    [[nodiscard]] int captures(StepPart part) const { return parts_[index(part)].graph ? 1 : 0; }
+    [[nodiscard]] int captures(StepPart part) const { return parts_[index(part)].captures; }
     [[nodiscard]] int64_t launches(StepPart part) const { return parts_[index(part)].launches; }
 
 private:
     struct Part {
         cudaGraph_t graph = nullptr;
         cudaGraphExec_t exec = nullptr;
+        int captures = 0;
         int64_t launches = 0;
     };
 
@@ -107,6 +108,7 @@ private:
         if (made != cudaSuccess) (void)cudaGraphDestroy(graph);
         cuda::cuda_check(made, "cudaGraphInstantiate of a training step's ", what);
         p.graph = graph;
+        ++p.captures;
     }
 
     cuda::Context context_;

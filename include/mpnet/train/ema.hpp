@@ -60,9 +60,10 @@ public:
     void update(const NamedTensors& params, double images_seen, double batch_size) {
         check_matches(params);
         stage(images_seen, batch_size);
-        for (std::size_t k = 0; k < profiles_.size(); ++k)
-            for (std::size_t i = 0; i < params.size(); ++i)
-                axpby_staged(B{}, coefficients(k), params[i].second, profiles_[k][i].second);
+        for (std::size_t k = 0; k < profiles_.size(); ++k) {
+            const Tensor<T, B> c = coefficients(k);
+            for (std::size_t i = 0; i < params.size(); ++i) axpby_staged(B{}, c, params[i].second, profiles_[k][i].second);
+        }
     }
     // The same for the parameters as one flat buffer laid out as at construction.
     void update(const Tensor<T, B>& flat_params, double images_seen, double batch_size) {

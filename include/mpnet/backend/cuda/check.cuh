@@ -35,4 +35,14 @@ void launch_check(Parts&&... what) {
     cuda_check(cudaGetLastError(), "launch of ", std::forward<Parts>(what)...);
 }
 
+// Refuses `what` while `stream` is being captured into a CUDA graph: for the uploads from
+// host memory, which a graph would read again at every replay, long after the host moved on.
+template <class... Parts>
+void check_not_capturing(cudaStream_t stream, Parts&&... what) {
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    cuda_check(cudaStreamIsCapturing(stream, &capture), "cudaStreamIsCapturing");
+    check(capture == cudaStreamCaptureStatusNone, std::forward<Parts>(what)...,
+          " while the stream is captured into a CUDA graph");
+}
+
 }  // namespace mpnet::cuda

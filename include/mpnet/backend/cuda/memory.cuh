@@ -150,10 +150,7 @@ public:
     static DeviceBuffer from_host(std::span<const U> values) {
         DeviceBuffer b(values.size());
         if (!values.empty()) {
-            cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-            cuda_check(cudaStreamIsCapturing(current_stream(), &capture), "cudaStreamIsCapturing");
-            check(capture == cudaStreamCaptureStatusNone, "DeviceBuffer upload of ", values.size_bytes(),
-                  " bytes while the stream is captured into a CUDA graph (a kernel that needs one cannot be captured)");
+            check_not_capturing(current_stream(), "DeviceBuffer upload of ", values.size_bytes(), " bytes");
             cuda_check(cudaMemcpyAsync(b.p_, values.data(), values.size_bytes(), cudaMemcpyHostToDevice,
                                        current_stream()),
                        "DeviceBuffer upload of ", values.size_bytes(), " bytes");

@@ -67,11 +67,7 @@ public:
     void upload(void* dst, const void* src, std::size_t bytes) {
         check(open_, "staging slot: upload outside acquire() and release()");
         check(current_stream() == stream_, "staging slot: upload on another stream than the slot was acquired on");
-        cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-        cuda_check(cudaStreamIsCapturing(stream_, &capture), "cudaStreamIsCapturing");
-        check(capture == cudaStreamCaptureStatusNone,
-              "staging slot: an upload while the stream is captured into a CUDA graph (the graph would read the "
-              "slot after the host refilled it)");
+        check_not_capturing(stream_, "staging slot: an upload of ", bytes, " bytes");
         check(used_ + bytes <= capacity_, "staging slot: ", used_ + bytes, " bytes of uploads, room for ", capacity_);
         char* at = static_cast<char*>(host_) + used_;
         std::memcpy(at, src, bytes);
