@@ -26,7 +26,9 @@ using namespace mpnet;
 using namespace mpnet::bench;
 using benchmark::Counter;
 using benchmark::State;
-using Net = nn::Precond<float, CpuBackend>;
+// A is the activations' storage: float, or float16 / bfloat16 (--precision).
+template <class A>
+using Net = nn::Precond<float, CpuBackend, A>;
 
 // A batch of images ~ N(0, sigma_data^2) and one-hot labels of classes 0, 1, 2, ...
 struct Batch {
@@ -67,10 +69,11 @@ void report_memory(State& st, std::size_t live_between_steps, const Rss& rss) {
     if (high > rss.high_before) st.counters["rss_growth_MiB"] = high - rss.start;
 }
 
+template <class A>
 void inference(State& st, const BenchPreset& p) {
     const Rss rss;
     const auto cfg = nn::find_preset(p.name).net;
-    Net net(cfg, 1);
+    Net<A> net(cfg, 1);
     const Batch batch(cfg, p.batch);
     std::vector<float> s(static_cast<size_t>(p.batch));
     for (size_t i = 0; i < s.size(); ++i) s[i] = float(std::exp(-1.2 + 1.2 * rng::normal(7, i)));
@@ -92,6 +95,7 @@ void inference(State& st, const BenchPreset& p) {
 }
 
 // One optimisation step of the EDM2 recipe on a fixed batch.
+template <class A>
 class Trainer {
 public:
     explicit Trainer(const BenchPreset& p)
@@ -114,7 +118,7 @@ public:
         axpby(CpuBackend{}, 1.0f, batch_.images, 1.0f, noisy_);
 
         net_.zero_grad();
-        Net::Context ctx;
+        typename Net<A>::Context ctx;
         const auto out = net_.forward(noisy_, sigma, batch_.labels, {true, seed}, true, &ctx);
         edm2_loss(CpuBackend{}, out.D, batch_.images, sigma, out.logvar, preset_.net.sigma_data, 1.0 / double(n_), dD_,
                   dlogvar_, loss_);
@@ -130,7 +134,7 @@ public:
 private:
     nn::Preset preset_;
     int64_t n_, steps_ = 0;
-    Net net_;
+    Net<A> net_;
     train::Adam<float, CpuBackend> adam_;
     Batch batch_;
     F noisy_, noise_, dD_, dlogvar_;
@@ -138,9 +142,10 @@ private:
     cpu::MemoryPlan memory_plan_;
 };
 
+template <class A>
 void training_step(State& st, const BenchPreset& p) {
     const Rss rss;
-    Trainer trainer(p);
+    Trainer<A> trainer(p);
     trainer.step();  // records the memory plan
     trainer.step();  // touches its arena's pages, as every later step finds them
     const std::size_t live = cpu::MemoryPool::instance().bytes_in_use();
@@ -166,15 +171,22 @@ auto with_math(cpu::Math math, Fn fn) {
     };
 }
 
-// Rows without a suffix run float32; rows ending /bf16 run the convolutions on bf16 operands.
+// Rows without a suffix run float32; rows ending /bf16 run the convolutions on bf16 operands;
+// rows ending /act-fp16 or /act-bf16 store the activations in 16 bits (float32 math).
 bool register_all() {
-    for (const auto& p : bench_presets)
+    for (const auto& p : bench_presets) {
         for (const cpu::Math math : {cpu::Math::fp32, cpu::Math::bf16}) {
             const std::string suffix = std::string("/") + p.name + "/" + std::to_string(p.batch) +
                                        (math == cpu::Math::bf16 ? "/bf16" : "");
-            add("network/inference" + suffix, p, with_math(math, [p](State& st) { inference(st, p); }));
-            add("network/train_step" + suffix, p, with_math(math, [p](State& st) { training_step(st, p); }));
+            add("network/inference" + suffix, p, with_math(math, [p](State& st) { inference<float>(st, p); }));
+            add("network/train_step" + suffix, p, with_math(math, [p](State& st) { training_step<float>(st, p); }));
         }
+        const std::string base = std::string("/") + p.name + "/" + std::to_string(p.batch);
+        add("network/inference" + base + "/act-fp16", p, [p](State& st) { inference<float16>(st, p); });
+        add("network/train_step" + base + "/act-fp16", p, [p](State& st) { training_step<float16>(st, p); });
+        add("network/inference" + base + "/act-bf16", p, [p](State& st) { inference<bfloat16>(st, p); });
+        add("network/train_step" + base + "/act-bf16", p, [p](State& st) { training_step<bfloat16>(st, p); });
+    }
     return true;
 }
 const bool registered = register_all();

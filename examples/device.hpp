@@ -1,9 +1,10 @@
-// --device and --math of mpnet-train and mpnet-generate: where the network runs, and the
-// math mode of its matrix products. Host-only: the CUDA side is in device_cuda.cuh,
+// --device, --math and --precision of mpnet-train and mpnet-generate: where the network
+// runs, the math mode of its matrix products and the format its activations are stored in. Host-only: the CUDA side is in device_cuda.cuh,
 // compiled into the programs' .cu parts when the build has CUDA.
 #pragma once
 #include <cstdio>
 #include <string>
+#include <type_traits>
 
 #include "cli.hpp"
 #include "mpnet/backend/cpu/backend.hpp"
@@ -15,6 +16,7 @@ struct DeviceOption {
     bool cuda = false;
     int index = -1;            // cuda:N; -1: the process's rank modulo the number of devices
     std::string math = "fp32";  // fp32, tf32, fp16 or bf16 on the GPU; fp32 or bf16 on the CPU
+    std::string precision = "fp32";  // activations stored as fp32, fp16 or bf16
 
     [[nodiscard]] std::string str() const {
         return cuda ? "cuda" + (index >= 0 ? ":" + std::to_string(index) : std::string()) : "cpu";
@@ -25,6 +27,23 @@ inline constexpr const char* device_help =
     "where the network runs: cpu, or cuda[:N] (GPU N; without N, the\nprocess's rank modulo the GPUs present) (default: cpu)";
 inline constexpr const char* math_help =
     "operands of the matrix products: fp32; on the GPU also tf32, fp16\nor bf16 (tensor cores), on the CPU bf16 (AVX512-BF16); sums,\ntensors, weights and optimizer stay float32 (default: fp32)";
+
+inline constexpr const char* precision_help =
+    "activations stored as fp32, fp16 or bf16 (each op computes in\nfloat32 and rounds its result); weights, optimizer, loss and\nEMA stay float32 (default: fp32)";
+
+inline void parse_precision(const std::string& text, DeviceOption& d) {
+    if (text != "fp32" && text != "fp16" && text != "bf16")
+        usage_error("--precision: '", text, "' is not one of fp32, fp16, bf16");
+    d.precision = text;
+}
+
+// f(std::type_identity<A>{}) with A the activation storage --precision names.
+template <class F>
+decltype(auto) with_precision(const std::string& precision, F&& f) {
+    if (precision == "fp16") return f(std::type_identity<float16>{});
+    if (precision == "bf16") return f(std::type_identity<bfloat16>{});
+    return f(std::type_identity<float>{});
+}
 
 inline void parse_device(const std::string& text, DeviceOption& d) {
     if (text == "cpu") {

@@ -5,9 +5,11 @@
 
 namespace mpnet::cli {
 
-std::unique_ptr<SamplingEngine> make_cuda_sampling_engine(bool graphs) {
-    if (graphs) return std::make_unique<SamplingEngineOn<CudaBackend, sample::CudaGraphDenoiser<float>>>();
-    return std::make_unique<SamplingEngineOn<CudaBackend>>();
+std::unique_ptr<SamplingEngine> make_cuda_sampling_engine(bool graphs, const std::string& precision) {
+    return with_precision(precision, [&]<class A>(std::type_identity<A>) -> std::unique_ptr<SamplingEngine> {
+        if (graphs) return std::make_unique<SamplingEngineOn<CudaBackend, A, sample::CudaGraphDenoiser<float, A>>>();
+        return std::make_unique<SamplingEngineOn<CudaBackend, A>>();
+    });
 }
 
 }  // namespace mpnet::cli

@@ -124,6 +124,8 @@ its seed and the options: never on --batch or the thread count (OMP_NUM_THREADS)
     p.section("Device")
         .value("--device", "DEVICE", cli::device_help, [&](const std::string& v) { cli::parse_device(v, o.device); })
         .value("--math", "MODE", cli::math_help, [&](const std::string& v) { cli::parse_math(v, o.device); })
+        .value("--precision", "FORMAT", cli::precision_help,
+               [&](const std::string& v) { cli::parse_precision(v, o.device); })
         .value("--cuda-graphs", "BOOL", "on the GPU, capture each network evaluation once as a CUDA\ngraph and replay it (default: false)",
                [&](const std::string& v) { o.cuda_graphs = cli::parse_bool("--cuda-graphs", v); });
     p.section("Output (at least one of)")
@@ -461,9 +463,10 @@ void generate(const Options& o, dist::Communicator& comm) {
     cli::select_cpu_math(o.device, "mpnet-generate", comm.is_root() && !o.quiet);
     const std::unique_ptr<cli::SamplingEngine> engine =
 #ifdef MPNET_WITH_CUDA
-        o.device.cuda ? (cli::select_cuda_device(o.device, comm.rank()), cli::make_cuda_sampling_engine(o.cuda_graphs)) :
+        o.device.cuda ? (cli::select_cuda_device(o.device, comm.rank()),
+                         cli::make_cuda_sampling_engine(o.cuda_graphs, o.device.precision)) :
 #endif
-                      std::make_unique<cli::SamplingEngineOn<CpuBackend>>();
+                      cli::make_cpu_sampling_engine(o.device.precision);
     const nn::NetworkConfig cfg = engine->load_net(o.net, "--net");
     if (!o.gnet.empty()) {
         check_guide(cfg, engine->load_guide(o.gnet, "--gnet"), o.gnet);

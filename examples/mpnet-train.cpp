@@ -123,6 +123,8 @@ Image counts accept suffixes: 6400, 64k (1e3), 2M (1e6), 8Ki (2^10), 8Mi (2^20).
         .value("--device", "DEVICE", cli::device_help,
                [&](const std::string& v) { cli::parse_device(v, opts.device); })
         .value("--math", "MODE", cli::math_help, [&](const std::string& v) { cli::parse_math(v, opts.device); })
+        .value("--precision", "FORMAT", cli::precision_help,
+               [&](const std::string& v) { cli::parse_precision(v, opts.device); })
         .value("--cuda-graphs", "BOOL",
                "on the GPU, capture each part of a training step (weight\nnormalisation, a round of forward, loss and backward, the\nAdam and EMA update) once as a CUDA graph and replay it\n(default: false)",
                [&](const std::string& v) { opts.cuda_graphs = cli::parse_bool("--cuda-graphs", v); })
@@ -282,7 +284,7 @@ void train_here(const Options& opts, dist::Communicator& comm) {
                  ? ""
                  : " (not a power of two: the gradient sum is grouped unlike one process's, see docs/distributed.md)"));
     }
-    log("device " + opts.device.str() + ", math " + opts.device.math);
+    log("device " + opts.device.str() + ", math " + opts.device.math + ", activations " + opts.device.precision);
     auto holding_dir = [&] {
         if (!root) return;
         log_file.open(fs::path(o.outdir) / "log.txt", std::ios::app);
@@ -291,10 +293,14 @@ void train_here(const Options& opts, dist::Communicator& comm) {
     double images = 0;
     try {
 #ifdef MPNET_WITH_CUDA
-        if (opts.device.cuda) images = cli::train_on_cuda(resolved, ds, log, comm, holding_dir, opts.cuda_graphs);
+        if (opts.device.cuda)
+            images = cli::train_on_cuda(resolved, ds, log, comm, holding_dir, opts.cuda_graphs, opts.device.precision);
         else
 #endif
-            images = cli::train_on<CpuBackend>(resolved, ds, log, comm, holding_dir);
+            if (opts.device.precision != "fp32")
+                images = cli::train_on_cpu_half(resolved, ds, log, comm, holding_dir, opts.device.precision);
+            else
+                images = cli::train_on<CpuBackend>(resolved, ds, log, comm, holding_dir);
     } catch (const std::exception& e) {
         if (log_file.is_open()) log_file << "error: " << e.what() << std::endl;
         throw;

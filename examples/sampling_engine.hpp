@@ -43,11 +43,12 @@ public:
 };
 
 // `Den` evaluates a network for the sampler: NetworkDenoiser, or on the GPU the CUDA-graph one
-// (sample/cuda_graph_denoiser.cuh), kept across batches so that a graph is captured once.
-template <Backend B, class Den = sample::NetworkDenoiser<float, B>>
+// (sample/cuda_graph_denoiser.cuh), kept across batches so that a graph is captured once. The
+// networks store their activations as A (--precision); the autoencoder runs in float.
+template <Backend B, Element A = float, class Den = sample::NetworkDenoiser<float, B, A>>
 class SamplingEngineOn final : public SamplingEngine {
 public:
-    using Net = nn::Precond<float, B>;
+    using Net = nn::Precond<float, B, A>;
     using TensorF = Tensor<float, B>;
 
     nn::NetworkConfig load_net(const std::filesystem::path& path, const char* option) override {
@@ -80,7 +81,7 @@ public:
 private:
     static Net load(const std::filesystem::path& path, const char* option) {
         try {
-            Net net = nn::load_network<float, B>(path);
+            Net net = nn::load_network<float, B, A>(path);
             net.visit([&](const std::string& name, nn::Param<float, B>& p) {
                 const std::string what = path.string() + ": tensor '" + name + "'";
                 if constexpr (std::is_same_v<B, CpuBackend>) {
@@ -112,8 +113,15 @@ private:
     std::optional<vae::AutoencoderKL<float, B>> vae_;
 };
 
+// The CPU's engine for --precision.
+inline std::unique_ptr<SamplingEngine> make_cpu_sampling_engine(const std::string& precision) {
+    return with_precision(precision, []<class A>(std::type_identity<A>) -> std::unique_ptr<SamplingEngine> {
+        return std::make_unique<SamplingEngineOn<CpuBackend, A>>();
+    });
+}
+
 // The GPU's engine (generate_cuda.cu), on the device select_cuda_device made current; with
 // `graphs`, each network evaluation is a replayed CUDA graph.
-std::unique_ptr<SamplingEngine> make_cuda_sampling_engine(bool graphs);
+std::unique_ptr<SamplingEngine> make_cuda_sampling_engine(bool graphs, const std::string& precision);
 
 }  // namespace mpnet::cli

@@ -217,6 +217,37 @@ TEST_CASE("mpnet-generate: --math bf16 samples close to float32 where the CPU ha
     CHECK(largest < 0.05);  // the same samples, to bf16's precision over 7 evaluations
 }
 
+// 16-bit activations round every op's result: samples land near the float32 ones, within a
+// few units of each format's roundoff of the images' scale over the 7 evaluations.
+TEST_CASE("mpnet-generate: --precision fp16 and bf16 sample near float32, to each format's precision") {
+    const auto& f = fixture();
+    const std::string common = "--net " + f.path("net") + " --gnet " + f.path("uncond") +
+                               " --guidance 1.5 --seeds 0-3 --steps 4 --quiet --out-tensor ";
+    const Run fp32 = generate(common + out("p32.safetensors"));
+    REQUIRE_MESSAGE(fp32.status == 0, fp32.output);
+    auto largest_difference = [&](const std::string& precision) {
+        const Run r = generate(common + out("p" + precision + ".safetensors") + " --precision " + precision);
+        REQUIRE_MESSAGE(r.status == 0, r.output);
+        const auto a = io::SafetensorsFile::open(out("p" + precision + ".safetensors")).read<float>("images");
+        const auto b = io::SafetensorsFile::open(out("p32.safetensors")).read<float>("images");
+        REQUIRE(a.size() == b.size());
+        double largest = 0, scale = 0;
+        for (std::size_t i = 0; i < a.size(); ++i) {
+            largest = std::max(largest, double(std::abs(a[i] - b[i])));
+            scale = std::max(scale, double(std::abs(b[i])));
+        }
+        return largest / scale;
+    };
+    const double fp16 = largest_difference("fp16"), bf16 = largest_difference("bf16");
+    MESSAGE("largest difference from float32, relative to the images' scale: fp16 ", fp16, ", bf16 ", bf16);
+    CHECK(fp16 > 0);
+    CHECK(fp16 < 4.0 / 2048);  // 4 units of fp16's roundoff (measured 1.5)
+    CHECK(bf16 < 4.0 / 256);   // and of bf16's (measured 1.6)
+    const Run bad = generate(common + out("p8.safetensors") + " --precision fp8");
+    CHECK(bad.status == 2);
+    CHECK(bad.output.find("--precision: 'fp8' is not one of fp32, fp16, bf16") != std::string::npos);
+}
+
 TEST_CASE("mpnet-generate: --out-tensor writes the raw images that the PNGs quantise") {
     const auto& f = fixture();
     const std::string dir = out("tensor_png"), file = out("raw.safetensors");

@@ -368,6 +368,22 @@ TEST_CASE("mpnet-train: --math bf16 trains on the CPU where it has AVX512-BF16, 
     CHECK(fs::exists(dir / "run" / "training-state-000000000096.safetensors"));
 }
 
+TEST_CASE("mpnet-train: --precision fp16 trains with 16-bit activations; a format it does not know is refused") {
+    const auto data = bars_folder("data-precision");
+    const auto dir = fresh_dir("precision");
+    const Run r = run_train("--outdir " + (dir / "run").string() + " --data " + data.string() + tiny_args +
+                            " --precision fp16");
+    INFO(r.output);
+    REQUIRE(r.exit_code == 0);
+    CHECK(slurp(dir / "run" / "log.txt").find("device cpu, math fp32, activations fp16") != std::string::npos);
+    CHECK(fs::exists(dir / "run" / "training-state-000000000096.safetensors"));
+    const Run bad = run_train("--outdir " + (dir / "bad").string() + " --data " + data.string() + tiny_args +
+                              " --precision fp8");
+    CHECK(bad.exit_code == 2);
+    CHECK(bad.output.find("--precision: 'fp8' is not one of fp32, fp16, bf16") != std::string::npos);
+    CHECK_FALSE(fs::exists(dir / "bad"));
+}
+
 TEST_CASE("mpnet-train: a latent dataset (the reference's .npy posteriors) trains a reduced img512 network") {
     const auto dir = fresh_dir("latent-data");
     nlohmann::json labels = nlohmann::json::array();

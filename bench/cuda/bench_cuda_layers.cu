@@ -97,7 +97,9 @@ struct CudaHarness {
 
 // ---- the whole network ---------------------------------------------------------------------
 
-using Net = nn::Precond<float, CudaBackend>;
+// A is the activations' storage: float, or float16 / bfloat16 (--precision).
+template <class A = float>
+using Net = nn::Precond<float, CudaBackend, A>;
 
 // Images ~ N(0, sigma_data^2), one-hot labels of classes 0, 1, 2, ... and per-image sigmas.
 struct Batch {
@@ -116,6 +118,7 @@ struct Batch {
 // One optimisation step of the EDM2 recipe, as bench/bench_network.cpp runs it on the CPU:
 // noise drawn, forced weight normalisation, forward with the uncertainty head, the loss,
 // backward, non-finite gradients zeroed, an Adam step.
+template <class A = float>
 class TrainStep {
 public:
     explicit TrainStep(const BenchPreset& p)
@@ -132,7 +135,7 @@ public:
         scale_channels_forward(CudaBackend{}, noise_.view(per_image), batch_.sigma, scaled);
         axpby(CudaBackend{}, 1.0f, batch_.images, 1.0f, noisy_);
         net_.zero_grad();
-        Net::Context ctx;
+        typename Net<A>::Context ctx;
         const auto out = net_.forward(noisy_, batch_.sigma, batch_.labels, {true, seed}, true, &ctx);
         edm2_loss(CudaBackend{}, out.D, batch_.images, batch_.sigma, out.logvar, preset_.net.sigma_data,
                   1.0 / double(n_), dD_, dlogvar_, loss_);
@@ -146,7 +149,7 @@ public:
 private:
     nn::Preset preset_;
     int64_t n_, steps_ = 0;
-    Net net_;
+    Net<A> net_;
     train::Adam<float, CudaBackend> adam_;
     Batch batch_;
     F noisy_, noise_, dD_, dlogvar_;
@@ -157,7 +160,7 @@ void register_network(const BenchPreset& p) {
     const std::string suffix = std::string("/") + p.name + "/" + std::to_string(p.batch);
     add_modes("network/inference" + suffix, [p](State& st) {
         const auto cfg = nn::find_preset(p.name).net;
-        Net net(cfg, 1);
+        Net<> net(cfg, 1);
         const Batch batch(cfg, p.batch);
         timed(st, [&] { benchmark::DoNotOptimize(net.forward(batch.images, batch.sigma, batch.labels, {}, false).D.data()); });
         report_flops(st, 2.0 * double(p.batch) * nn::network_cost(cfg).macs);
@@ -167,7 +170,7 @@ void register_network(const BenchPreset& p) {
     // the same forward pass, launched as one graph, plus copying its input in and output out.
     add_modes("network/inference_graph" + suffix, [p](State& st) {
         const auto cfg = nn::find_preset(p.name).net;
-        Net net(cfg, 1);
+        Net<> net(cfg, 1);
         const Batch batch(cfg, p.batch);
         sample::CudaGraphDenoiser<float> denoise(net);
         timed(st, [&] { benchmark::DoNotOptimize(denoise(batch.images, 1.0, batch.labels).data()); });
@@ -175,11 +178,31 @@ void register_network(const BenchPreset& p) {
         st.counters["img/s"] = Counter(double(p.batch), Counter::kIsIterationInvariantRate);
     });
     add_modes("network/train_step" + suffix, [p](State& st) {
-        TrainStep step(p);
+        TrainStep<> step(p);
         timed(st, [&] { step(); });
         report_flops(st, 6.0 * double(p.batch) * nn::network_cost(step.config()).macs);
         st.counters["img/s"] = Counter(double(p.batch), Counter::kIsIterationInvariantRate);
     });
+    // Activations stored in 16 bits (float32 math: the products take the 16-bit operands).
+    auto add_storage = [&]<class A>(std::type_identity<A>) {
+        const std::string tail = suffix + "/act-" + A::name;
+        add("network/inference" + tail, [p](State& st) {
+            const auto cfg = nn::find_preset(p.name).net;
+            Net<A> net(cfg, 1);
+            const Batch batch(cfg, p.batch);
+            timed(st, [&] { benchmark::DoNotOptimize(net.forward(batch.images, batch.sigma, batch.labels, {}, false).D.data()); });
+            report_flops(st, 2.0 * double(p.batch) * nn::network_cost(cfg).macs);
+            st.counters["img/s"] = Counter(double(p.batch), Counter::kIsIterationInvariantRate);
+        });
+        add("network/train_step" + tail, [p](State& st) {
+            TrainStep<A> step(p);
+            timed(st, [&] { step(); });
+            report_flops(st, 6.0 * double(p.batch) * nn::network_cost(step.config()).macs);
+            st.counters["img/s"] = Counter(double(p.batch), Counter::kIsIterationInvariantRate);
+        });
+    };
+    add_storage(std::type_identity<float16>{});
+    add_storage(std::type_identity<bfloat16>{});
 }
 
 void register_all() {

@@ -3,6 +3,7 @@
 // backends declare the same kernels is asserted by their headers: backend/kernels.hpp.)
 #include <algorithm>
 #include <array>
+#include <limits>
 
 #include "concurrently.hpp"
 #include "cuda_test.cuh"
@@ -72,6 +73,88 @@ TEST_CASE_TEMPLATE("cuda kernels: mp_silu, mp_sum, mp_cat, clip, dropout", T, fl
             return Outputs<T, decltype(tag)>{y, da, dc};
         },
         gpu_fwd_tol<T>, {a, c, dcat});
+}
+
+// The hardware's conversions round to nearest even like the CPU's: the same bits for every
+// value but NaN (whose payload the hardware makes canonical).
+TEST_CASE_TEMPLATE("cuda kernels: conversion to and from 16-bit storage, bit for bit the CPU's", A, float16, bfloat16) {
+    auto x = random_cpu<float>(Shape{5, 3001}, 9, 1000);
+    for (int64_t i = 0; i < x.numel(); i += 7) x.data()[i] *= 1e-9f;  // subnormal and vanishing ones too
+    x.data()[1] = 70000.0f, x.data()[2] = -std::numeric_limits<float>::infinity(), x.data()[3] = -0.0f;
+    CpuTensor<A> cpu_h(x.shape());
+    convert(CpuBackend{}, x, cpu_h);
+    CudaTensor<A> gpu_h(x.shape());
+    convert(CudaBackend{}, to_gpu(x), gpu_h);
+    const auto got = gpu_h.to_host();
+    CudaTensor<float> back(x.shape());
+    convert(CudaBackend{}, gpu_h, back);
+    const auto widened = back.to_host();
+    int wrong = 0;
+    for (int64_t i = 0; i < x.numel(); ++i) {
+        wrong += got[size_t(i)].bits != cpu_h.data()[i].bits;
+        wrong += widened[size_t(i)] != cpu_h.data()[i].to_float();
+    }
+    CHECK(wrong == 0);
+}
+
+// The native 16-bit kernels (one pass over 16-bit memory, computing in float) against the
+// CPU's generic ones (widen, float kernel, round) on the same 16-bit inputs: each result
+// within 4 units of the format's roundoff of its scale (a result may round to the other
+// neighbour where the float values differ in their last bits; the modulated SiLU rounds
+// x s before the SiLU on the GPU, as the reference does, and once on the CPU).
+TEST_CASE_TEMPLATE("cuda kernels: the layers' kernels on 16-bit activations against the CPU's", A, float16, bfloat16) {
+    const double u = std::is_same_v<A, float16> ? 1.0 / 2048 : 1.0 / 256;
+    auto half_cpu = [](const CpuTensor<float>& f) { return converted<A>(f); };
+    const Shape s{2, 6, 8, 8};
+    const std::vector<CpuTensor<A>> in{half_cpu(random_cpu<float>(s, 1)), half_cpu(random_cpu<float>(s, 2)),
+                                       half_cpu(random_cpu<float>(Shape{2, 6}, 3)),
+                                       half_cpu(random_cpu<float>(Shape{5, 6, 3, 3}, 4, 0.2)),
+                                       half_cpu(random_cpu<float>(Shape{2, 5, 8, 8}, 5))};
+    auto run = [&](auto tag, const std::vector<Tensor<A, decltype(tag)>>& t) {
+        using B = decltype(tag);
+        using TA = Tensor<A, B>;
+        std::vector<TA> out;
+        out.reserve(32);  // references from next() stay valid; copies share the element's storage
+        auto next = [&](Shape shape) -> TA& { return out.emplace_back(shape); };
+        mp_silu_forward(tag, t[0], next(s));
+        TA acc = t[1].clone();
+        mp_silu_backward_add(tag, t[0], t[1], acc);
+        out.push_back(acc);
+        modulated_silu_forward(tag, t[0], t[2], next(s));
+        TA mdx = next(s), mds = next(Shape{2, 6});
+        modulated_silu_backward(tag, t[0], t[2], t[1], mdx, mds);
+        mp_sum_forward(tag, t[0], t[1], 0.3, next(s));
+        TA da = next(s), none;
+        mp_sum_backward(tag, t[1], 0.3, da, none);
+        mp_cat_forward(tag, t[0], t[1], 0.5, next(Shape{2, 12, 8, 8}));
+        clip_forward(tag, t[0], 0.5, next(s));
+        clip_backward(tag, t[0], t[1], 0.5, next(s));
+        Tensor<double, B> words = Tensor<double, B>::zeros(Shape{2});
+        dropout_apply(tag, t[0], 0.25, words, 3, next(s));
+        append_ones_channel(tag, t[0], next(Shape{2, 7, 8, 8}));
+        TA y = t[1].clone();
+        axpby(tag, 0.5f, t[0], -2.0f, y);
+        out.push_back(y);
+        Tensor<float, B> scale;
+        normalize_forward(tag, t[0], ops::Dims{1}, next(s), &scale);
+        normalize_backward(tag, t[0], t[1], ops::Dims{1}, scale, next(s));
+        resample_forward(tag, t[0], {1, 1}, ops::Resample::down, next(Shape{2, 6, 4, 4}));
+        resample_forward(tag, t[0], {1, 3, 3, 1}, ops::Resample::up, next(Shape{2, 6, 16, 16}));
+        resample_backward(tag, t[0], {1, 3, 3, 1}, ops::Resample::down, next(Shape{2, 6, 16, 16}));
+        conv2d_forward(tag, t[0], t[3], next(Shape{2, 5, 8, 8}));
+        TA cdx = next(s), cdw = next(Shape{5, 6, 3, 3});
+        conv2d_backward(tag, t[0], t[3], t[4], cdx, cdw);
+        return out;
+    };
+    std::vector<CudaTensor<A>> on_gpu;
+    for (const auto& t : in) on_gpu.push_back(to_gpu(t));
+    const auto want = run(CpuBackend{}, in);
+    const auto got = run(CudaBackend{}, on_gpu);
+    REQUIRE(want.size() == got.size());
+    for (std::size_t i = 0; i < want.size(); ++i) {
+        CAPTURE(i);
+        MPNET_CHECK_CLOSE(converted<float>(to_cpu(got[i])), converted<float>(want[i]), 4 * u);
+    }
 }
 
 TEST_CASE_TEMPLATE("cuda kernels: channel scaling, ones channel, arithmetic, fill", T, float, double) {

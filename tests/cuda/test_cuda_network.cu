@@ -157,6 +157,44 @@ TEST_CASE_TEMPLATE("cuda network: a training step matches the CPU's", T, float, 
     CHECK(loss_gpu == doctest::Approx(loss_cpu).epsilon(std::is_same_v<T, float> ? 1e-5 : 1e-12));
 }
 
+// With 16-bit activations both backends compute each op in float on the same rounded
+// inputs and round its result; the products' summation order differs, so a result may round
+// to the neighbouring 16-bit value, and the difference compounds through the network to
+// some tens of the format's unit roundoff u at most.
+TEST_CASE_TEMPLATE("cuda network: a training step with 16-bit activations matches the CPU's", A, float16, bfloat16) {
+    auto cfg = test::golden_unet_config();
+    cfg.dropout = 0.1;
+    nn::Precond<float, CpuBackend> reference(cfg, 7);
+    std::map<std::string, std::vector<float>> state;
+    nn::for_each_state_tensor(reference, [&](const std::string& name, CpuTensor<float>& t) { state[name] = t.to_host(); });
+    const Shape s{3, cfg.img_channels, cfg.img_resolution, cfg.img_resolution};
+    auto sigma = CpuTensor<float>::from_host(Shape{3}, std::vector<float>{0.3f, 1.0f, 4.0f});
+    auto labels = CpuTensor<float>::zeros(Shape{3, cfg.label_dim});
+    for (int64_t i = 0; i < 3; ++i) labels.data()[i * cfg.label_dim + i] = 1;
+    const auto y = test::random_cpu<float>(s, 3, 0.5), noisy = test::random_cpu<float>(s, 4, 1.5);
+    const double u = std::is_same_v<A, float16> ? 1.0 / 2048 : 1.0 / 256;
+    test::compare_backends<float>(
+        [&](auto tag, const auto& in) {
+            using B = decltype(tag);
+            using TT = Tensor<float, B>;
+            nn::Precond<float, B, A> net(cfg, 99);
+            nn::for_each_state_tensor(net, [&](const std::string& name, TT& t) {
+                const auto& v = state.at(name);
+                B::copy_from_host(t.data(), v.data(), t.bytes());
+            });
+            typename nn::Precond<float, B, A>::Context ctx;
+            auto out = net.forward(in[0], in[2], in[3], nn::ForwardMode{true, 1234}, true, &ctx);
+            TT dD(in[0].shape()), dlogvar(in[2].shape());
+            edm2_loss(tag, out.D, in[1], in[2], out.logvar, cfg.sigma_data, 1.0 / 3, dD, dlogvar);
+            net.zero_grad();
+            net.backward(dD, dlogvar, ctx);
+            std::vector<TT> result{out.D, out.logvar, dD};
+            net.visit([&](const std::string&, nn::Param<float, B>& p) { result.push_back(p.grad); });
+            return result;
+        },
+        64 * u, {noisy, y, sigma, labels});
+}
+
 TEST_CASE("cuda network: weights saved from the GPU load on the CPU") {
     const auto cfg = test::golden_unet_config();
     nn::Precond<float, CudaBackend> net(cfg, 5);

@@ -4,11 +4,21 @@
 #include <cstddef>
 #include <string_view>
 
+#include "mpnet/core/float16.hpp"
+
 namespace mpnet {
 
 // Element types of the float reference path (double for gradient checks).
 template <class T>
 concept Scalar = std::same_as<T, float> || std::same_as<T, double>;
+
+// The 16-bit formats activations may be stored in (core/float16.hpp); computed in float.
+template <class T>
+concept HalfStorage = std::same_as<T, float16> || std::same_as<T, bfloat16>;
+
+// What a Tensor may hold: a Scalar, or a 16-bit storage format.
+template <class T>
+concept Element = Scalar<T> || HalfStorage<T>;
 
 // A backend owns memory and the primitive kernels. Memory is reached through the static
 // functions below; kernels are free functions found by argument-dependent lookup on the

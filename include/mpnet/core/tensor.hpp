@@ -14,7 +14,7 @@
 
 namespace mpnet {
 
-template <Scalar T, Backend B>
+template <Element T, Backend B>
 class Tensor {
 public:
     using value_type = T;

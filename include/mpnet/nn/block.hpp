@@ -6,11 +6,16 @@
 //   dec: x = conv_skip?(x);   x = mp_sum(x, y, res_balance)
 //   attention: x = mp_sum(x, attn_proj(attention(attn_qkv(x))), attn_balance)
 //   x = clip(x, clip_act)
+//
+// Activations are stored as A (T, or a 16-bit format with T = float); the embedding, the
+// modulation's linear layer and the gains stay in T, and the modulation is rounded to A
+// where it meets the activations, as in the reference.
 #pragma once
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "mpnet/backend/half_storage.hpp"
 #include "mpnet/nn/config.hpp"
 #include "mpnet/nn/dropout_seed.hpp"
 #include "mpnet/nn/layout.hpp"
@@ -33,11 +38,13 @@ struct ForwardMode {
     bool weights_normalized = false;
 };
 
-template <Scalar T, Backend B>
+template <Scalar T, Backend B, Element A = T>
 class Block {
 public:
     using TensorT = Tensor<T, B>;
-    using Conv = MPConv<T, B>;
+    using TensorA = Tensor<A, B>;
+    using Conv = MPConv<T, B, A>;
+    using Linear = MPConv<T, B>;
 
     Block(const BlockSpec& spec, const NetworkConfig& cfg)
         : spec_(spec), cfg_(cfg), emb_gain(Shape{}),
@@ -56,44 +63,47 @@ public:
 
     struct Context {
         Shape x_shape;
-        typename Conv::Context skip, res0, emb, res1, qkv, proj;
-        TensorT skipped, pn_scale;  // enc: pixel-norm input and its scales
-        TensorT a0_in;              // input of the first mp_silu
-        TensorT y0, c;              // conv_res0 output, modulation (emb_linear + 1)
+        typename Conv::Context skip, res0, res1, qkv, proj;
+        typename Linear::Context emb;
+        TensorA skipped;            // enc: pixel-norm input
+        TensorT pn_scale;           // and its scales
+        TensorA a0_in;              // input of the first mp_silu
+        TensorA y0, c;              // conv_res0 output, modulation (emb_linear + 1)
         Tensor<double, B> dropout_words;  // the masks' seed when dropout ran (a copy: a later round may change it)
-        ops::AttentionContext<T, B> attn;
-        TensorT pre_clip;
+        ops::AttentionContext<A, B> attn;
+        TensorA pre_clip;
     };
 
     void force_normalize() {
-        for_each_conv([](Conv& c) { c.force_normalize(); });
+        for_each_conv([](auto& c) { c.force_normalize(); });
     }
 
     // Where the dropout masks' seed comes from: by default a seed of the block's own, stream 0;
     // in a UNet, the network's seed and the block's index.
     void share_dropout_seed(const DropoutSeed<B>& seed) { dropout_ = seed; }
 
-    TensorT forward(const TensorT& x_in, const TensorT& emb, const ForwardMode& mode, Context* ctx = nullptr) const {
+    TensorA forward(const TensorA& x_in, const TensorT& emb, const ForwardMode& mode, Context* ctx = nullptr) const {
         Context local;
         Context& s = ctx ? *ctx : local;
         s.dropout_words = Tensor<double, B>();
         s.x_shape = x_in.shape();
-        TensorT x(ops::resampled_shape(x_in.shape(), spec_.resample));
+        TensorA x(ops::resampled_shape(x_in.shape(), spec_.resample));
         resample_forward(B{}, x_in, cfg_.resample_filter, spec_.resample, x);
         if (spec_.encoder) {
             if (conv_skip) x = conv_skip->forward(x, 1, ctx ? &s.skip : nullptr);
-            TensorT normed(x.shape());
+            TensorA normed(x.shape());
             normalize_forward(B{}, x, ops::Dims{1}, normed, ctx ? &s.pn_scale : nullptr);
             if (ctx) s.skipped = x;
             x = normed;
         }
-        TensorT a(x.shape());
+        TensorA a(x.shape());
         mp_silu_forward(B{}, x, a);
         if (ctx) s.a0_in = x;
-        TensorT y = conv_res0.forward(a, 1, ctx ? &s.res0 : nullptr);
-        TensorT c = emb_linear.forward(emb, emb_gain.value, ctx ? &s.emb : nullptr);
-        affine(B{}, c, T(1), T(1), c);
-        TensorT a1(y.shape());
+        TensorA y = conv_res0.forward(a, 1, ctx ? &s.res0 : nullptr);
+        TensorT c_t = emb_linear.forward(emb, emb_gain.value, ctx ? &s.emb : nullptr);
+        affine(B{}, c_t, T(1), T(1), c_t);
+        const TensorA c = converted<A>(c_t);
+        TensorA a1(y.shape());
         modulated_silu_forward(B{}, y, c, a1);
         if (ctx) s.y0 = y, s.c = c;
         if (mode.training && cfg_.dropout > 0) {
@@ -103,13 +113,13 @@ public:
         }
         y = conv_res1.forward(a1, 1, ctx ? &s.res1 : nullptr);
         if (!spec_.encoder && conv_skip) x = conv_skip->forward(x, 1, ctx ? &s.skip : nullptr);
-        TensorT out(x.shape());
+        TensorA out(x.shape());
         mp_sum_forward(B{}, x, y, cfg_.res_balance, out);
         if (spec_.attention) {
-            TensorT qkv = attn_qkv->forward(out, 1, ctx ? &s.qkv : nullptr), att(out.shape());
+            TensorA qkv = attn_qkv->forward(out, 1, ctx ? &s.qkv : nullptr), att(out.shape());
             attention_forward(B{}, qkv, heads(), att, ctx ? &s.attn : nullptr);
-            TensorT proj = attn_proj->forward(att, 1, ctx ? &s.proj : nullptr);
-            TensorT sum = ctx ? TensorT(out.shape()) : out;  // attn_qkv's context keeps `out`
+            TensorA proj = attn_proj->forward(att, 1, ctx ? &s.proj : nullptr);
+            TensorA sum = ctx ? TensorA(out.shape()) : out;  // attn_qkv's context keeps `out`
             mp_sum_forward(B{}, out, proj, cfg_.attn_balance, sum);
             out = sum;
         }
@@ -118,45 +128,45 @@ public:
             return out;
         }
         s.pre_clip = out;
-        TensorT clipped(out.shape());
+        TensorA clipped(out.shape());
         clip_forward(B{}, out, cfg_.clip_act, clipped);
         return clipped;
     }
 
     // Returns dx; accumulates parameter gradients and adds this block's d(emb) into demb.
-    TensorT backward(const TensorT& dy_out, const Context& s, TensorT& demb) {
-        TensorT dz(dy_out.shape());
+    TensorA backward(const TensorA& dy_out, const Context& s, TensorT& demb) {
+        TensorA dz(dy_out.shape());
         clip_backward(B{}, s.pre_clip, dy_out, cfg_.clip_act, dz);
-        TensorT dx_main(dz.shape()), dy(dz.shape());
+        TensorA dx_main(dz.shape()), dy(dz.shape());
         if (spec_.attention) {
-            TensorT dproj(dz.shape());
+            TensorA dproj(dz.shape());
             mp_sum_backward(B{}, dz, cfg_.attn_balance, dx_main, dproj);
-            TensorT datt = attn_proj->backward(dproj, s.proj);
-            TensorT dqkv(Shape{dz.size(0), 3 * spec_.out, dz.size(2), dz.size(3)});
+            TensorA datt = attn_proj->backward(dproj, s.proj);
+            TensorA dqkv(Shape{dz.size(0), 3 * spec_.out, dz.size(2), dz.size(3)});
             attention_backward(B{}, s.attn, heads(), datt, dqkv);
-            TensorT dres = attn_qkv->backward(dqkv, s.qkv);
+            TensorA dres = attn_qkv->backward(dqkv, s.qkv);
             axpby(B{}, T(1), dres, T(1), dx_main);
             dz = dx_main;
-            dx_main = TensorT(dz.shape());
+            dx_main = TensorA(dz.shape());
         }
         mp_sum_backward(B{}, dz, cfg_.res_balance, dx_main, dy);
         // x branch of the decoder: through conv_skip.
-        TensorT dx = (!spec_.encoder && conv_skip) ? conv_skip->backward(dx_main, s.skip) : dx_main;
+        TensorA dx = (!spec_.encoder && conv_skip) ? conv_skip->backward(dx_main, s.skip) : dx_main;
         // residual branch
-        TensorT dym = conv_res1.backward(dy, s.res1);
+        TensorA dym = conv_res1.backward(dy, s.res1);
         if (!s.dropout_words.empty()) dropout_apply(B{}, dym, cfg_.dropout, s.dropout_words, dropout_.stream, dym);
-        TensorT dy0 = dym, dc(s.c.shape());  // in place over dym
+        TensorA dy0 = dym, dc(s.c.shape());  // in place over dym
         modulated_silu_backward(B{}, s.y0, s.c, dym, dy0, dc);
-        TensorT de = emb_linear.backward(dc, s.emb, &emb_gain.grad_to_accumulate());
+        TensorT de = emb_linear.backward(converted<T>(dc), s.emb, &emb_gain.grad_to_accumulate());
         axpby(B{}, T(1), de, T(1), demb);
-        TensorT da = conv_res0.backward(dy0, s.res0);
+        TensorA da = conv_res0.backward(dy0, s.res0);
         mp_silu_backward_add(B{}, s.a0_in, da, dx);  // x feeds both the residual branch and the skip path
         if (spec_.encoder) {
-            TensorT dn(dx.shape());
+            TensorA dn(dx.shape());
             normalize_backward(B{}, s.skipped, dx, ops::Dims{1}, s.pn_scale, dn);
             dx = conv_skip ? conv_skip->backward(dn, s.skip) : dn;
         }
-        TensorT dx_in(s.x_shape);
+        TensorA dx_in(s.x_shape);
         resample_backward(B{}, dx, cfg_.resample_filter, spec_.resample, dx_in);
         return dx_in;
     }
@@ -175,7 +185,8 @@ public:
 private:
     template <class F>
     void for_each_conv(F&& f) {
-        for (Conv* c : {&conv_res0, &emb_linear, &conv_res1}) f(*c);
+        for (Conv* c : {&conv_res0, &conv_res1}) f(*c);
+        f(emb_linear);
         for (auto* c : {&conv_skip, &attn_qkv, &attn_proj})
             if (*c) f(**c);
     }
@@ -186,7 +197,9 @@ private:
 
 public:
     Param<T, B> emb_gain;
-    Conv conv_res0, emb_linear, conv_res1;
+    Conv conv_res0;
+    Linear emb_linear;
+    Conv conv_res1;
     std::optional<Conv> conv_skip, attn_qkv, attn_proj;
 };
 

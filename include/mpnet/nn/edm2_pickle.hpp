@@ -246,15 +246,15 @@ inline nlohmann::json to_json(const Edm2Encoder& e) {
 // before the network is allocated, so that a hostile configuration cannot decide the memory
 // taken; each must be there with its shape, and nothing else. The pickle's copies are freed
 // as they are loaded.
-template <Scalar T, Backend B>
-Precond<T, B> network_from(Edm2Pickle& p, const std::string& label) {
+template <Scalar T, Backend B, Element A = T>
+Precond<T, B, A> network_from(Edm2Pickle& p, const std::string& label) {
     int64_t stored = 0;
     for (const auto& [name, t] : p.state) stored += int64_t(t.values.size());
     check(stored == state_numel(p.config), label, ": its configuration describes ", state_numel(p.config),
           " values, the pickle holds ", stored);
     std::map<std::string, io::HostTensor*> by_name;
     for (auto& [name, t] : p.state) check(by_name.emplace(name, &t).second, label, ": tensor '", name, "' appears twice");
-    Precond<T, B> net(p.config, 0, Precond<T, B>::Gradients::none);
+    Precond<T, B, A> net(p.config, 0, Precond<T, B, A>::Gradients::none);
     std::set<std::string> used;
     for_each_state_tensor(net, [&](const std::string& name, Tensor<T, B>& t) {
         const auto it = by_name.find(name);

@@ -2,6 +2,10 @@
 //
 //   D(x; sigma) = c_skip x + c_out F(c_in x, ln(sigma)/4, labels)
 //   logvar(sigma) = logvar_linear(logvar_fourier(ln(sigma)/4))
+//
+// A is the U-Net's activation storage (T, or float16 / bfloat16 with T = float): c_in x is
+// rounded to A on the way in and F widened to T on the way out, as the reference casts
+// around its half-precision U-Net; D, the loss and every parameter stay in T.
 #pragma once
 #include <cmath>
 
@@ -10,7 +14,7 @@
 
 namespace mpnet::nn {
 
-template <Scalar T, Backend B>
+template <Scalar T, Backend B, Element A = T>
 class Precond {
 public:
     using TensorT = Tensor<T, B>;
@@ -32,7 +36,7 @@ public:
     [[nodiscard]] const NetworkConfig& config() const { return cfg_; }
 
     struct Context {
-        typename UNet<T, B>::Context unet;
+        typename UNet<T, B, A>::Context unet;
         typename MPConv<T, B>::Context logvar;
         TensorT c_out;  // [N]
     };
@@ -58,7 +62,7 @@ public:
         const TensorT lab = labels.empty() && cfg_.label_dim ? TensorT::zeros(Shape{n, cfg_.label_dim}) : labels;
         TensorT x_in(x.shape());
         scale_images(x, c_in, x_in);
-        TensorT F = unet.forward(x_in, c_noise, lab, mode, ctx ? &ctx->unet : nullptr);
+        TensorT F = converted<T>(unet.forward(converted<A>(x_in), c_noise, lab, mode, ctx ? &ctx->unet : nullptr));
         Output o{TensorT(x.shape()), TensorT()};
         scale_images(x, c_skip, o.D);
         scale_images(F, c_out, F);
@@ -73,7 +77,7 @@ public:
     void backward(const TensorT& dD, const TensorT& dlogvar, const Context& ctx) {
         TensorT dF(dD.shape());
         scale_images(dD, ctx.c_out, dF);
-        unet.backward(dF, ctx.unet);
+        unet.backward(converted<A>(dF), ctx.unet);
         if (!dlogvar.empty()) logvar_linear.backward(dlogvar.view(Shape{dlogvar.numel(), 1}), ctx.logvar, nullptr, false);
     }
 
@@ -129,7 +133,7 @@ private:
     ParamArena<T, B> arena_;
 
 public:
-    UNet<T, B> unet;
+    UNet<T, B, A> unet;
     MPFourier<T, B> logvar_fourier;
     MPConv<T, B> logvar_linear;
 };

@@ -1,4 +1,7 @@
 // UNet: the EDM2 denoiser network F(x, c_noise, labels), forward and backward.
+//
+// Activations are stored as A (T, or a 16-bit format with T = float: x in and F out are A);
+// the noise and label embedding and every parameter stay in T.
 #pragma once
 #include <cmath>
 #include <optional>
@@ -9,11 +12,13 @@
 
 namespace mpnet::nn {
 
-template <Scalar T, Backend B>
+template <Scalar T, Backend B, Element A = T>
 class UNet {
 public:
     using TensorT = Tensor<T, B>;
-    using Conv = MPConv<T, B>;
+    using TensorA = Tensor<A, B>;
+    using Conv = MPConv<T, B, A>;
+    using Linear = MPConv<T, B>;
 
     // Parameters ~ N(0, 1) and gains 0, drawn from `seed` (see initialize()).
     UNet(const NetworkConfig& cfg, uint64_t seed)
@@ -31,8 +36,9 @@ public:
 
     struct Context {
         TensorT c_noise, fourier, emb_pre_silu;
-        typename Conv::Context emb_noise, emb_label, enc_conv, out_conv;
-        std::vector<typename Block<T, B>::Context> enc, dec;
+        typename Linear::Context emb_noise, emb_label;
+        typename Conv::Context enc_conv, out_conv;
+        std::vector<typename Block<T, B, A>::Context> enc, dec;
         std::vector<Shape> skip_shapes;  // of each decoder block's skip input
         std::vector<Shape> main_shapes;  // of each decoder block's main input before mp_cat
         bool has_labels = false;
@@ -45,22 +51,22 @@ public:
     void set_dropout_seed(uint64_t seed) const { dropout_.set(seed); }
 
     void force_normalize() {
-        for_each_conv([](Conv& c) { c.force_normalize(); });
+        for_each_conv([](auto& c) { c.force_normalize(); });
         for (auto& b : enc) b.force_normalize();
         for (auto& b : dec) b.force_normalize();
     }
 
     // x [N, img_channels, R, R], c_noise [N], labels [N, label_dim] (ignored when unconditional).
-    TensorT forward(const TensorT& x, const TensorT& c_noise, const TensorT& labels, const ForwardMode& mode,
+    TensorA forward(const TensorA& x, const TensorT& c_noise, const TensorT& labels, const ForwardMode& mode,
                     Context* ctx = nullptr) const {
         Context local;
         Context& s = ctx ? *ctx : local;
         if (mode.training && cfg_.dropout > 0 && mode.dropout_seed) set_dropout_seed(*mode.dropout_seed);
         const ForwardMode block_mode{mode.training, std::nullopt, mode.weights_normalized};
         const TensorT emb = embedding(c_noise, labels, ctx);
-        TensorT h(Shape{x.size(0), x.size(1) + 1, x.size(2), x.size(3)});
+        TensorA h(Shape{x.size(0), x.size(1) + 1, x.size(2), x.size(3)});
         append_ones_channel(B{}, x, h);
-        std::vector<TensorT> skips;
+        std::vector<TensorA> skips;
         h = enc_conv.forward(h, 1, ctx ? &s.enc_conv : nullptr);
         skips.push_back(h);
         s.enc.resize(enc.size());
@@ -73,8 +79,8 @@ public:
         }
         for (size_t i = 0; i < dec.size(); ++i) {
             if (dec[i].spec().takes_skip) {
-                const TensorT& skip = skips.back();
-                TensorT cat(Shape{h.size(0), h.size(1) + skip.size(1), h.size(2), h.size(3)});
+                const TensorA& skip = skips.back();
+                TensorA cat(Shape{h.size(0), h.size(1) + skip.size(1), h.size(2), h.size(3)});
                 mp_cat_forward(B{}, h, skip, cfg_.concat_balance, cat);
                 s.main_shapes[i] = h.shape(), s.skip_shapes[i] = skip.shape();
                 skips.pop_back();
@@ -86,14 +92,14 @@ public:
     }
 
     // Accumulates every parameter gradient from dF (the input gradient is not formed).
-    void backward(const TensorT& dF, const Context& s) {
-        TensorT dh = out_conv.backward(dF, s.out_conv, &out_gain.grad_to_accumulate());
+    void backward(const TensorA& dF, const Context& s) {
+        TensorA dh = out_conv.backward(dF, s.out_conv, &out_gain.grad_to_accumulate());
         TensorT demb = TensorT::zeros(s.emb_pre_silu.shape());
-        std::vector<TensorT> dskips;  // gradients of the skip stack, in pop order
+        std::vector<TensorA> dskips;  // gradients of the skip stack, in pop order
         for (size_t i = dec.size(); i-- > 0;) {
             dh = dec[i].backward(dh, s.dec[i], demb);
             if (dec[i].spec().takes_skip) {
-                TensorT dmain(s.main_shapes[i]), dskip(s.skip_shapes[i]);
+                TensorA dmain(s.main_shapes[i]), dskip(s.skip_shapes[i]);
                 mp_cat_backward(B{}, dh, cfg_.concat_balance, dmain, dskip);
                 dskips.push_back(dskip);
                 dh = dmain;
@@ -160,7 +166,9 @@ private:
 
     template <class F>
     void for_each_conv(F&& f) {
-        for (Conv* c : {&emb_noise, &enc_conv, &out_conv}) f(*c);
+        f(emb_noise);
+        f(enc_conv);
+        f(out_conv);
         if (emb_label) f(*emb_label);
     }
 
@@ -171,10 +179,10 @@ private:
 public:
     Param<T, B> out_gain;
     MPFourier<T, B> emb_fourier;
-    Conv emb_noise;
-    std::optional<Conv> emb_label;
+    Linear emb_noise;
+    std::optional<Linear> emb_label;
     Conv enc_conv;
-    std::vector<Block<T, B>> enc, dec;
+    std::vector<Block<T, B, A>> enc, dec;
     Conv out_conv;
 };
 

@@ -13,15 +13,15 @@
 namespace mpnet::nn {
 
 // Calls f(name, tensor) for every parameter and buffer of the network.
-template <Scalar T, Backend B, class F>
-void for_each_state_tensor(Precond<T, B>& net, F&& f) {
+template <Scalar T, Backend B, Element A, class F>
+void for_each_state_tensor(Precond<T, B, A>& net, F&& f) {
     net.visit([&](const std::string& name, Param<T, B>& p) { f(name, p.value); });
     net.visit_buffers([&](const std::string& name, Tensor<T, B>& t) { f(name, t); });
 }
 
 // Adds every state tensor, stored as float32 whatever T is.
-template <Scalar T, Backend B>
-void add_state(io::SafetensorsWriter& w, Precond<T, B>& net, const std::string& prefix = "") {
+template <Scalar T, Backend B, Element A>
+void add_state(io::SafetensorsWriter& w, Precond<T, B, A>& net, const std::string& prefix = "") {
     for_each_state_tensor(net, [&](const std::string& name, Tensor<T, B>& t) {
         const auto host = t.to_host();
         std::vector<float> f(host.begin(), host.end());
@@ -29,8 +29,8 @@ void add_state(io::SafetensorsWriter& w, Precond<T, B>& net, const std::string& 
     });
 }
 
-template <Scalar T, Backend B>
-void save_weights(Precond<T, B>& net, const std::filesystem::path& path,
+template <Scalar T, Backend B, Element A>
+void save_weights(Precond<T, B, A>& net, const std::filesystem::path& path,
                   const std::map<std::string, std::string>& metadata = {}) {
     io::SafetensorsWriter w;
     add_state(w, net);
@@ -55,8 +55,8 @@ inline NetworkConfig read_config(const io::SafetensorsFile& file) {
 // in the file under `prefix` that the network does not have are an error too (unless
 // allow_extra: a file that also holds other data), so that nothing is silently ignored or
 // left at its initial value.
-template <Scalar T, Backend B>
-void load_state(Precond<T, B>& net, const io::SafetensorsFile& file, const std::string& prefix = "",
+template <Scalar T, Backend B, Element A>
+void load_state(Precond<T, B, A>& net, const io::SafetensorsFile& file, const std::string& prefix = "",
                 bool allow_extra = false) {
     std::set<std::string> wanted;
     for_each_state_tensor(net, [&](const std::string& name, Tensor<T, B>& t) {
@@ -77,8 +77,8 @@ void load_state(Precond<T, B>& net, const io::SafetensorsFile& file, const std::
 }
 
 // Loads a weights file written by save_weights into a network of the same configuration.
-template <Scalar T, Backend B>
-void load_weights(Precond<T, B>& net, const std::filesystem::path& path) {
+template <Scalar T, Backend B, Element A>
+void load_weights(Precond<T, B, A>& net, const std::filesystem::path& path) {
     const auto file = io::SafetensorsFile::open(path);
     const NetworkConfig stored = read_config(file);
     check(to_json(stored) == to_json(net.config()), file.label(), ": network configuration ", to_json(stored),
@@ -104,13 +104,13 @@ inline void check_config_fits(const io::SafetensorsFile& file, const NetworkConf
 
 // Builds the network a weights file describes and loads it, for inference (no gradient
 // buffer; Gradients::flat for one to train).
-template <Scalar T, Backend B>
-Precond<T, B> load_network(const std::filesystem::path& path,
-                           typename Precond<T, B>::Gradients gradients = Precond<T, B>::Gradients::none) {
+template <Scalar T, Backend B, Element A = T>
+Precond<T, B, A> load_network(const std::filesystem::path& path,
+                              typename Precond<T, B, A>::Gradients gradients = Precond<T, B, A>::Gradients::none) {
     const auto file = io::SafetensorsFile::open(path);
     const NetworkConfig config = read_config(file);
     check_config_fits(file, config);
-    Precond<T, B> net(config, 0, gradients);
+    Precond<T, B, A> net(config, 0, gradients);
     load_state(net, file);
     return net;
 }

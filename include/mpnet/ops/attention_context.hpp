@@ -4,7 +4,7 @@
 
 namespace mpnet::ops {
 
-template <Scalar T, Backend B>
+template <Element T, Backend B>
 struct AttentionContext {
     Tensor<T, B> q, k, v;           // pixel-normalised, [N, heads, c, HW]
     Tensor<T, B> q_scale, k_scale, v_scale;  // eps + rms per pixel, [N, heads, HW]

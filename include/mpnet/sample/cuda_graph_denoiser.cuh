@@ -19,12 +19,12 @@
 
 namespace mpnet::sample {
 
-template <Scalar T>
+template <Scalar T, Element A = T>
 class CudaGraphDenoiser {
 public:
     using TensorT = CudaTensor<T>;
 
-    explicit CudaGraphDenoiser(nn::Precond<T, CudaBackend>& net)
+    explicit CudaGraphDenoiser(nn::Precond<T, CudaBackend, A>& net)
         : net_(&net), graph_context_(cuda::Context::current().device(), CudaBackend::math()) {
         cuda::cuda_check(cudaEventCreateWithFlags(&inputs_ready_, cudaEventDisableTiming), "cudaEventCreate");
         cuda::cuda_check(cudaEventCreateWithFlags(&output_ready_, cudaEventDisableTiming), "cudaEventCreate");
@@ -102,7 +102,7 @@ private:
 
     [[nodiscard]] cudaStream_t graph_stream() const { return graph_context_.stream(); }
 
-    nn::Precond<T, CudaBackend>* net_;
+    nn::Precond<T, CudaBackend, A>* net_;
     cuda::Context graph_context_;
     cudaEvent_t inputs_ready_ = nullptr, output_ready_ = nullptr;
     cudaGraph_t graph_ = nullptr;

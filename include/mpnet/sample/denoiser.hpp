@@ -20,11 +20,12 @@ concept Denoiser = Scalar<T> && Backend<B> &&
 // Evaluates a Precond network in inference mode. The network takes one sigma per image, so
 // the shared sigma is broadcast into a small buffer (by a fill kernel, so the call never
 // waits for the host) that is only reallocated when the batch size changes. Every evaluation
-// allocates the same activations, so they follow one memory plan.
-template <Scalar T, Backend B>
+// allocates the same activations, so they follow one memory plan. A is the network's
+// activation storage: the sampler's tensors are T whatever it is.
+template <Scalar T, Backend B, Element A = T>
 class NetworkDenoiser {
 public:
-    explicit NetworkDenoiser(nn::Precond<T, B>& net) : net_(&net) {}
+    explicit NetworkDenoiser(nn::Precond<T, B, A>& net) : net_(&net) {}
 
     Tensor<T, B> operator()(const Tensor<T, B>& x, double sigma, const Tensor<T, B>& labels) {
         const int64_t n = x.size(0);
@@ -35,7 +36,7 @@ public:
     }
 
 private:
-    nn::Precond<T, B>* net_;
+    nn::Precond<T, B, A>* net_;
     Tensor<T, B> sigma_;
     std::unique_ptr<MemoryPlanFor<B>> memory_plan_ = std::make_unique<MemoryPlanFor<B>>();
 };

@@ -103,7 +103,7 @@ inline ResolvedRun resolve(TrainOptions opt, const data::Dataset& ds, int proces
 // Purposes of the substreams drawn from the run's seed.
 enum Stream : uint64_t { init_stream = 1, sigma_stream, noise_stream, dropout_stream, data_stream };
 
-template <Scalar T, Backend B>
+template <Scalar T, Backend B, Element A = T>
 class Trainer {
 public:
     using TensorT = Tensor<T, B>;
@@ -173,7 +173,7 @@ public:
     // Hands the device work of each step's parts to `runner` (nullptr: run it directly).
     void set_step_runner(std::unique_ptr<StepRunner> runner) { runner_ = std::move(runner); }
 
-    [[nodiscard]] nn::Precond<T, B>& network() { return net_; }
+    [[nodiscard]] nn::Precond<T, B, A>& network() { return net_; }
     [[nodiscard]] const PowerEma<T, B>& ema() const { return ema_; }
     [[nodiscard]] double images_seen() const { return nimg_; }
 
@@ -388,7 +388,7 @@ private:
         TensorT noisy(shape), nv = noisy.view(Shape{n, 1, chw});
         scale_channels_forward(B{}, st.noise.view(Shape{n, 1, chw}), st.sigma, nv);
         axpby(B{}, T(1), st.y, T(1), noisy);
-        typename nn::Precond<T, B>::Context ctx;
+        typename nn::Precond<T, B, A>::Context ctx;
         auto out = net_.forward(noisy, st.sigma, st.labels, nn::ForwardMode{true, std::nullopt, true}, true, &ctx);
         TensorT dD(shape), dlogvar(Shape{n});
         Tensor<double, B> loss = st.loss;
@@ -630,7 +630,7 @@ private:
     std::filesystem::path dir_;
     std::optional<RunDirLock> lock_;  // rank 0's
     int64_t chunks_per_rank_;
-    nn::Precond<T, B> net_;
+    nn::Precond<T, B, A> net_;
     Adam<T, B> adam_;
     PowerEma<T, B> ema_;
     data::Loader loader_;

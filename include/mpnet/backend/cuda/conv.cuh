@@ -9,10 +9,15 @@
 //   dx       dcols_i = W^T dy_i, then col2im       (strided batched)
 //   dW       dY[Cout, chunk HW] cols[P, chunk HW]^T (one product per chunk, accumulated)
 // where the dW operands are unfolded channel-major, so one long product covers the chunk.
+//
+// 16-bit activations (float16, bfloat16) take the same path natively: the unfoldings move
+// 16-bit words, the products read them on tensor cores and accumulate in float32, and
+// col2im sums in float32, each result rounded once on store.
 #pragma once
 #include <algorithm>
 #include <limits>
 
+#include "mpnet/backend/cuda/convert.cuh"
 #include "mpnet/backend/cuda/gemm.cuh"
 #include "mpnet/backend/cuda/launch.cuh"
 #include "mpnet/ops/conv_geometry.hpp"
@@ -40,9 +45,22 @@ __global__ void __launch_bounds__(block_size) im2col_kernel(const T* img, int ch
             T* dst = cols + i * stride_image + p * stride_row;
             for (int pix = blockIdx.x * blockDim.x + threadIdx.x; pix < hw; pix += gridDim.x * blockDim.x) {
                 const int sy = pix / w + ky - half, sx = pix % w + kx - half;
-                dst[pix] = sy >= 0 && sy < h && sx >= 0 && sx < w ? src[sy * w + sx] : T(0);
+                dst[pix] = sy >= 0 && sy < h && sx >= 0 && sx < w ? src[sy * w + sx] : T{};  // T{}: zero bits
             }
         }
+}
+
+// What col2im sums in: float for 16-bit storage, else the element type.
+template <class T>
+__device__ inline T widen_for_sum(T v) {
+    return v;
+}
+__device__ inline float widen_for_sum(float16 v) { return widen_word(v); }
+__device__ inline float widen_for_sum(bfloat16 v) { return widen_word(v); }
+template <class T, class Acc>
+__device__ inline void store_sum(Acc acc, T& out) {
+    if constexpr (HalfStorage<T>) round_into(acc, out);
+    else out = acc;
 }
 
 // The adjoint of an image-major im2col, as a gather: each image element sums the k x k
@@ -57,16 +75,16 @@ __global__ void __launch_bounds__(block_size) col2im_kernel(const T* cols, int c
             T* out = img + (int64_t(i) * channels + c) * hw;
             for (int pix = blockIdx.x * blockDim.x + threadIdx.x; pix < hw; pix += gridDim.x * blockDim.x) {
                 const int y = pix / w, x = pix % w;
-                T acc = 0;
+                decltype(widen_for_sum(T{})) acc = 0;
                 for (int ky = 0; ky < k; ++ky) {
                     const int oy = y - ky + half;
                     if (oy < 0 || oy >= h) continue;
                     for (int kx = 0; kx < k; ++kx) {
                         const int ox = x - kx + half;
-                        if (ox >= 0 && ox < w) acc += base[(ky * k + kx) * hw + oy * w + ox];
+                        if (ox >= 0 && ox < w) acc += widen_for_sum(base[(ky * k + kx) * hw + oy * w + ox]);
                     }
                 }
-                out[pix] = acc;
+                store_sum(acc, out[pix]);
             }
         }
 }
@@ -117,7 +135,7 @@ void fold(const T* cols, int64_t images, int64_t channels, const ConvGeometry& g
 
 }  // namespace detail
 
-template <Scalar T>
+template <Element T>
 void conv2d_forward(CudaBackend, const CudaTensor<T>& x, const CudaTensor<T>& weight, CudaTensor<T>& y) {
     const auto g = ops::conv_geometry(x.shape(), weight.shape(), y.shape(), "conv2d_forward");
     const detail::Operand<T> w{weight.data(), g.patch()};
@@ -136,8 +154,10 @@ void conv2d_forward(CudaBackend, const CudaTensor<T>& x, const CudaTensor<T>& we
     }
 }
 
-// dx (may be empty) and dweight (overwritten) from dy.
-template <Scalar T>
+// dx (may be empty) and dweight (overwritten) from dy. With 16-bit storage, dweight is
+// accumulated over the chunks in its own format, as the reference's half-precision weight
+// gradient is.
+template <Element T>
 void conv2d_backward(CudaBackend, const CudaTensor<T>& x, const CudaTensor<T>& weight, const CudaTensor<T>& dy,
                      CudaTensor<T>& dx, CudaTensor<T>& dweight) {
     const auto g = ops::conv_backward_geometry(x.shape(), weight.shape(), dy.shape(), dx.shape(), dweight.shape());

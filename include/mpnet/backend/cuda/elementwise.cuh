@@ -1,10 +1,17 @@
 // Elementwise MP primitives on the GPU: mp_silu, mp_sum, mp_cat, clip, dropout, channel
 // modulation, the arithmetic of the layers and optimizer, reductions and random fills.
 // Each is one pass over memory and follows the CPU kernel's formula.
+//
+// The kernels the layers run on activations also take 16-bit tensors (float16, bfloat16)
+// natively: each element is widened on load (`ld`), computed in float and rounded on store
+// (`st`), one pass over 16-bit memory; for float and double `ld` and `st` are plain reads
+// and writes, so those kernels compute what they always did.
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
+#include "mpnet/backend/cuda/convert.cuh"
 #include "mpnet/backend/cuda/launch.cuh"
 #include "mpnet/core/rng.hpp"
 #include "mpnet/ops/channel_planes.hpp"
@@ -24,8 +31,11 @@ template <class T>
 struct SiluForward {
     const T* x;
     T* y;
-    T inv;
-    __device__ void operator()(int64_t i) const { y[i] = x[i] * sigmoid(x[i]) * inv; }
+    Compute<T> inv;
+    __device__ void operator()(int64_t i) const {
+        const auto v = ld(x[i]);
+        st(y[i], v * sigmoid(v) * inv);
+    }
 };
 // g * d mp_silu(v) / dv, with inv = 1 / 0.596.
 template <class T>
@@ -37,82 +47,89 @@ template <class T>
 struct SiluBackward {
     const T *x, *dy;
     T* dx;
-    T inv;
-    __device__ void operator()(int64_t i) const { dx[i] = mp_silu_grad(x[i], dy[i], inv); }
+    Compute<T> inv;
+    __device__ void operator()(int64_t i) const { st(dx[i], mp_silu_grad(ld(x[i]), ld(dy[i]), inv)); }
 };
 template <class T>
 struct SiluBackwardAdd {
     const T *x, *dy;
     T* dx;
-    T inv;
-    __device__ void operator()(int64_t i) const { dx[i] += mp_silu_grad(x[i], dy[i], inv); }
+    Compute<T> inv;
+    __device__ void operator()(int64_t i) const { st(dx[i], ld(dx[i]) + mp_silu_grad(ld(x[i]), ld(dy[i]), inv)); }
 };
 // y = wa a + wb b
 template <class T>
 struct WeightedSum {
     const T *a, *b;
-    T wa, wb;
+    Compute<T> wa, wb;
     T* y;
-    __device__ void operator()(int64_t i) const { y[i] = wa * a[i] + wb * b[i]; }
+    __device__ void operator()(int64_t i) const { st(y[i], wa * ld(a[i]) + wb * ld(b[i])); }
 };
 // da = wa dy, db = wb dy, each skipped when null.
 template <class T>
 struct SplitScale {
     const T* dy;
-    T wa, wb;
+    Compute<T> wa, wb;
     T *da, *db;
     __device__ void operator()(int64_t i) const {
-        if (da) da[i] = wa * dy[i];
-        if (db) db[i] = wb * dy[i];
+        const auto g = ld(dy[i]);
+        if (da) st(da[i], wa * g);
+        if (db) st(db[i], wb * g);
     }
 };
 // Channel concatenation: per sample, the first sa elements of y come from a, the next sb from b.
 template <class T>
 struct CatForward {
     const T *a, *b;
-    T wa, wb;
+    Compute<T> wa, wb;
     int64_t sa, sb;
     T* y;
     __device__ void operator()(int64_t i) const {
         const int64_t n = i / (sa + sb), j = i % (sa + sb);
-        y[i] = j < sa ? wa * a[n * sa + j] : wb * b[n * sb + j - sa];
+        st(y[i], j < sa ? wa * ld(a[n * sa + j]) : wb * ld(b[n * sb + j - sa]));
     }
 };
 template <class T>
 struct CatBackward {
     const T* dy;
-    T wa, wb;
+    Compute<T> wa, wb;
     int64_t sa, sb;
     T *da, *db;
     __device__ void operator()(int64_t i) const {
         const int64_t n = i / (sa + sb), j = i % (sa + sb);
-        if (j < sa) da[n * sa + j] = wa * dy[i];
-        else db[n * sb + j - sa] = wb * dy[i];
+        if (j < sa) st(da[n * sa + j], wa * ld(dy[i]));
+        else st(db[n * sb + j - sa], wb * ld(dy[i]));
     }
 };
 template <class T>
 struct ClipForward {
     const T* x;
-    T lo, hi;
+    Compute<T> lo, hi;
     T* y;
-    __device__ void operator()(int64_t i) const { y[i] = x[i] < lo ? lo : x[i] > hi ? hi : x[i]; }
+    __device__ void operator()(int64_t i) const {
+        const auto v = ld(x[i]);
+        st(y[i], v < lo ? lo : v > hi ? hi : v);
+    }
 };
 template <class T>
 struct ClipBackward {
     const T *x, *dy;
-    T lo, hi;
+    Compute<T> lo, hi;
     T* dx;
-    __device__ void operator()(int64_t i) const { dx[i] = (x[i] >= lo && x[i] <= hi) ? dy[i] : T(0); }
+    __device__ void operator()(int64_t i) const {
+        const auto v = ld(x[i]);
+        st(dx[i], (v >= lo && v <= hi) ? ld(dy[i]) : Compute<T>(0));
+    }
 };
 template <class T>
 struct Dropout {
     const T* x;
     double p;
     uint64_t seed;
-    T keep_scale;
+    Compute<T> keep_scale;
     T* y;
     __device__ void operator()(int64_t i) const {
-        y[i] = rng::uniform(seed, static_cast<uint64_t>(i)) >= p ? x[i] * keep_scale : T(0);
+        st(y[i], rng::uniform(seed, static_cast<uint64_t>(i)) >= p ? ld(x[i]) * keep_scale : Compute<T>(0));
     }
 };
 // Each element derives the mask's seed from the words itself: the words are read where the
@@ -123,11 +140,11 @@ struct DropoutSeeded {
     double p;
     const double* seed_words;
     uint64_t stream;
-    T keep_scale;
+    Compute<T> keep_scale;
     T* y;
     __device__ void operator()(int64_t i) const {
         const uint64_t seed = rng::substream(rng::from_words(seed_words[0], seed_words[1]), stream);
-        y[i] = rng::uniform(seed, static_cast<uint64_t>(i)) >= p ? x[i] * keep_scale : T(0);
+        st(y[i], rng::uniform(seed, static_cast<uint64_t>(i)) >= p ? ld(x[i]) * keep_scale : Compute<T>(0));
     }
 };
 template <class T>
@@ -135,7 +152,7 @@ struct ScaleChannels {
     const T *x, *s;
     int64_t inner;
     T* y;
-    __device__ void operator()(int64_t i) const { y[i] = x[i] * s[i / inner]; }
+    __device__ void operator()(int64_t i) const { st(y[i], ld(x[i]) * ld(s[i / inner])); }
 };
 // ds[nc] = sum over the plane of dy x (one block per plane), dx = dy s.
 template <class T>
@@ -144,15 +161,16 @@ __global__ void __launch_bounds__(block_size)
     using Reduce = cub::BlockReduce<double, block_size>;
     __shared__ typename Reduce::TempStorage tmp;
     const int64_t plane = blockIdx.x;
-    const T k = s[plane];
+    const auto k = ld(s[plane]);
     double acc = 0;
     for (int64_t j = threadIdx.x; j < inner; j += blockDim.x) {
         const int64_t e = plane * inner + j;
-        acc += double(dy[e]) * x[e];
-        dx[e] = dy[e] * k;
+        const auto g = ld(dy[e]);
+        acc += double(g) * ld(x[e]);
+        st(dx[e], g * k);
     }
     const double total = Reduce(tmp).Sum(acc);
-    if (threadIdx.x == 0) ds[plane] = T(total);
+    if (threadIdx.x == 0) st(ds[plane], Compute<T>(total));
 }
 // y = [x, 1] per sample: sx elements of x, then `plane` ones.
 template <class T>
@@ -162,16 +180,16 @@ struct AppendOnes {
     T* y;
     __device__ void operator()(int64_t i) const {
         const int64_t n = i / (sx + plane), j = i % (sx + plane);
-        y[i] = j < sx ? x[n * sx + j] : T(1);
+        st(y[i], j < sx ? ld(x[n * sx + j]) : Compute<T>(1));
     }
 };
 template <class T>
 struct Axpby {
-    T alpha;
+    Compute<T> alpha;
     const T* x;
-    T beta;
+    Compute<T> beta;
     T* y;
-    __device__ void operator()(int64_t i) const { y[i] = alpha * x[i] + beta * y[i]; }
+    __device__ void operator()(int64_t i) const { st(y[i], alpha * ld(x[i]) + beta * ld(y[i])); }
 };
 template <class T>
 struct AxpbyStaged {
@@ -257,114 +275,125 @@ struct Fill {
 }  // namespace detail
 
 // ---- mp_silu -------------------------------------------------------------------------
-template <Scalar T>
+template <Element T>
 void mp_silu_forward(CudaBackend, const CudaTensor<T>& x, CudaTensor<T>& y) {
+    using C = detail::Compute<T>;
     check_same_shape(x, y, "mp_silu_forward");
-    detail::for_each(x.numel(), detail::SiluForward<T>{x.data(), y.data(), T(1 / ops::silu_scale)},
+    detail::for_each(x.numel(), detail::SiluForward<T>{x.data(), y.data(), C(1 / ops::silu_scale)},
                      "mp_silu_forward on ", x.shape());
 }
 
-template <Scalar T>
+template <Element T>
 void mp_silu_backward(CudaBackend, const CudaTensor<T>& x, const CudaTensor<T>& dy, CudaTensor<T>& dx) {
+    using C = detail::Compute<T>;
     check_same_shape(x, dy, "mp_silu_backward");
     check_same_shape(x, dx, "mp_silu_backward");
-    detail::for_each(x.numel(), detail::SiluBackward<T>{x.data(), dy.data(), dx.data(), T(1 / ops::silu_scale)},
+    detail::for_each(x.numel(), detail::SiluBackward<T>{x.data(), dy.data(), dx.data(), C(1 / ops::silu_scale)},
                      "mp_silu_backward on ", x.shape());
 }
 
 // dx += mp_silu'(x) dy.
-template <Scalar T>
+template <Element T>
 void mp_silu_backward_add(CudaBackend, const CudaTensor<T>& x, const CudaTensor<T>& dy, CudaTensor<T>& dx) {
+    using C = detail::Compute<T>;
     check_same_shape(x, dy, "mp_silu_backward_add");
     check_same_shape(x, dx, "mp_silu_backward_add");
-    detail::for_each(x.numel(), detail::SiluBackwardAdd<T>{x.data(), dy.data(), dx.data(), T(1 / ops::silu_scale)},
+    detail::for_each(x.numel(), detail::SiluBackwardAdd<T>{x.data(), dy.data(), dx.data(), C(1 / ops::silu_scale)},
                      "mp_silu_backward_add on ", x.shape());
 }
 
 // ---- mp_sum --------------------------------------------------------------------------
-template <Scalar T>
+template <Element T>
 void mp_sum_forward(CudaBackend, const CudaTensor<T>& a, const CudaTensor<T>& b, double t, CudaTensor<T>& y) {
+    using C = detail::Compute<T>;
     check_same_shape(a, b, "mp_sum_forward");
     check_same_shape(a, y, "mp_sum_forward");
     const auto w = ops::mp_sum_weights(t);
-    detail::for_each(a.numel(), detail::WeightedSum<T>{a.data(), b.data(), T(w.wa), T(w.wb), y.data()},
+    detail::for_each(a.numel(), detail::WeightedSum<T>{a.data(), b.data(), C(w.wa), C(w.wb), y.data()},
                      "mp_sum_forward on ", a.shape());
 }
 
 // da and db may be empty when that gradient is not wanted.
-template <Scalar T>
+template <Element T>
 void mp_sum_backward(CudaBackend, const CudaTensor<T>& dy, double t, CudaTensor<T>& da, CudaTensor<T>& db) {
+    using C = detail::Compute<T>;
     ops::check_mp_sum_backward(dy, da, db);
     const auto w = ops::mp_sum_weights(t);
-    detail::for_each(dy.numel(), detail::SplitScale<T>{dy.data(), T(w.wa), T(w.wb), da.data(), db.data()},
+    detail::for_each(dy.numel(), detail::SplitScale<T>{dy.data(), C(w.wa), C(w.wb), da.data(), db.data()},
                      "mp_sum_backward on ", dy.shape());
 }
 
 // ---- mp_cat along channels (dim 1) ---------------------------------------------------
-template <Scalar T>
+template <Element T>
 void mp_cat_forward(CudaBackend, const CudaTensor<T>& a, const CudaTensor<T>& b, double t, CudaTensor<T>& y) {
+    using C = detail::Compute<T>;
     const auto e = ops::cat_extents(a.shape(), b.shape(), y.shape(), "mp_cat_forward");
     const auto w = ops::mp_cat_weights(t, double(e.ca), double(e.cb));
     detail::for_each(y.numel(),
-                     detail::CatForward<T>{a.data(), b.data(), T(w.wa), T(w.wb), e.ca * e.inner, e.cb * e.inner,
+                     detail::CatForward<T>{a.data(), b.data(), C(w.wa), C(w.wb), e.ca * e.inner, e.cb * e.inner,
                                            y.data()},
                      "mp_cat_forward on ", a.shape(), " + ", b.shape());
 }
 
-template <Scalar T>
+template <Element T>
 void mp_cat_backward(CudaBackend, const CudaTensor<T>& dy, double t, CudaTensor<T>& da, CudaTensor<T>& db) {
+    using C = detail::Compute<T>;
     const auto e = ops::cat_extents(da.shape(), db.shape(), dy.shape(), "mp_cat_backward");
     const auto w = ops::mp_cat_weights(t, double(e.ca), double(e.cb));
     detail::for_each(dy.numel(),
-                     detail::CatBackward<T>{dy.data(), T(w.wa), T(w.wb), e.ca * e.inner, e.cb * e.inner, da.data(),
+                     detail::CatBackward<T>{dy.data(), C(w.wa), C(w.wb), e.ca * e.inner, e.cb * e.inner, da.data(),
                                             db.data()},
                      "mp_cat_backward on ", dy.shape());
 }
 
 // ---- clip ----------------------------------------------------------------------------
-template <Scalar T>
+template <Element T>
 void clip_forward(CudaBackend, const CudaTensor<T>& x, double limit, CudaTensor<T>& y) {
+    using C = detail::Compute<T>;
     check_same_shape(x, y, "clip_forward");
-    detail::for_each(x.numel(), detail::ClipForward<T>{x.data(), T(-limit), T(limit), y.data()}, "clip_forward on ",
+    detail::for_each(x.numel(), detail::ClipForward<T>{x.data(), C(-limit), C(limit), y.data()}, "clip_forward on ",
                      x.shape());
 }
 
 // The gradient passes where the input lies inside [-limit, limit] (ends included).
-template <Scalar T>
+template <Element T>
 void clip_backward(CudaBackend, const CudaTensor<T>& x, const CudaTensor<T>& dy, double limit, CudaTensor<T>& dx) {
+    using C = detail::Compute<T>;
     check_same_shape(x, dy, "clip_backward");
     check_same_shape(x, dx, "clip_backward");
-    detail::for_each(x.numel(), detail::ClipBackward<T>{x.data(), dy.data(), T(-limit), T(limit), dx.data()},
+    detail::for_each(x.numel(), detail::ClipBackward<T>{x.data(), dy.data(), C(-limit), C(limit), dx.data()},
                      "clip_backward on ", x.shape());
 }
 
 // ---- dropout: element i is kept iff uniform(seed, i) >= p; kept values scale by 1/(1-p).
-template <Scalar T>
+template <Element T>
 void dropout_apply(CudaBackend, const CudaTensor<T>& x, double p, uint64_t seed, CudaTensor<T>& y) {
+    using C = detail::Compute<T>;
     check_same_shape(x, y, "dropout_apply");
-    detail::for_each(x.numel(), detail::Dropout<T>{x.data(), p, seed, T(1 / (1 - p)), y.data()}, "dropout_apply on ",
+    detail::for_each(x.numel(), detail::Dropout<T>{x.data(), p, seed, C(1 / (1 - p)), y.data()}, "dropout_apply on ",
                      x.shape());
 }
 
-template <Scalar T>
+template <Element T>
 void dropout_apply(CudaBackend, const CudaTensor<T>& x, double p, const CudaTensor<double>& seed_words,
                    uint64_t stream, CudaTensor<T>& y) {
+    using C = detail::Compute<T>;
     check_same_shape(x, y, "dropout_apply");
     check(seed_words.numel() == 2, "dropout_apply: the seed is 2 words, not ", seed_words.shape());
     detail::for_each(x.numel(),
-                     detail::DropoutSeeded<T>{x.data(), p, seed_words.data(), stream, T(1 / (1 - p)), y.data()},
+                     detail::DropoutSeeded<T>{x.data(), p, seed_words.data(), stream, C(1 / (1 - p)), y.data()},
                      "dropout_apply on ", x.shape());
 }
 
 // ---- modulation: y[n, c, ...] = x[n, c, ...] * s[n, c] --------------------------------
-template <Scalar T>
+template <Element T>
 void scale_channels_forward(CudaBackend, const CudaTensor<T>& x, const CudaTensor<T>& s, CudaTensor<T>& y) {
     const auto p = ops::channel_planes(x.shape(), s.shape(), y.shape(), "scale_channels_forward");
     detail::for_each(x.numel(), detail::ScaleChannels<T>{x.data(), s.data(), p.inner, y.data()},
                      "scale_channels_forward on ", x.shape());
 }
 
-template <Scalar T>
+template <Element T>
 void scale_channels_backward(CudaBackend, const CudaTensor<T>& x, const CudaTensor<T>& s, const CudaTensor<T>& dy,
                              CudaTensor<T>& dx, CudaTensor<T>& ds) {
     const auto p =
@@ -377,7 +406,7 @@ void scale_channels_backward(CudaBackend, const CudaTensor<T>& x, const CudaTens
 
 // ---- y = mp_silu(x * s[n, c]) -----------------------------------------------------------
 // Composed of the modulation and mp_silu kernels (two passes; the CPU backend fuses them).
-template <Scalar T>
+template <Element T>
 void modulated_silu_forward(CudaBackend, const CudaTensor<T>& x, const CudaTensor<T>& s, CudaTensor<T>& y) {
     ops::channel_planes(x.shape(), s.shape(), y.shape(), "modulated_silu_forward");
     scale_channels_forward(CudaBackend{}, x, s, y);
@@ -385,7 +414,7 @@ void modulated_silu_forward(CudaBackend, const CudaTensor<T>& x, const CudaTenso
 }
 
 // With g = mp_silu'(x s) dy: dx = g s and ds[n, c] = sum over the plane of g x. dx may alias dy.
-template <Scalar T>
+template <Element T>
 void modulated_silu_backward(CudaBackend, const CudaTensor<T>& x, const CudaTensor<T>& s, const CudaTensor<T>& dy,
                              CudaTensor<T>& dx, CudaTensor<T>& ds) {
     ops::channel_planes(x.shape(), s.shape(), dy.shape(), dx.shape(), ds.shape(), "modulated_silu_backward");
@@ -396,7 +425,7 @@ void modulated_silu_backward(CudaBackend, const CudaTensor<T>& x, const CudaTens
 }
 
 // ---- y = [x, 1]: appends a constant-one channel (the U-Net's input) ---------------------
-template <Scalar T>
+template <Element T>
 void append_ones_channel(CudaBackend, const CudaTensor<T>& x, CudaTensor<T>& y) {
     ops::check_append_ones(x.shape(), y.shape());
     const int64_t sx = x.shape().numel_from(1), plane = x.shape().numel_from(2);
@@ -406,8 +435,9 @@ void append_ones_channel(CudaBackend, const CudaTensor<T>& x, CudaTensor<T>& y) 
 
 // ---- arithmetic ----------------------------------------------------------------------
 // y = alpha * x + beta * y
-template <Scalar T>
-void axpby(CudaBackend, T alpha, const CudaTensor<T>& x, T beta, CudaTensor<T>& y) {
+template <Element T>
+void axpby(CudaBackend, std::type_identity_t<detail::Compute<T>> alpha, const CudaTensor<T>& x,
+           std::type_identity_t<detail::Compute<T>> beta, CudaTensor<T>& y) {
     check_same_shape(x, y, "axpby");
     detail::for_each(x.numel(), detail::Axpby<T>{alpha, x.data(), beta, y.data()}, "axpby on ", x.shape());
 }

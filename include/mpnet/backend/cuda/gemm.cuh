@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <string>
 #include <type_traits>
 
 #include "mpnet/backend/cuda/backend.cuh"
@@ -36,9 +37,25 @@ struct Operand {
     bool trans = false;
 };
 
+// The cuBLAS type of an element, and the compute type of its products: float16 and bfloat16
+// operands (16-bit activations) multiply on tensor cores and accumulate in float32.
+template <Element T>
+constexpr cudaDataType_t data_type() {
+    if constexpr (std::is_same_v<T, double>) return CUDA_R_64F;
+    else if constexpr (std::is_same_v<T, float16>) return CUDA_R_16F;
+    else if constexpr (std::is_same_v<T, bfloat16>) return CUDA_R_16BF;
+    else return CUDA_R_32F;
+}
+template <Element T>
+cublasComputeType_t compute_type_of() {
+    if constexpr (std::is_same_v<T, double>) return CUBLAS_COMPUTE_64F;
+    else if constexpr (HalfStorage<T>) return CUBLAS_COMPUTE_32F;
+    else return compute_type(CudaBackend::math());
+}
+
 // C[b] = alpha op(A[b]) op(B[b]) + beta C[b] for b < batch, all row-major; C[b] is m x n,
 // op(A) m x k, op(B) k x n. `what` names the caller for error messages.
-template <Scalar T>
+template <Element T>
 void gemm(int64_t m, int64_t n, int64_t k, double alpha, Operand<T> a, Operand<T> b, double beta, T* c, int64_t ldc,
           int64_t stride_c, int64_t batch, const char* what) {
     constexpr auto int_max = int64_t{std::numeric_limits<int>::max()};
@@ -46,17 +63,18 @@ void gemm(int64_t m, int64_t n, int64_t k, double alpha, Operand<T> a, Operand<T
               ldc <= int_max,
           what, ": matrix product ", m, "x", n, "x", k, " (batch ", batch, ") exceeds cuBLAS's 32-bit extents");
     if (m == 0 || n == 0 || batch == 0) return;
-    constexpr bool is_double = std::is_same_v<T, double>;
-    const cudaDataType_t type = is_double ? CUDA_R_64F : CUDA_R_32F;
-    const cublasComputeType_t compute = is_double ? CUBLAS_COMPUTE_64F : compute_type(CudaBackend::math());
-    const T alpha_t = T(alpha), beta_t = T(beta);
+    // alpha and beta have the compute type's precision: double for fp64, else float.
+    using Scale = std::conditional_t<std::is_same_v<T, double>, double, float>;
+    const cudaDataType_t type = data_type<T>();
+    const cublasComputeType_t compute = compute_type_of<T>();
+    const Scale alpha_t = Scale(alpha), beta_t = Scale(beta);
     cublas_check(cublasGemmStridedBatchedEx(Context::current().blas(), b.trans ? CUBLAS_OP_T : CUBLAS_OP_N,
                                             a.trans ? CUBLAS_OP_T : CUBLAS_OP_N, int(n), int(m), int(k), &alpha_t,
                                             b.ptr, type, int(b.ld), b.stride, a.ptr, type, int(a.ld), a.stride,
                                             &beta_t, c, type, int(ldc), stride_c, int(batch), compute,
                                             CUBLAS_GEMM_DEFAULT),
-                 what, ": matrix product ", m, "x", n, "x", k, " (batch ", batch, ", ", to_string(CudaBackend::math()),
-                 ")");
+                 what, ": matrix product ", m, "x", n, "x", k, " (batch ", batch, ", ",
+                 HalfStorage<T> ? std::string(T::name) + " operands" : to_string(CudaBackend::math()), ")");
 }
 
 }  // namespace mpnet::cuda::detail

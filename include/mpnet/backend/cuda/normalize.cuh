@@ -6,9 +6,14 @@
 // by `inner`, e.g. pixel norm over channels) take one thread per group, so that a warp
 // reads consecutive pixels; any other set of dims goes through a list of each group's
 // elements built on the host, one block per group.
+//
+// 16-bit activations (pixel norm in the U-Net's encoder blocks) are normalised natively:
+// loads widen, the sums stay in double, the scales are kept in float and results are
+// rounded once on store.
 #pragma once
 #include <vector>
 
+#include "mpnet/backend/cuda/convert.cuh"
 #include "mpnet/backend/cuda/launch.cuh"
 #include "mpnet/ops/constants.hpp"
 #include "mpnet/ops/normalize_layout.hpp"
@@ -40,31 +45,38 @@ __device__ inline double block_sum(double v) {
     return total;
 }
 
-template <class T, class Index>
+template <class T, class S, class Index>
 __global__ void __launch_bounds__(block_size)
-    normalize_forward_blocks(const T* x, Index at, int64_t groups, int64_t R, T* y, T* scale) {
+    normalize_forward_blocks(const T* x, Index at, int64_t groups, int64_t R, T* y, S* scale) {
     for (int64_t g = blockIdx.x; g < groups; g += gridDim.x) {
         double ss = 0;
-        for (int64_t r = threadIdx.x; r < R; r += blockDim.x) ss += double(x[at(g, r)]) * x[at(g, r)];
+        for (int64_t r = threadIdx.x; r < R; r += blockDim.x) {
+            const double v = ld(x[at(g, r)]);
+            ss += v * v;
+        }
         const double s = ops::normalize_eps + sqrt(block_sum(ss) / double(R));
-        for (int64_t r = threadIdx.x; r < R; r += blockDim.x) y[at(g, r)] = T(x[at(g, r)] / s);
-        if (scale && threadIdx.x == 0) scale[g] = T(s);
+        for (int64_t r = threadIdx.x; r < R; r += blockDim.x) st(y[at(g, r)], Compute<T>(ld(x[at(g, r)]) / s));
+        if (scale && threadIdx.x == 0) scale[g] = S(s);
         __syncthreads();  // block_sum's shared result is reused by the next group
     }
 }
 
-template <class T>
+template <class T, class S>
 struct NormalizeForwardColumns {
     const T* x;
     int64_t R, inner;
-    T *y, *scale;
+    T* y;
+    S* scale;
     __device__ void operator()(int64_t g) const {
         const int64_t base = (g / inner) * R * inner + g % inner;
         double ss = 0;
-        for (int64_t r = 0; r < R; ++r) ss += double(x[base + r * inner]) * x[base + r * inner];
+        for (int64_t r = 0; r < R; ++r) {
+            const double v = ld(x[base + r * inner]);
+            ss += v * v;
+        }
         const double s = ops::normalize_eps + sqrt(ss / double(R));
-        for (int64_t r = 0; r < R; ++r) y[base + r * inner] = T(x[base + r * inner] / s);
-        if (scale) scale[g] = T(s);
+        for (int64_t r = 0; r < R; ++r) st(y[base + r * inner], Compute<T>(ld(x[base + r * inner]) / s));
+        if (scale) scale[g] = S(s);
     }
 };
 
@@ -74,34 +86,35 @@ __device__ inline double backward_coef(double dot, double s, double M) {
     return rms > 0 ? dot / s / (M * rms) : 0.0;
 }
 
-template <class T, class Index>
-__global__ void __launch_bounds__(block_size) normalize_backward_blocks(const T* x, const T* dy, const T* scale,
+template <class T, class S, class Index>
+__global__ void __launch_bounds__(block_size) normalize_backward_blocks(const T* x, const T* dy, const S* scale,
                                                                         Index at, int64_t groups, int64_t R, T* dx) {
     for (int64_t g = blockIdx.x; g < groups; g += gridDim.x) {
         double d = 0;
-        for (int64_t r = threadIdx.x; r < R; r += blockDim.x) d += double(dy[at(g, r)]) * x[at(g, r)];
+        for (int64_t r = threadIdx.x; r < R; r += blockDim.x) d += double(ld(dy[at(g, r)])) * ld(x[at(g, r)]);
         const double s = scale[g], coef = backward_coef(block_sum(d), s, double(R));
         for (int64_t r = threadIdx.x; r < R; r += blockDim.x) {
             const int64_t e = at(g, r);
-            dx[e] = T(dy[e] / s - (x[e] / s) * coef);
+            st(dx[e], Compute<T>(ld(dy[e]) / s - (ld(x[e]) / s) * coef));
         }
         __syncthreads();
     }
 }
 
-template <class T>
+template <class T, class S>
 struct NormalizeBackwardColumns {
-    const T *x, *dy, *scale;
+    const T *x, *dy;
+    const S* scale;
     int64_t R, inner;
     T* dx;
     __device__ void operator()(int64_t g) const {
         const int64_t base = (g / inner) * R * inner + g % inner;
         double d = 0;
-        for (int64_t r = 0; r < R; ++r) d += double(dy[base + r * inner]) * x[base + r * inner];
+        for (int64_t r = 0; r < R; ++r) d += double(ld(dy[base + r * inner])) * ld(x[base + r * inner]);
         const double s = scale[g], coef = backward_coef(d, s, double(R));
         for (int64_t r = 0; r < R; ++r) {
             const int64_t e = base + r * inner;
-            dx[e] = T(dy[e] / s - (x[e] / s) * coef);
+            st(dx[e], Compute<T>(ld(dy[e]) / s - (ld(x[e]) / s) * coef));
         }
     }
 };
@@ -126,20 +139,21 @@ void launch_blocks(int64_t groups, F&& launch) {
 
 }  // namespace detail
 
-// y = normalize(x); `scale` (optional, one per group) receives eps + rms for backward.
-template <Scalar T>
-void normalize_forward(CudaBackend, const CudaTensor<T>& x, ops::Dims dims, CudaTensor<T>& y,
-                       CudaTensor<T>* scale = nullptr) {
+namespace detail {
+
+// The kernels' element T and the scales' S: T itself, or float for 16-bit T.
+template <class T, class S>
+void normalize_forward(const CudaTensor<T>& x, ops::Dims dims, CudaTensor<T>& y, CudaTensor<S>* scale) {
     const auto L = ops::normalize_forward_layout(x.shape(), y.shape(), dims);
-    T* s = nullptr;
+    S* s = nullptr;
     if (scale) {
-        *scale = CudaTensor<T>(Shape{L.groups()});
+        *scale = CudaTensor<S>(Shape{L.groups()});
         s = scale->data();
     }
     if (x.numel() == 0) return;
     const cudaStream_t stream = current_stream();
     if (detail::use_columns(L)) {
-        detail::for_each(L.groups(), detail::NormalizeForwardColumns<T>{x.data(), L.reduced, L.inner, y.data(), s},
+        detail::for_each(L.groups(), detail::NormalizeForwardColumns<T, S>{x.data(), L.reduced, L.inner, y.data(), s},
                          "normalize_forward on ", x.shape());
         return;
     }
@@ -156,17 +170,16 @@ void normalize_forward(CudaBackend, const CudaTensor<T>& x, ops::Dims dims, Cuda
     launch_check("normalize_forward on ", x.shape());
 }
 
-// dx from x, the upstream dy and the per-group scale saved by forward.
-template <Scalar T>
-void normalize_backward(CudaBackend, const CudaTensor<T>& x, const CudaTensor<T>& dy, ops::Dims dims,
-                        const CudaTensor<T>& scale, CudaTensor<T>& dx) {
+template <class T, class S>
+void normalize_backward(const CudaTensor<T>& x, const CudaTensor<T>& dy, ops::Dims dims, const CudaTensor<S>& scale,
+                        CudaTensor<T>& dx) {
     const auto L = ops::normalize_backward_layout(x.shape(), dy.shape(), dx.shape(), scale.numel(), dims);
     if (x.numel() == 0) return;
     const cudaStream_t stream = current_stream();
     if (detail::use_columns(L)) {
         detail::for_each(L.groups(),
-                         detail::NormalizeBackwardColumns<T>{x.data(), dy.data(), scale.data(), L.reduced, L.inner,
-                                                             dx.data()},
+                         detail::NormalizeBackwardColumns<T, S>{x.data(), dy.data(), scale.data(), L.reduced,
+                                                                L.inner, dx.data()},
                          "normalize_backward on ", x.shape());
         return;
     }
@@ -182,6 +195,33 @@ void normalize_backward(CudaBackend, const CudaTensor<T>& x, const CudaTensor<T>
                 L.reduced, dx.data());
     });
     launch_check("normalize_backward on ", x.shape());
+}
+
+}  // namespace detail
+
+// y = normalize(x); `scale` (optional, one per group) receives eps + rms for backward.
+template <Scalar T>
+void normalize_forward(CudaBackend, const CudaTensor<T>& x, ops::Dims dims, CudaTensor<T>& y,
+                       CudaTensor<T>* scale = nullptr) {
+    detail::normalize_forward(x, dims, y, scale);
+}
+// 16-bit activations, the scales in float.
+template <HalfStorage A>
+void normalize_forward(CudaBackend, const CudaTensor<A>& x, ops::Dims dims, CudaTensor<A>& y,
+                       CudaTensor<float>* scale = nullptr) {
+    detail::normalize_forward(x, dims, y, scale);
+}
+
+// dx from x, the upstream dy and the per-group scale saved by forward.
+template <Scalar T>
+void normalize_backward(CudaBackend, const CudaTensor<T>& x, const CudaTensor<T>& dy, ops::Dims dims,
+                        const CudaTensor<T>& scale, CudaTensor<T>& dx) {
+    detail::normalize_backward(x, dy, dims, scale, dx);
+}
+template <HalfStorage A>
+void normalize_backward(CudaBackend, const CudaTensor<A>& x, const CudaTensor<A>& dy, ops::Dims dims,
+                        const CudaTensor<float>& scale, CudaTensor<A>& dx) {
+    detail::normalize_backward(x, dy, dims, scale, dx);
 }
 
 }  // namespace mpnet::cuda

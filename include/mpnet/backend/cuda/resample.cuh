@@ -4,9 +4,11 @@
 // Both directions are written as gathers (one thread per output element, no atomics):
 // `shrink` applies down, `grow` applies its adjoint. The filter [1, 1] takes the fast
 // paths, a 2x2 average and a nearest-neighbour copy, with the CPU's float arithmetic.
+// 16-bit activations are resampled natively (widened on load, rounded once on store).
 #pragma once
 #include <vector>
 
+#include "mpnet/backend/cuda/convert.cuh"
 #include "mpnet/backend/cuda/launch.cuh"
 #include "mpnet/ops/resample_mode.hpp"
 
@@ -43,9 +45,9 @@ struct Shrink {
         const int64_t oh = h / 2, ow = w / 2, plane = e / (oh * ow), oy = (e / ow) % oh, ox = e % ow;
         const T* src = x + plane * h * w;
         if (f.taps == 2) {
-            const T s = T(scale * f.f[0] * f.f[0]);
+            const auto s = Compute<T>(scale * f.f[0] * f.f[0]);
             const T* q = src + 2 * oy * w + 2 * ox;
-            y[e] = s * (q[0] + q[1] + q[w] + q[w + 1]);
+            st(y[e], s * (ld(q[0]) + ld(q[1]) + ld(q[w]) + ld(q[w + 1])));
             return;
         }
         const int64_t p = (f.taps - 1) / 2;
@@ -55,10 +57,10 @@ struct Shrink {
             if (sy < 0 || sy >= h) continue;
             for (int kx = 0; kx < f.taps; ++kx) {
                 const int64_t sx = 2 * ox - p + kx;
-                if (sx >= 0 && sx < w) acc += f.f[ky] * f.f[kx] * src[sy * w + sx];
+                if (sx >= 0 && sx < w) acc += f.f[ky] * f.f[kx] * ld(src[sy * w + sx]);
             }
         }
-        y[e] = T(scale * acc);
+        st(y[e], Compute<T>(scale * acc));
     }
 };
 
@@ -75,7 +77,7 @@ struct Grow {
         const int64_t oh = h / 2, ow = w / 2, plane = e / (h * w), sy = (e / w) % h, sx = e % w;
         const T* src = y + plane * oh * ow;
         if (f.taps == 2) {
-            x[e] = T(scale * f.f[0] * f.f[0]) * src[(sy / 2) * ow + sx / 2];
+            st(x[e], Compute<T>(scale * f.f[0] * f.f[0]) * ld(src[(sy / 2) * ow + sx / 2]));
             return;
         }
         const int64_t p = (f.taps - 1) / 2;
@@ -86,16 +88,16 @@ struct Grow {
             for (int kx = 0; kx < f.taps; ++kx) {
                 const int64_t tx = sx + p - kx;
                 if (tx < 0 || tx % 2 || tx / 2 >= ow) continue;
-                acc += f.f[ky] * f.f[kx] * src[(ty / 2) * ow + tx / 2];
+                acc += f.f[ky] * f.f[kx] * ld(src[(ty / 2) * ow + tx / 2]);
             }
         }
-        x[e] = T(scale * acc);
+        st(x[e], Compute<T>(scale * acc));
     }
 };
 
 }  // namespace detail
 
-template <Scalar T>
+template <Element T>
 void resample_forward(CudaBackend, const CudaTensor<T>& x, const std::vector<double>& filter, ops::Resample mode,
                       CudaTensor<T>& y) {
     ops::check_resampled(x.shape(), y.shape(), mode, "resample_forward");
@@ -109,7 +111,7 @@ void resample_forward(CudaBackend, const CudaTensor<T>& x, const std::vector<dou
                          "resample_forward (up) on ", x.shape());
 }
 
-template <Scalar T>
+template <Element T>
 void resample_backward(CudaBackend, const CudaTensor<T>& dy, const std::vector<double>& filter, ops::Resample mode,
                        CudaTensor<T>& dx) {
     ops::check_resampled(dx.shape(), dy.shape(), mode, "resample_backward");

@@ -1,0 +1,283 @@
+// Activations stored in 16 bits (float16, bfloat16; backend/half_storage.hpp): the formats'
+// rounding, the conversion kernels, the kernels' handling of accumulated, in-place and
+// skipped outputs, the reference U-Net run with 16-bit activations against the reference's
+// float32 results, loss scaling keeping fp16 gradients from flushing to zero, the memory
+// the saved activations take, and the trainer with 16-bit activations.
+#include <unistd.h>
+
+#include <bit>
+#include <cstring>
+#include <filesystem>
+#include <limits>
+
+#include "bars_data.hpp"
+#include "golden.hpp"
+#include "mpnet/nn/weights.hpp"
+#include "mpnet/train/trainer.hpp"
+
+using namespace mpnet;
+using test::golden;
+using test::load;
+using test::rel_error;
+namespace fs = std::filesystem;
+
+namespace {
+
+template <HalfStorage A>
+CpuTensor<A> narrowed(const CpuTensor<float>& x) {
+    return converted<A>(x);
+}
+
+template <HalfStorage A>
+CpuTensor<float> widened(const CpuTensor<A>& x) {
+    return converted<float>(x);
+}
+
+CpuTensor<float> random_tensor(Shape shape, uint64_t seed, double std = 1) {
+    CpuTensor<float> t(shape);
+    fill_normal(CpuBackend{}, t, seed, 0, 0.0, std);
+    return t;
+}
+
+// The unit roundoff u of each format (2^-11 for fp16, 2^-8 for bf16), the unit of the
+// bounds below.
+template <class A>
+constexpr double unit_roundoff = std::is_same_v<A, float16> ? 1.0 / 2048 : 1.0 / 256;
+
+}  // namespace
+
+TEST_CASE("float16 and bfloat16: rounding to nearest even, overflow, subnormals, and exact round trips") {
+    CHECK(float16::from_float(1.0f).bits == 0x3c00);
+    CHECK(float16::from_float(1.0f + 0x1p-11f).bits == 0x3c00);      // a tie: to the even neighbour below
+    CHECK(float16::from_float(1.0f + 3 * 0x1p-11f).bits == 0x3c02);  // a tie: to the even neighbour above
+    CHECK(float16::from_float(65504.0f).bits == 0x7bff);
+    CHECK(float16::from_float(65520.0f).bits == 0x7c00);  // rounds past the largest finite value
+    CHECK(float16::from_float(0x1p-24f).bits == 0x0001);  // the smallest subnormal
+    CHECK(float16::from_float(0x1p-25f).bits == 0x0000);  // half of it ties to even: zero
+    CHECK(float16::from_float(-0x1p-26f).bits == 0x8000);
+    CHECK(bfloat16::from_float(1.0f + 0x1p-8f).bits == 0x3f80);
+    CHECK(bfloat16::from_float(1.0f + 3 * 0x1p-8f).bits == 0x3f82);
+    CHECK(std::isfinite(bfloat16::from_float(3e38f).to_float()));  // float's range
+    CHECK(std::isnan(float16::from_float(std::numeric_limits<float>::quiet_NaN()).to_float()));
+    int mismatches = 0;
+    for (uint32_t b = 0; b < 65536; ++b) {
+        const float16 h{uint16_t(b)};
+        const bfloat16 g{uint16_t(b)};
+        if (!std::isnan(h.to_float())) mismatches += float16::from_float(h.to_float()).bits != h.bits;
+        if (!std::isnan(g.to_float())) mismatches += bfloat16::from_float(g.to_float()).bits != g.bits;
+    }
+    CHECK(mismatches == 0);
+}
+
+TEST_CASE_TEMPLATE("convert: widening is exact and narrowing rounds each element as the scalar conversion", A, float16,
+                   bfloat16) {
+    CpuTensor<float> x = random_tensor(Shape{3, 7001}, 5, 100);
+    x.data()[0] = 0, x.data()[1] = -0.0f, x.data()[2] = std::numeric_limits<float>::infinity(), x.data()[3] = 1e-9f;
+    x.data()[4] = 70000.0f;  // beyond fp16's range
+    const CpuTensor<A> h = narrowed<A>(x);
+    const CpuTensor<float> back = widened(h);
+    int wrong = 0;
+    for (int64_t i = 0; i < x.numel(); ++i) {
+        const A want = A::from_float(x.data()[i]);
+        wrong += h.data()[i].bits != want.bits;
+        wrong += std::bit_cast<uint32_t>(back.data()[i]) != std::bit_cast<uint32_t>(want.to_float());
+    }
+    CHECK(wrong == 0);
+    CpuTensor<float16> wrong_shape(Shape{2});
+    CHECK_THROWS_WITH_AS(convert(CpuBackend{}, x, wrong_shape), doctest::Contains("convert: shapes"), Error);
+}
+
+// A kernel on 16-bit tensors computes in float and rounds on store; what the adapter must get
+// right is the outputs that are not plain: one accumulated into, one written in place over an
+// input, one not asked for (an empty gradient).
+TEST_CASE_TEMPLATE("16-bit kernels: accumulated, in-place and skipped outputs", A, float16, bfloat16) {
+    const Shape s{2, 3, 4, 5};
+    const CpuTensor<A> x = narrowed<A>(random_tensor(s, 1)), dy = narrowed<A>(random_tensor(s, 2));
+    const CpuTensor<A> d0 = narrowed<A>(random_tensor(s, 3));
+
+    // dx += mp_silu'(x) dy: the float kernel on the widened values, rounded once.
+    CpuTensor<A> dx = d0.clone();
+    mp_silu_backward_add(CpuBackend{}, x, dy, dx);
+    CpuTensor<float> want = widened(d0);
+    mp_silu_backward_add(CpuBackend{}, widened(x), widened(dy), want);
+    CHECK(rel_error(widened(dx), want) <= unit_roundoff<A>);
+    CpuTensor<float> plain(s);
+    mp_silu_backward(CpuBackend{}, widened(x), widened(dy), plain);
+    CHECK(rel_error(widened(dx), plain) > 0.1);  // the old values were added, not overwritten
+
+    // mp_sum's backward with only one gradient wanted: the other stays empty.
+    CpuTensor<A> da(s), none;
+    mp_sum_backward(CpuBackend{}, dy, 0.3, da, none);
+    CHECK(none.empty());
+    CpuTensor<float> da_want(s), none_f;
+    mp_sum_backward(CpuBackend{}, widened(dy), 0.3, da_want, none_f);
+    CHECK(rel_error(widened(da), da_want) <= unit_roundoff<A>);
+
+    // dropout in place, as Block applies it.
+    CpuTensor<A> y = x.clone();
+    dropout_apply(CpuBackend{}, y, 0.5, 77, y);
+    CpuTensor<float> y_want(s);
+    dropout_apply(CpuBackend{}, widened(x), 0.5, 77, y_want);
+    CHECK(rel_error(widened(y), y_want) <= unit_roundoff<A>);
+    int dropped = 0;
+    for (int64_t i = 0; i < y.numel(); ++i) dropped += y.data()[i].bits == 0;
+    CHECK(dropped > 20);
+    CHECK(dropped < 100);
+}
+
+namespace {
+
+// The golden network's loss and parameter gradients with activations stored as A; dD is
+// multiplied by `scale` before the backward (the trainer's loss scaling) and the gradients
+// divided by it after, as an optimizer told of the scale would see them.
+template <class A>
+struct GoldenRun {
+    CpuTensor<float> D;
+    double loss = 0;
+    std::map<std::string, CpuTensor<float>> grads;
+};
+
+template <class A>
+GoldenRun<A> run_golden(double grad_scale = 1, double loss_scale = 1) {
+    const auto& f = golden("unet.safetensors");
+    nn::Precond<float, CpuBackend, A> net(test::golden_unet_config());
+    nn::load_state(net, f, "", true);
+    auto x = load<float>(f, "x"), sigma = load<float>(f, "sigma"), noise = load<float>(f, "noise");
+    CpuTensor<float> noisy(x.shape());
+    const int64_t inner = x.shape().numel_from(1);
+    for (int64_t i = 0; i < x.numel(); ++i) noisy.data()[i] = x.data()[i] + noise.data()[i] * sigma.data()[i / inner];
+    typename nn::Precond<float, CpuBackend, A>::Context ctx;
+    auto out = net.forward(noisy, sigma, load<float>(f, "labels"), {}, true, &ctx);
+    CpuTensor<float> dD(x.shape()), dlogvar(sigma.shape());
+    const double count = double(x.numel());
+    GoldenRun<A> r;
+    r.loss = edm2_loss(CpuBackend{}, out.D, x, sigma, out.logvar, 0.5, grad_scale * loss_scale / count, dD, dlogvar) /
+             count;
+    r.D = out.D;
+    net.zero_grad();
+    net.backward(dD, dlogvar, ctx);
+    net.visit([&](const std::string& name, nn::Param<float, CpuBackend>& p) {
+        CpuTensor<float> g(p.grad.shape());
+        affine(CpuBackend{}, p.grad, float(1 / (grad_scale * loss_scale)), 0.0f, g);
+        r.grads.emplace(name, g);
+    });
+    return r;
+}
+
+// The largest gradient error over the parameters, each relative to its reference's scale.
+template <class A>
+double worst_gradient_error(const GoldenRun<A>& run) {
+    const auto& f = golden("unet.safetensors");
+    double worst = 0;
+    for (const auto& [name, g] : run.grads)
+        worst = std::max(worst, rel_error(g, load<float>(f, "grad." + name).view(g.shape())));
+    return worst;
+}
+
+}  // namespace
+
+// The reference's float32 results bound what 16-bit activations may change: D within 4 u
+// of its scale and every gradient within 16 u (u the format's unit roundoff; measured on
+// this network: fp16 D 1.6 u and gradients 3.8 u, bf16 D 1.5 u and gradients 4.9 u). A
+// layer that skipped its rounding would show as no error at all (checked), one that
+// mis-scaled or mis-routed a tensor as an error of whole percents.
+TEST_CASE_TEMPLATE("golden: the reference U-Net with 16-bit activations, D, loss and every gradient", A, float16,
+                   bfloat16) {
+    const auto& f = golden("unet.safetensors");
+    const GoldenRun<A> r = run_golden<A>();
+    const double u = unit_roundoff<A>;
+    const double d_err = rel_error(r.D, load<float>(f, "loss_D")), g_err = worst_gradient_error(r);
+    MESSAGE(std::string(A::name), ": D error ", d_err / u, " u, worst gradient error ", g_err / u, " u");
+    CHECK(d_err > 0);  // really rounded
+    CHECK(d_err <= 4 * u);
+    CHECK(r.loss == doctest::Approx(load<double>(f, "loss").data()[0]).epsilon(4 * u));
+    CHECK(g_err <= 16 * u);
+    const auto names = f.metadata().at("param_names");
+    CHECK(r.grads.size() == std::size_t(std::count(names.begin(), names.end(), ',') + 1));
+}
+
+// The reference's loss scaling exists for fp16's range: gradients far below 2^-14 lose bits
+// as subnormals, and below 2^-24 vanish. With the loss's gradient made small (a large batch,
+// a small weight), fp16 activations lose the gradients unless the loss is scaled up before
+// the backward; bf16, with float's range, does not need it.
+TEST_CASE("fp16 activations: loss scaling keeps small gradients from flushing to zero") {
+    const double tiny = 0x1p-32;
+    const double unscaled = worst_gradient_error(run_golden<float16>(tiny));
+    const double scaled = worst_gradient_error(run_golden<float16>(tiny, 0x1p+32));
+    const double bf16 = worst_gradient_error(run_golden<bfloat16>(tiny));
+    MESSAGE("fp16 without loss scaling ", unscaled, ", with ", scaled, "; bf16 without ", bf16);
+    CHECK(unscaled > 0.5);
+    CHECK(scaled <= 16 * unit_roundoff<float16>);
+    CHECK(bf16 <= 16 * unit_roundoff<bfloat16>);
+}
+
+// What a training step keeps for its backward is activations: stored in 16 bits they take
+// little more than half the memory (the per-layer normalised weights and per-pixel scales
+// stay float): measured 0.51 of float32's on the golden network.
+TEST_CASE("16-bit activations: the saved context of a forward pass takes about half the memory") {
+    auto context_bytes = [&]<class A>(std::type_identity<A>) {
+        nn::Precond<float, CpuBackend, A> net(test::golden_unet_config(), 3);
+        const auto x = random_tensor(Shape{32, 2, 16, 16}, 4);
+        CpuTensor<float> sigma(Shape{32}), labels = CpuTensor<float>::zeros(Shape{32, 4});
+        fill(CpuBackend{}, sigma, 1.0f);
+        auto& pool = cpu::MemoryPool::instance();
+        const std::size_t before = pool.bytes_in_use();
+        typename nn::Precond<float, CpuBackend, A>::Context ctx;
+        auto out = net.forward(x, sigma, labels, {}, false, &ctx);
+        out = {};
+        return double(pool.bytes_in_use() - before);
+    };
+    const double f32 = context_bytes(std::type_identity<float>{});
+    const double f16 = context_bytes(std::type_identity<float16>{});
+    const double b16 = context_bytes(std::type_identity<bfloat16>{});
+    MESSAGE("saved context: float32 ", f32 / 1048576, " MiB, fp16 ", f16 / 1048576, " MiB, bf16 ", b16 / 1048576,
+            " MiB");
+    CHECK(f16 < 0.6 * f32);
+    CHECK(b16 == f16);
+}
+
+namespace {
+
+fs::path fresh_dir(const std::string& name) {
+    const fs::path d = fs::temp_directory_path() / ("mpnet-test-half-" + std::to_string(::getpid()) + "-" + name);
+    fs::remove_all(d);
+    fs::create_directories(d);
+    return d;
+}
+
+template <class A>
+std::vector<float> train_params(const data::Dataset& ds, const train::TrainOptions& o) {
+    train::Trainer<float, CpuBackend, A> t(train::resolve(o, ds), ds, [](const std::string&) {});
+    t.resume();
+    t.run();
+    std::vector<float> all = t.network().flat_values().to_host();
+    for (std::size_t k = 0; k < t.ema().num_profiles(); ++k)
+        for (const auto& [name, e] : t.ema().profile(k)) {
+            const auto v = e.to_host();
+            all.insert(all.end(), v.begin(), v.end());
+        }
+    return all;
+}
+
+}  // namespace
+
+// The weights, optimizer and EMA stay float32 and every 16-bit op is deterministic, so a run
+// with 16-bit activations resumes to the straight run's bits, and lands near the float32 run.
+TEST_CASE_TEMPLATE("trainer: with 16-bit activations, N steps straight equal N/2 + N/2 bit for bit, near float32", A,
+                   float16, bfloat16) {
+    const auto ds = testing::bars_dataset();
+    const auto fp32 = train_params<float>(ds, testing::tiny_train_options(fresh_dir("fp32"), 64));
+    const auto a = train_params<A>(ds, testing::tiny_train_options(fresh_dir("straight"), 64));
+    auto half = testing::tiny_train_options(fresh_dir("halves"), 32);
+    train_params<A>(ds, half);
+    half.duration = 64;
+    const auto b = train_params<A>(ds, half);
+    REQUIRE(a.size() == b.size());
+    CHECK(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
+    REQUIRE(a.size() == fp32.size());
+    double differ = 0;
+    for (size_t i = 0; i < a.size(); ++i) differ = std::max(differ, double(std::abs(a[i] - fp32[i])));
+    MESSAGE(std::string(A::name), ": largest weight difference from float32 after 8 steps ", differ);
+    CHECK(differ > 0);
+    CHECK(differ < 0.1);
+}
