@@ -108,14 +108,20 @@ train_graphs() {
             "$out/train-once/network-snapshot-0000003-0.100.safetensors"
 }
 
-# The same seeds sampled with churn by the trained network on the GPU and on the CPU.
+# The same seeds sampled with churn by the trained network on the GPU and on the CPU; then 16
+# of them with fp16 activations on both (native 16-bit kernels on the GPU, the generic ones
+# on the CPU), to 20 units of fp16's roundoff.
 sample_compare() {
     local gen=("$dir/examples/mpnet-generate" --net "$out/train-once/network-snapshot-0000003-0.100.safetensors"
-               --seeds 0-63 --steps 16 --S-churn 10 --quiet)
-    "${gen[@]}" --device "$device" --out-tensor "$out/sample-gpu.safetensors" &&
-        "${gen[@]}" --device cpu --out-tensor "$out/sample-cpu.safetensors" &&
+               --steps 16 --S-churn 10 --quiet)
+    "${gen[@]}" --seeds 0-63 --device "$device" --out-tensor "$out/sample-gpu.safetensors" &&
+        "${gen[@]}" --seeds 0-63 --device cpu --out-tensor "$out/sample-cpu.safetensors" &&
         "$python" "$root/scripts/compare_tensors.py" --tolerance 1e-3 "$out/sample-gpu.safetensors" \
-            "$out/sample-cpu.safetensors"
+            "$out/sample-cpu.safetensors" &&
+        "${gen[@]}" --seeds 0-15 --precision fp16 --device "$device" --out-tensor "$out/sample-gpu-fp16.safetensors" &&
+        "${gen[@]}" --seeds 0-15 --precision fp16 --device cpu --out-tensor "$out/sample-cpu-fp16.safetensors" &&
+        "$python" "$root/scripts/compare_tensors.py" --tolerance 1e-2 "$out/sample-gpu-fp16.safetensors" \
+            "$out/sample-cpu-fp16.safetensors"
 }
 
 run() {

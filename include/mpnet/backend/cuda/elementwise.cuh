@@ -9,7 +9,6 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
-#include <type_traits>
 
 #include "mpnet/backend/cuda/convert.cuh"
 #include "mpnet/backend/cuda/launch.cuh"
@@ -435,11 +434,16 @@ void append_ones_channel(CudaBackend, const CudaTensor<T>& x, CudaTensor<T>& y) 
 
 // ---- arithmetic ----------------------------------------------------------------------
 // y = alpha * x + beta * y
-template <Element T>
-void axpby(CudaBackend, std::type_identity_t<detail::Compute<T>> alpha, const CudaTensor<T>& x,
-           std::type_identity_t<detail::Compute<T>> beta, CudaTensor<T>& y) {
+template <Scalar T>
+void axpby(CudaBackend, T alpha, const CudaTensor<T>& x, T beta, CudaTensor<T>& y) {
     check_same_shape(x, y, "axpby");
     detail::for_each(x.numel(), detail::Axpby<T>{alpha, x.data(), beta, y.data()}, "axpby on ", x.shape());
+}
+// 16-bit x and y, the coefficients in float.
+template <HalfStorage A>
+void axpby(CudaBackend, float alpha, const CudaTensor<A>& x, float beta, CudaTensor<A>& y) {
+    check_same_shape(x, y, "axpby");
+    detail::for_each(x.numel(), detail::Axpby<A>{alpha, x.data(), beta, y.data()}, "axpby on ", x.shape());
 }
 
 // y = a[0] x + a[1] y with the coefficients a two-element tensor on the device, so that a

@@ -53,6 +53,13 @@ cublasComputeType_t compute_type_of() {
     else return compute_type(CudaBackend::math());
 }
 
+// How an error message names the product's operands: their 16-bit format, or the math mode.
+template <Element T>
+std::string operands_label() {
+    if constexpr (HalfStorage<T>) return std::string(T::name) + " operands";
+    else return std::string(to_string(CudaBackend::math()));
+}
+
 // C[b] = alpha op(A[b]) op(B[b]) + beta C[b] for b < batch, all row-major; C[b] is m x n,
 // op(A) m x k, op(B) k x n. `what` names the caller for error messages.
 template <Element T>
@@ -74,7 +81,7 @@ void gemm(int64_t m, int64_t n, int64_t k, double alpha, Operand<T> a, Operand<T
                                             &beta_t, c, type, int(ldc), stride_c, int(batch), compute,
                                             CUBLAS_GEMM_DEFAULT),
                  what, ": matrix product ", m, "x", n, "x", k, " (batch ", batch, ", ",
-                 HalfStorage<T> ? std::string(T::name) + " operands" : to_string(CudaBackend::math()), ")");
+                 operands_label<T>(), ")");
 }
 
 }  // namespace mpnet::cuda::detail
