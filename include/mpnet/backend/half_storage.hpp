@@ -24,14 +24,24 @@
 
 namespace mpnet {
 
+// x as a tensor of To: x itself when the element types agree, else converted (the layers'
+// passage between float parameters or embeddings and 16-bit activations).
+template <Element To, Element From, Backend B>
+Tensor<To, B> converted(const Tensor<From, B>& x) {
+    if constexpr (std::same_as<To, From>) {
+        return x;
+    } else {
+        Tensor<To, B> y(x.shape());
+        if (!x.empty()) convert(B{}, x, y);
+        return y;
+    }
+}
+
 namespace half_storage {
 
 template <Backend B, HalfStorage A>
 Tensor<float, B> widen(const Tensor<A, B>& x) {
-    if (x.empty()) return Tensor<float, B>(x.shape());  // no data: empty with the same shape
-    Tensor<float, B> f(x.shape());
-    convert(B{}, x, f);
-    return f;
+    return converted<float>(x);
 }
 
 // Where a kernel writes y: a float tensor of y's shape, empty where y is.
@@ -47,9 +57,29 @@ void narrow(const Tensor<float, B>& f, Tensor<A, B>& y) {
 
 template <Backend B, HalfStorage A>
 Tensor<A, B> narrowed(const Tensor<float, B>& f) {
-    Tensor<A, B> y(f.shape());
+    return converted<A>(f);
+}
+
+// Runs `kernel` on a float stand-in for each output and rounds it into the output: the
+// stand-in starts uninitialised (written), or as the output widened (accumulated into).
+template <Backend B, HalfStorage A, class Kernel>
+void into(Tensor<A, B>& y, Kernel&& kernel) {
+    auto f = output_for(y);
+    kernel(f);
     narrow(f, y);
-    return y;
+}
+template <Backend B, HalfStorage A, class Kernel>
+void into(Tensor<A, B>& y, Tensor<A, B>& z, Kernel&& kernel) {
+    auto fy = output_for(y), fz = output_for(z);
+    kernel(fy, fz);
+    narrow(fy, y);
+    narrow(fz, z);
+}
+template <Backend B, HalfStorage A, class Kernel>
+void accumulate_into(Tensor<A, B>& y, Kernel&& kernel) {
+    auto f = widen(y);
+    kernel(f);
+    narrow(f, y);
 }
 
 }  // namespace half_storage
@@ -58,148 +88,106 @@ Tensor<A, B> narrowed(const Tensor<float, B>& f) {
 template <Backend B, HalfStorage A>
 void mp_silu_forward(B b, const Tensor<A, B>& x, Tensor<A, B>& y) {
     using namespace half_storage;
-    auto f = output_for(y);
-    mp_silu_forward(b, widen(x), f);
-    narrow(f, y);
+    into(y, [&](auto& f) { mp_silu_forward(b, widen(x), f); });
 }
 template <Backend B, HalfStorage A>
 void mp_silu_backward(B b, const Tensor<A, B>& x, const Tensor<A, B>& dy, Tensor<A, B>& dx) {
     using namespace half_storage;
-    auto f = output_for(dx);
-    mp_silu_backward(b, widen(x), widen(dy), f);
-    narrow(f, dx);
+    into(dx, [&](auto& f) { mp_silu_backward(b, widen(x), widen(dy), f); });
 }
 template <Backend B, HalfStorage A>
 void mp_silu_backward_add(B b, const Tensor<A, B>& x, const Tensor<A, B>& dy, Tensor<A, B>& dx) {
     using namespace half_storage;
-    auto f = widen(dx);
-    mp_silu_backward_add(b, widen(x), widen(dy), f);
-    narrow(f, dx);
+    accumulate_into(dx, [&](auto& f) { mp_silu_backward_add(b, widen(x), widen(dy), f); });
 }
 template <Backend B, HalfStorage A>
 void modulated_silu_forward(B b, const Tensor<A, B>& x, const Tensor<A, B>& s, Tensor<A, B>& y) {
     using namespace half_storage;
-    auto f = output_for(y);
-    modulated_silu_forward(b, widen(x), widen(s), f);
-    narrow(f, y);
+    into(y, [&](auto& f) { modulated_silu_forward(b, widen(x), widen(s), f); });
 }
 template <Backend B, HalfStorage A>
 void modulated_silu_backward(B b, const Tensor<A, B>& x, const Tensor<A, B>& s, const Tensor<A, B>& dy,
                              Tensor<A, B>& dx, Tensor<A, B>& ds) {
     using namespace half_storage;
-    auto fdx = output_for(dx), fds = output_for(ds);
-    modulated_silu_backward(b, widen(x), widen(s), widen(dy), fdx, fds);
-    narrow(fdx, dx);
-    narrow(fds, ds);
+    into(dx, ds, [&](auto& fdx, auto& fds) { modulated_silu_backward(b, widen(x), widen(s), widen(dy), fdx, fds); });
 }
 template <Backend B, HalfStorage A>
 void mp_sum_forward(B b, const Tensor<A, B>& x, const Tensor<A, B>& a, double t, Tensor<A, B>& y) {
     using namespace half_storage;
-    auto f = output_for(y);
-    mp_sum_forward(b, widen(x), widen(a), t, f);
-    narrow(f, y);
+    into(y, [&](auto& f) { mp_sum_forward(b, widen(x), widen(a), t, f); });
 }
 template <Backend B, HalfStorage A>
 void mp_sum_backward(B b, const Tensor<A, B>& dy, double t, Tensor<A, B>& dx, Tensor<A, B>& da) {
     using namespace half_storage;
-    auto fdx = output_for(dx), fda = output_for(da);
-    mp_sum_backward(b, widen(dy), t, fdx, fda);
-    narrow(fdx, dx);
-    narrow(fda, da);
+    into(dx, da, [&](auto& fdx, auto& fda) { mp_sum_backward(b, widen(dy), t, fdx, fda); });
 }
 template <Backend B, HalfStorage A>
 void mp_cat_forward(B b, const Tensor<A, B>& x, const Tensor<A, B>& a, double t, Tensor<A, B>& y) {
     using namespace half_storage;
-    auto f = output_for(y);
-    mp_cat_forward(b, widen(x), widen(a), t, f);
-    narrow(f, y);
+    into(y, [&](auto& f) { mp_cat_forward(b, widen(x), widen(a), t, f); });
 }
 template <Backend B, HalfStorage A>
 void mp_cat_backward(B b, const Tensor<A, B>& dy, double t, Tensor<A, B>& dx, Tensor<A, B>& da) {
     using namespace half_storage;
-    auto fdx = output_for(dx), fda = output_for(da);
-    mp_cat_backward(b, widen(dy), t, fdx, fda);
-    narrow(fdx, dx);
-    narrow(fda, da);
+    into(dx, da, [&](auto& fdx, auto& fda) { mp_cat_backward(b, widen(dy), t, fdx, fda); });
 }
 template <Backend B, HalfStorage A>
 void clip_forward(B b, const Tensor<A, B>& x, double limit, Tensor<A, B>& y) {
     using namespace half_storage;
-    auto f = output_for(y);
-    clip_forward(b, widen(x), limit, f);
-    narrow(f, y);
+    into(y, [&](auto& f) { clip_forward(b, widen(x), limit, f); });
 }
 template <Backend B, HalfStorage A>
 void clip_backward(B b, const Tensor<A, B>& x, const Tensor<A, B>& dy, double limit, Tensor<A, B>& dx) {
     using namespace half_storage;
-    auto f = output_for(dx);
-    clip_backward(b, widen(x), widen(dy), limit, f);
-    narrow(f, dx);
+    into(dx, [&](auto& f) { clip_backward(b, widen(x), widen(dy), limit, f); });
 }
 template <Backend B, HalfStorage A>
 void dropout_apply(B b, const Tensor<A, B>& x, double p, uint64_t seed, Tensor<A, B>& y) {
     using namespace half_storage;
-    auto f = output_for(y);
-    dropout_apply(b, widen(x), p, seed, f);
-    narrow(f, y);
+    into(y, [&](auto& f) { dropout_apply(b, widen(x), p, seed, f); });
 }
 template <Backend B, HalfStorage A>
 void dropout_apply(B b, const Tensor<A, B>& x, double p, const Tensor<double, B>& words, uint64_t stream,
                    Tensor<A, B>& y) {
     using namespace half_storage;
-    auto f = output_for(y);
-    dropout_apply(b, widen(x), p, words, stream, f);
-    narrow(f, y);
+    into(y, [&](auto& f) { dropout_apply(b, widen(x), p, words, stream, f); });
 }
 template <Backend B, HalfStorage A>
 void append_ones_channel(B b, const Tensor<A, B>& x, Tensor<A, B>& y) {
     using namespace half_storage;
-    auto f = output_for(y);
-    append_ones_channel(b, widen(x), f);
-    narrow(f, y);
+    into(y, [&](auto& f) { append_ones_channel(b, widen(x), f); });
 }
 // y = alpha x + beta y
 template <Backend B, HalfStorage A>
 void axpby(B b, float alpha, const Tensor<A, B>& x, float beta, Tensor<A, B>& y) {
     using namespace half_storage;
-    auto f = widen(y);
-    axpby(b, alpha, widen(x), beta, f);
-    narrow(f, y);
+    accumulate_into(y, [&](auto& f) { axpby(b, alpha, widen(x), beta, f); });
 }
 
 // ---- normalize: the per-group scales stay in float ----------------------------------------
 template <Backend B, HalfStorage A>
 void normalize_forward(B b, const Tensor<A, B>& x, ops::Dims dims, Tensor<A, B>& y, Tensor<float, B>* scale = nullptr) {
     using namespace half_storage;
-    auto f = output_for(y);
-    normalize_forward(b, widen(x), dims, f, scale);
-    narrow(f, y);
+    into(y, [&](auto& f) { normalize_forward(b, widen(x), dims, f, scale); });
 }
 template <Backend B, HalfStorage A>
 void normalize_backward(B b, const Tensor<A, B>& x, const Tensor<A, B>& dy, ops::Dims dims,
                         const Tensor<float, B>& scale, Tensor<A, B>& dx) {
     using namespace half_storage;
-    auto f = output_for(dx);
-    normalize_backward(b, widen(x), widen(dy), dims, scale, f);
-    narrow(f, dx);
+    into(dx, [&](auto& f) { normalize_backward(b, widen(x), widen(dy), dims, scale, f); });
 }
 
 // ---- conv: operands rounded to A, products accumulated in float --------------------------
 template <Backend B, HalfStorage A>
 void conv2d_forward(B b, const Tensor<A, B>& x, const Tensor<A, B>& w, Tensor<A, B>& y) {
     using namespace half_storage;
-    auto f = output_for(y);
-    conv2d_forward(b, widen(x), widen(w), f);
-    narrow(f, y);
+    into(y, [&](auto& f) { conv2d_forward(b, widen(x), widen(w), f); });
 }
 template <Backend B, HalfStorage A>
 void conv2d_backward(B b, const Tensor<A, B>& x, const Tensor<A, B>& w, const Tensor<A, B>& dy, Tensor<A, B>& dx,
                      Tensor<A, B>& dw) {
     using namespace half_storage;
-    auto fdx = output_for(dx), fdw = output_for(dw);
-    conv2d_backward(b, widen(x), widen(w), widen(dy), fdx, fdw);
-    narrow(fdx, dx);
-    narrow(fdw, dw);
+    into(dx, dw, [&](auto& fdx, auto& fdw) { conv2d_backward(b, widen(x), widen(w), widen(dy), fdx, fdw); });
 }
 
 // ---- resample ------------------------------------------------------------------------------
@@ -207,17 +195,13 @@ template <Backend B, HalfStorage A>
 void resample_forward(B b, const Tensor<A, B>& x, const std::vector<double>& filter, ops::Resample mode,
                       Tensor<A, B>& y) {
     using namespace half_storage;
-    auto f = output_for(y);
-    resample_forward(b, widen(x), filter, mode, f);
-    narrow(f, y);
+    into(y, [&](auto& f) { resample_forward(b, widen(x), filter, mode, f); });
 }
 template <Backend B, HalfStorage A>
 void resample_backward(B b, const Tensor<A, B>& dy, const std::vector<double>& filter, ops::Resample mode,
                        Tensor<A, B>& dx) {
     using namespace half_storage;
-    auto f = output_for(dx);
-    resample_backward(b, widen(dy), filter, mode, f);
-    narrow(f, dx);
+    into(dx, [&](auto& f) { resample_backward(b, widen(dy), filter, mode, f); });
 }
 
 // ---- attention: the saved q, k, v, their scales and the softmax are stored in A, as the
@@ -226,18 +210,12 @@ template <Backend B, HalfStorage A>
 void attention_forward(B b, const Tensor<A, B>& x, int64_t heads, Tensor<A, B>& y,
                        std::type_identity_t<ops::AttentionContext<A, B>>* ctx) {
     using namespace half_storage;
-    auto f = output_for(y);
-    if (!ctx) {
-        attention_forward(b, widen(x), heads, f, static_cast<ops::AttentionContext<float, B>*>(nullptr));
-        narrow(f, y);
-        return;
-    }
     ops::AttentionContext<float, B> s;
-    attention_forward(b, widen(x), heads, f, &s);
-    narrow(f, y);
-    *ctx = {narrowed<B, A>(s.q),       narrowed<B, A>(s.k),       narrowed<B, A>(s.v),
-            narrowed<B, A>(s.q_scale), narrowed<B, A>(s.k_scale), narrowed<B, A>(s.v_scale),
-            narrowed<B, A>(s.weights)};
+    into(y, [&](auto& f) { attention_forward(b, widen(x), heads, f, ctx ? &s : nullptr); });
+    if (ctx)
+        *ctx = {narrowed<B, A>(s.q),       narrowed<B, A>(s.k),       narrowed<B, A>(s.v),
+                narrowed<B, A>(s.q_scale), narrowed<B, A>(s.k_scale), narrowed<B, A>(s.v_scale),
+                narrowed<B, A>(s.weights)};
 }
 template <Backend B, HalfStorage A>
 void attention_backward(B b, const ops::AttentionContext<A, B>& saved, int64_t heads, const Tensor<A, B>& dy,
@@ -246,9 +224,7 @@ void attention_backward(B b, const ops::AttentionContext<A, B>& saved, int64_t h
     const ops::AttentionContext<float, B> s{widen(saved.q),       widen(saved.k),       widen(saved.v),
                                             widen(saved.q_scale), widen(saved.k_scale), widen(saved.v_scale),
                                             widen(saved.weights)};
-    auto f = output_for(dx);
-    attention_backward(b, s, heads, widen(dy), f);
-    narrow(f, dx);
+    into(dx, [&](auto& f) { attention_backward(b, s, heads, widen(dy), f); });
 }
 
 // The kernels a backend provides on activations stored as A, with those signatures.
@@ -287,22 +263,5 @@ concept HalfKernelsFor = HalfStorage<A> &&
 // Both storage formats.
 template <class B>
 concept HalfKernels = HalfKernelsFor<B, float16> && HalfKernelsFor<B, bfloat16>;
-
-}  // namespace mpnet
-
-namespace mpnet {
-
-// x as a tensor of To: x itself when the element types agree, else converted (the layers'
-// passage between float parameters or embeddings and 16-bit activations).
-template <Element To, Element From, Backend B>
-Tensor<To, B> converted(const Tensor<From, B>& x) {
-    if constexpr (std::same_as<To, From>) {
-        return x;
-    } else {
-        Tensor<To, B> y(x.shape());
-        if (!x.empty()) convert(B{}, x, y);
-        return y;
-    }
-}
 
 }  // namespace mpnet

@@ -17,6 +17,7 @@
 #include <concepts>
 #include <string>
 
+#include "mpnet/backend/half_storage.hpp"
 #include "mpnet/nn/param.hpp"
 #include "mpnet/ops/reduce_dims.hpp"
 
@@ -77,7 +78,7 @@ public:
         } else {
             check(kernel_ != 0, "MPConv: a linear layer takes float activations, not 16-bit ones");
             TensorA dw_rounded(weight.value.shape());
-            conv2d_backward(B{}, ctx.x, rounded(w_eff), dy, dx, dw_rounded);
+            conv2d_backward(B{}, ctx.x, converted<A>(w_eff), dy, dx, dw_rounded);
             convert(B{}, dw_rounded, dw_eff);
         }
         if (dgain) dot_accumulate(B{}, dw_eff, ctx.w_normed, std::sqrt(double(fan_in())), *dgain);
@@ -105,16 +106,10 @@ private:
             else linear_forward(B{}, x, w_eff, y);
         } else {
             check(kernel_ != 0, "MPConv: a linear layer takes float activations, not 16-bit ones");
-            conv2d_forward(B{}, x, rounded(w_eff), y);
+            conv2d_forward(B{}, x, converted<A>(w_eff), y);
         }
         if (ctx) *ctx = Context{x, w_normed, w_scale, gain, fixed_gain};
         return y;
-    }
-    // w rounded to the activations' format.
-    static TensorA rounded(const TensorT& w) {
-        TensorA r(w.shape());
-        convert(B{}, w, r);
-        return r;
     }
     // y = x gain / sqrt(fan_in), the gain learned (read on the backend) or fixed.
     void scale_by_gain(const TensorT& x, const TensorT& gain, double fixed_gain, TensorT& y) const {
