@@ -50,19 +50,6 @@ __global__ void __launch_bounds__(block_size) im2col_kernel(const T* img, int ch
         }
 }
 
-// What col2im sums in: float for 16-bit storage, else the element type.
-template <class T>
-__device__ inline T widen_for_sum(T v) {
-    return v;
-}
-__device__ inline float widen_for_sum(float16 v) { return widen_word(v); }
-__device__ inline float widen_for_sum(bfloat16 v) { return widen_word(v); }
-template <class T, class Acc>
-__device__ inline void store_sum(Acc acc, T& out) {
-    if constexpr (HalfStorage<T>) round_into(acc, out);
-    else out = acc;
-}
-
 // The adjoint of an image-major im2col, as a gather: each image element sums the k x k
 // unfolded entries that read it (in the CPU's ky, kx order). Blocks over (pixels, channel, image).
 template <class T>
@@ -75,16 +62,16 @@ __global__ void __launch_bounds__(block_size) col2im_kernel(const T* cols, int c
             T* out = img + (int64_t(i) * channels + c) * hw;
             for (int pix = blockIdx.x * blockDim.x + threadIdx.x; pix < hw; pix += gridDim.x * blockDim.x) {
                 const int y = pix / w, x = pix % w;
-                decltype(widen_for_sum(T{})) acc = 0;
+                Compute<T> acc = 0;  // float for 16-bit storage
                 for (int ky = 0; ky < k; ++ky) {
                     const int oy = y - ky + half;
                     if (oy < 0 || oy >= h) continue;
                     for (int kx = 0; kx < k; ++kx) {
                         const int ox = x - kx + half;
-                        if (ox >= 0 && ox < w) acc += widen_for_sum(base[(ky * k + kx) * hw + oy * w + ox]);
+                        if (ox >= 0 && ox < w) acc += ld(base[(ky * k + kx) * hw + oy * w + ox]);
                     }
                 }
-                store_sum(acc, out[pix]);
+                st(out[pix], acc);
             }
         }
 }
