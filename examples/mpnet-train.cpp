@@ -211,15 +211,20 @@ void check_outdir(const std::string& outdir) {
 
 // Every rank must train the same run on the same data: ranks started with other options stop
 // the job, with rank 0 naming each difference (the launcher may end the other ranks before
-// they have printed anything).
-void check_same_run(dist::Communicator& comm, const train::ResolvedRun& run, const data::Dataset& ds) {
+// they have printed anything). The arithmetic is part of the run: ranks that round
+// differently (another --math or --precision, or a GPU beside CPUs) would sum gradients that
+// are not one computation's.
+void check_same_run(dist::Communicator& comm, const train::ResolvedRun& run, const data::Dataset& ds,
+                    const cli::DeviceOption& device) {
     if (comm.size() == 1) return;
     const nlohmann::json mine{{"options", run.opt},
                               {"dataset", {{"source", ds.source}, {"images", ds.size}, {"resolution", ds.resolution},
-                                           {"channels", ds.channels}, {"classes", ds.num_classes}}}};
+                                           {"channels", ds.channels}, {"classes", ds.num_classes}}},
+                              {"arithmetic", {{"device", device.cuda ? "cuda" : "cpu"}, {"math", device.math},
+                                              {"precision", device.precision}}}};
     const nlohmann::json root = nlohmann::json::parse(comm.broadcast(mine.dump()));
     std::string diff;
-    for (const char* part : {"options", "dataset"}) {
+    for (const char* part : {"options", "dataset", "arithmetic"}) {
         const std::string d = train::json_differences(root[part], mine[part]);
         if (!d.empty()) diff += (diff.empty() ? "" : "; ") + std::string(part) + ": " + d;
     }
@@ -265,7 +270,7 @@ void train_here(const Options& opts, dist::Communicator& comm) {
                                                       : data::Storage::automatic;
     const auto ds = data::load_dataset(o.data, storage, skip, std::size_t(o.data_cache_mib) << 20);
     auto resolved = train::resolve(o, ds, comm.size());
-    check_same_run(comm, resolved, ds);
+    check_same_run(comm, resolved, ds, opts.device);
     const auto cost = nn::network_cost(resolved.net);
     const std::size_t sample_bytes = ds.latent ? ds.latent_floats() * sizeof(float) : ds.image_bytes();
     log("dataset " + ds.source + ": " + std::to_string(ds.size) + " images " + std::to_string(ds.channels) + "x" +

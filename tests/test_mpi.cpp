@@ -162,6 +162,19 @@ TEST_CASE("mpi: ranks started with other options stop the job, rank 0 naming the
     CHECK(!fs::exists(dir / "options.json"));  // nothing was started
 }
 
+TEST_CASE("mpi: ranks started with another activation format stop the job, rank 0 naming it") {
+    const auto data = bars_folder();
+    const auto dir = fresh_dir("mixed-precision");
+    const std::string args = train_args(dir, data, 32);
+    const Run r = shell("timeout 300 " + std::string(MPNET_MPIEXEC) + " -np 1 " + train_exe + " " + args +
+                        " : -np 1 " + train_exe + " " + args + " --precision bf16");
+    INFO(r.output);
+    CHECK(r.exit_code == 1);
+    CHECK(r.output.find("rank 1 was started with other settings than rank 0 (arithmetic: precision \"fp32\" vs "
+                        "\"bf16\", rank 0's value first)") != std::string::npos);
+    CHECK(!fs::exists(dir / "options.json"));
+}
+
 TEST_CASE("mpi: a stalled rank stops the job after --collective-timeout instead of hanging it") {
     const auto data = bars_folder();
     const auto dir = fresh_dir("stalled");
