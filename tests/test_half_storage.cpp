@@ -136,6 +136,99 @@ TEST_CASE_TEMPLATE("16-bit kernels: accumulated, in-place and skipped outputs", 
 
 namespace {
 
+// Whether two 16-bit tensors hold the same bits, element for element.
+template <HalfStorage A>
+int64_t differing_bits(const CpuTensor<A>& a, const CpuTensor<A>& b) {
+    REQUIRE(a.shape() == b.shape());
+    int64_t n = 0;
+    for (int64_t i = 0; i < a.numel(); ++i) n += a.data()[i].bits != b.data()[i].bits;
+    return n;
+}
+
+}  // namespace
+
+// The CPU's elementwise kernels on 16-bit storage widen a chunk at a time in L1
+// (backend/cpu/half_chunks.hpp). They must give exactly what the float kernel gives on the
+// widened tensors, rounded once: the generic kernels' semantics. The shape crosses the
+// chunks (512), the threads' blocks (4096) and the threading threshold, with a ragged tail.
+TEST_CASE_TEMPLATE("CPU kernels on 16-bit storage: the float kernel's bits on the widened tensors, rounded once", A,
+                   float16, bfloat16) {
+    const CpuBackend b;
+    const Shape s{3, 5, 37, 41}, sc{3, 5}, sa{3, 2, 37, 41}, sy{3, 7, 37, 41};
+    const CpuTensor<A> x = narrowed<A>(random_tensor(s, 11, 3)), dy = narrowed<A>(random_tensor(s, 12));
+    const CpuTensor<A> a = narrowed<A>(random_tensor(s, 13)), c = narrowed<A>(random_tensor(sc, 14));
+    const CpuTensor<A> other = narrowed<A>(random_tensor(sa, 15));
+    const CpuTensor<float> xf = widened(x), dyf = widened(dy), af = widened(a), cf = widened(c), otherf = widened(other);
+    // The float kernel run on float tensors, and its results rounded.
+    auto rounded = [](const CpuTensor<float>& f) { return narrowed<A>(f); };
+
+    SUBCASE("mp_silu") {
+        CpuTensor<A> y(s), dx(s), acc = a.clone();
+        CpuTensor<float> yf(s), dxf(s), accf = af.clone();
+        mp_silu_forward(b, x, y), mp_silu_forward(b, xf, yf);
+        mp_silu_backward(b, x, dy, dx), mp_silu_backward(b, xf, dyf, dxf);
+        mp_silu_backward_add(b, x, dy, acc), mp_silu_backward_add(b, xf, dyf, accf);
+        CHECK(differing_bits(y, rounded(yf)) == 0);
+        CHECK(differing_bits(dx, rounded(dxf)) == 0);
+        CHECK(differing_bits(acc, rounded(accf)) == 0);
+    }
+    SUBCASE("modulated mp_silu, its backward in place over dy") {
+        CpuTensor<A> y(s), dx = dy.clone(), ds(sc);
+        CpuTensor<float> yf(s), dxf(s), dsf(sc);
+        modulated_silu_forward(b, x, c, y), modulated_silu_forward(b, xf, cf, yf);
+        modulated_silu_backward(b, x, c, dx, dx, ds), modulated_silu_backward(b, xf, cf, dyf, dxf, dsf);
+        CHECK(differing_bits(y, rounded(yf)) == 0);
+        CHECK(differing_bits(dx, rounded(dxf)) == 0);
+        CHECK(differing_bits(ds, rounded(dsf)) == 0);
+    }
+    SUBCASE("mp_sum and mp_cat, forward and backward") {
+        CpuTensor<A> y(s), da(s), db(s), cat(sy), dcat_a(s), dcat_b(sa);
+        CpuTensor<float> yf(s), daf(s), dbf(s), catf(sy), dcat_af(s), dcat_bf(sa);
+        mp_sum_forward(b, x, a, 0.3, y), mp_sum_forward(b, xf, af, 0.3, yf);
+        mp_sum_backward(b, dy, 0.3, da, db), mp_sum_backward(b, dyf, 0.3, daf, dbf);
+        mp_cat_forward(b, x, other, 0.4, cat), mp_cat_forward(b, xf, otherf, 0.4, catf);
+        mp_cat_backward(b, cat, 0.4, dcat_a, dcat_b), mp_cat_backward(b, widened(cat), 0.4, dcat_af, dcat_bf);
+        CHECK(differing_bits(y, rounded(yf)) == 0);
+        CHECK(differing_bits(da, rounded(daf)) == 0);
+        CHECK(differing_bits(db, rounded(dbf)) == 0);
+        CHECK(differing_bits(cat, rounded(catf)) == 0);
+        CHECK(differing_bits(dcat_a, rounded(dcat_af)) == 0);
+        CHECK(differing_bits(dcat_b, rounded(dcat_bf)) == 0);
+    }
+    SUBCASE("clip and axpby") {
+        CpuTensor<A> y(s), dx(s), acc = a.clone();
+        CpuTensor<float> yf(s), dxf(s), accf = af.clone();
+        clip_forward(b, x, 2.0, y), clip_forward(b, xf, 2.0, yf);
+        clip_backward(b, x, dy, 2.0, dx), clip_backward(b, xf, dyf, 2.0, dxf);
+        axpby(b, 0.7f, x, -1.3f, acc), axpby(b, 0.7f, xf, -1.3f, accf);
+        CHECK(differing_bits(y, rounded(yf)) == 0);
+        CHECK(differing_bits(dx, rounded(dxf)) == 0);
+        CHECK(differing_bits(acc, rounded(accf)) == 0);
+        int64_t clipped = 0;
+        for (int64_t i = 0; i < y.numel(); ++i) clipped += std::abs(y.data()[i].to_float()) == 2.0f;
+        CHECK(clipped > 1000);  // the limit is met, at 2/3 of the inputs' spread
+    }
+    SUBCASE("each reads and writes 16-bit memory once: no float copy of a tensor is made") {
+        // The generic kernels allocate a widened copy of every input and output; these do not.
+        CpuTensor<A> y(s), dx = dy.clone(), ds(sc), da(s), cat(sy), acc = a.clone();
+        auto& pool = cpu::MemoryPool::instance();
+        pool.reset_peak();
+        const std::size_t before = pool.bytes_in_use();
+        mp_silu_forward(b, x, y);
+        mp_silu_backward_add(b, x, dy, acc);
+        modulated_silu_forward(b, x, c, y);
+        modulated_silu_backward(b, x, c, dx, dx, ds);
+        mp_sum_forward(b, x, a, 0.3, y);
+        mp_sum_backward(b, dy, 0.3, da, dx);
+        mp_cat_forward(b, x, other, 0.4, cat);
+        clip_backward(b, x, dy, 2.0, dx);
+        axpby(b, 0.7f, x, -1.3f, acc);
+        CHECK(pool.peak_bytes() == before);
+    }
+}
+
+namespace {
+
 // The golden network's loss and parameter gradients with activations stored as A; dD is
 // multiplied by `scale` before the backward (the trainer's loss scaling) and the gradients
 // divided by it after, as an optimizer told of the scale would see them.

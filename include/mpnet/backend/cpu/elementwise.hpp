@@ -1,11 +1,16 @@
 // Elementwise MP primitives on the CPU: mp_silu, mp_sum, mp_cat, clip, dropout and the
 // small arithmetic the layers and the optimizer need. Each forward has its backward
 // beside it.
+//
+// The kernels the network runs on activations (Element T) also take tensors stored in 16
+// bits: they then compute in float on chunks widened in L1 and round each result once
+// (half_chunks.hpp), reading and writing 16-bit memory once.
 #pragma once
 #include <algorithm>
 #include <cmath>
 
 #include "mpnet/backend/cpu/backend.hpp"
+#include "mpnet/backend/cpu/half_chunks.hpp"
 #include "mpnet/backend/cpu/packet_math.hpp"
 #include "mpnet/core/rng.hpp"
 #include "mpnet/ops/channel_planes.hpp"
@@ -42,14 +47,14 @@ inline P sigmoid(const P& x) {
 }  // namespace detail
 
 // ---- mp_silu: x sigmoid(x) / 0.596 on SIMD packets ------------------------------------
-template <Scalar T>
+template <Element T>
 void mp_silu_forward(CpuBackend, const CpuTensor<T>& x, CpuTensor<T>& y) {
     check_same_shape(x, y, "mp_silu_forward");
     using namespace Eigen::internal;
-    using P = packet::Packet<T>;
+    using P = packet::Packet<Compute<T>>;
     const T* px = x.data();
     T* py = y.data();
-    const P inv = pset1<P>(T(1 / ops::silu_scale));
+    const P inv = pset1<P>(Compute<T>(1 / ops::silu_scale));
     detail::for_each_block(x.numel(), [&](int64_t b, int64_t n) {
         packet::transform(n, py + b, [&](P v) { return pmul(pmul(v, detail::sigmoid(v)), inv); }, px + b);
     });
@@ -67,11 +72,11 @@ inline P mp_silu_grad(const P& v, const P& g) {
 }
 }  // namespace detail
 
-template <Scalar T>
+template <Element T>
 void mp_silu_backward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T>& dy, CpuTensor<T>& dx) {
     check_same_shape(x, dy, "mp_silu_backward");
     check_same_shape(x, dx, "mp_silu_backward");
-    using P = packet::Packet<T>;
+    using P = packet::Packet<Compute<T>>;
     const T *px = x.data(), *pdy = dy.data();
     T* pdx = dx.data();
     detail::for_each_block(x.numel(), [&](int64_t b, int64_t n) {
@@ -80,11 +85,11 @@ void mp_silu_backward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T>& dy,
 }
 
 // dx += mp_silu'(x) dy: for an input that also feeds another path, without a temporary.
-template <Scalar T>
+template <Element T>
 void mp_silu_backward_add(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T>& dy, CpuTensor<T>& dx) {
     check_same_shape(x, dy, "mp_silu_backward_add");
     check_same_shape(x, dx, "mp_silu_backward_add");
-    using P = packet::Packet<T>;
+    using P = packet::Packet<Compute<T>>;
     const T *px = x.data(), *pdy = dy.data();
     T* pdx = dx.data();
     detail::for_each_block(x.numel(), [&](int64_t b, int64_t n) {
@@ -95,91 +100,97 @@ void mp_silu_backward_add(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T>&
 }
 
 // ---- mp_sum --------------------------------------------------------------------------
-template <Scalar T>
+template <Element T>
 void mp_sum_forward(CpuBackend, const CpuTensor<T>& a, const CpuTensor<T>& b, double t, CpuTensor<T>& y) {
     check_same_shape(a, b, "mp_sum_forward");
     check_same_shape(a, y, "mp_sum_forward");
+    using C = Compute<T>;
     const auto w = ops::mp_sum_weights(t);
-    const T wa = T(w.wa), wb = T(w.wb);
+    const C wa = C(w.wa), wb = C(w.wb);
     const T *pa = a.data(), *pb = b.data();
     T* py = y.data();
-    detail::for_each_index(a.numel(), [&](int64_t i) { py[i] = wa * pa[i] + wb * pb[i]; });
+    detail::for_each_block(a.numel(), [&](int64_t i, int64_t n) {
+        detail::map(n, py + i, [=](C u, C v) { return wa * u + wb * v; }, pa + i, pb + i);
+    });
 }
 
 // da and db may be empty when that gradient is not wanted.
-template <Scalar T>
+template <Element T>
 void mp_sum_backward(CpuBackend, const CpuTensor<T>& dy, double t, CpuTensor<T>& da, CpuTensor<T>& db) {
     ops::check_mp_sum_backward(dy, da, db);
+    using C = Compute<T>;
     const auto w = ops::mp_sum_weights(t);
-    const T wa = T(w.wa), wb = T(w.wb);
+    const C wa = C(w.wa), wb = C(w.wb);
     const T* pdy = dy.data();
     T *pda = da.data(), *pdb = db.data();
     detail::for_each_block(dy.numel(), [&](int64_t b, int64_t n) {  // one loop per output keeps both vectorised
-        if (pda)
-            for (int64_t i = b; i < b + n; ++i) pda[i] = wa * pdy[i];
-        if (pdb)
-            for (int64_t i = b; i < b + n; ++i) pdb[i] = wb * pdy[i];
+        if (pda) detail::map(n, pda + b, [=](C g) { return wa * g; }, pdy + b);
+        if (pdb) detail::map(n, pdb + b, [=](C g) { return wb * g; }, pdy + b);
     });
 }
 
 // ---- mp_cat along channels (dim 1) ---------------------------------------------------
-template <Scalar T>
+template <Element T>
 void mp_cat_forward(CpuBackend, const CpuTensor<T>& a, const CpuTensor<T>& b, double t, CpuTensor<T>& y) {
     const auto e = ops::cat_extents(a.shape(), b.shape(), y.shape(), "mp_cat_forward");
     const int64_t n = e.n, ca = e.ca, cb = e.cb, inner = e.inner;
+    using C = Compute<T>;
     const auto w = ops::mp_cat_weights(t, double(ca), double(cb));
-    const T wa = T(w.wa), wb = T(w.wb);
+    const C wa = C(w.wa), wb = C(w.wb);
     const int64_t sa = ca * inner, sb = cb * inner;
 #pragma omp parallel for schedule(static) if (n * (sa + sb) > parallel_grain)
     for (int64_t i = 0; i < n; ++i) {
         const T* pa = a.data() + i * sa;
         const T* pb = b.data() + i * sb;
         T* py = y.data() + i * (sa + sb);
-        for (int64_t j = 0; j < sa; ++j) py[j] = wa * pa[j];
-        for (int64_t j = 0; j < sb; ++j) py[sa + j] = wb * pb[j];
+        detail::map(sa, py, [=](C v) { return wa * v; }, pa);
+        detail::map(sb, py + sa, [=](C v) { return wb * v; }, pb);
     }
 }
 
-template <Scalar T>
+template <Element T>
 void mp_cat_backward(CpuBackend, const CpuTensor<T>& dy, double t, CpuTensor<T>& da, CpuTensor<T>& db) {
     const auto e = ops::cat_extents(da.shape(), db.shape(), dy.shape(), "mp_cat_backward");
     const int64_t n = e.n, ca = e.ca, cb = e.cb, inner = e.inner;
+    using C = Compute<T>;
     const auto w = ops::mp_cat_weights(t, double(ca), double(cb));
-    const T wa = T(w.wa), wb = T(w.wb);
+    const C wa = C(w.wa), wb = C(w.wb);
     const int64_t sa = ca * inner, sb = cb * inner;
 #pragma omp parallel for schedule(static) if (n * (sa + sb) > parallel_grain)
     for (int64_t i = 0; i < n; ++i) {
         const T* pdy = dy.data() + i * (sa + sb);
         T* pa = da.data() + i * sa;
         T* pb = db.data() + i * sb;
-        for (int64_t j = 0; j < sa; ++j) pa[j] = wa * pdy[j];
-        for (int64_t j = 0; j < sb; ++j) pb[j] = wb * pdy[sa + j];
+        detail::map(sa, pa, [=](C g) { return wa * g; }, pdy);
+        detail::map(sb, pb, [=](C g) { return wb * g; }, pdy + sa);
     }
 }
 
 // ---- clip ----------------------------------------------------------------------------
 // Written as min/max and a mask multiply so that the loops vectorise.
-template <Scalar T>
+template <Element T>
 void clip_forward(CpuBackend, const CpuTensor<T>& x, double limit, CpuTensor<T>& y) {
     check_same_shape(x, y, "clip_forward");
-    const T lo = T(-limit), hi = T(limit);
+    using C = Compute<T>;
+    const C lo = C(-limit), hi = C(limit);
     const T* px = x.data();
     T* py = y.data();
     detail::for_each_block(x.numel(), [&](int64_t b, int64_t n) {
-        for (int64_t i = b; i < b + n; ++i) py[i] = std::min(std::max(px[i], lo), hi);
+        detail::map(n, py + b, [=](C v) { return std::min(std::max(v, lo), hi); }, px + b);
     });
 }
 
 // The gradient passes where the input lies inside [-limit, limit] (ends included).
-template <Scalar T>
+template <Element T>
 void clip_backward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T>& dy, double limit, CpuTensor<T>& dx) {
     check_same_shape(x, dy, "clip_backward");
     check_same_shape(x, dx, "clip_backward");
-    const T lo = T(-limit), hi = T(limit);
+    using C = Compute<T>;
+    const C lo = C(-limit), hi = C(limit);
     const T *px = x.data(), *pdy = dy.data();
     T* pdx = dx.data();
     detail::for_each_block(x.numel(), [&](int64_t b, int64_t n) {
-        for (int64_t i = b; i < b + n; ++i) pdx[i] = (px[i] >= lo && px[i] <= hi) ? pdy[i] : T(0);
+        detail::map(n, pdx + b, [=](C v, C g) { return (v >= lo && v <= hi) ? g : C(0); }, px + b, pdy + b);
     });
 }
 
@@ -236,16 +247,16 @@ void scale_channels_backward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<
 
 // ---- y = mp_silu(x * s[n, c]): the Block's modulation and activation in one pass -------
 // Backward recomputes x * s, so the product is never stored.
-template <Scalar T>
+template <Element T>
 void modulated_silu_forward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T>& s, CpuTensor<T>& y) {
     const auto p = ops::channel_planes(x.shape(), s.shape(), y.shape(), "modulated_silu_forward");
     const int64_t nc = p.planes, inner = p.inner;
     using namespace Eigen::internal;
-    using P = packet::Packet<T>;
-    const P inv = pset1<P>(T(1 / ops::silu_scale));
+    using P = packet::Packet<Compute<T>>;
+    const P inv = pset1<P>(Compute<T>(1 / ops::silu_scale));
 #pragma omp parallel for schedule(static) if (nc * inner > parallel_grain)
     for (int64_t i = 0; i < nc; ++i) {
-        const P k = pset1<P>(s.data()[i]);
+        const P k = pset1<P>(widened(s.data()[i]));
         packet::transform(
             inner, y.data() + i * inner,
             [&](P v) {
@@ -257,20 +268,20 @@ void modulated_silu_forward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T
 }
 
 // With g = mp_silu'(x s) dy: dx = g s and ds[n, c] = sum over the plane of g x. dx may alias dy.
-template <Scalar T>
+template <Element T>
 void modulated_silu_backward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T>& s, const CpuTensor<T>& dy,
                              CpuTensor<T>& dx, CpuTensor<T>& ds) {
     const auto p =
         ops::channel_planes(x.shape(), s.shape(), dy.shape(), dx.shape(), ds.shape(), "modulated_silu_backward");
     const int64_t nc = p.planes, inner = p.inner;
     using namespace Eigen::internal;
-    using P = packet::Packet<T>;
+    using P = packet::Packet<Compute<T>>;
 #pragma omp parallel for schedule(static) if (nc * inner > parallel_grain)
     for (int64_t i = 0; i < nc; ++i) {
         const T *px = x.data() + i * inner, *pdy = dy.data() + i * inner;
         T* pdx = dx.data() + i * inner;
-        const P k = pset1<P>(s.data()[i]);
-        P acc = pset1<P>(T(0));
+        const P k = pset1<P>(widened(s.data()[i]));
+        P acc = pset1<P>(Compute<T>(0));
         packet::transform(
             inner, pdx,
             [&](P v, P d) {
@@ -279,7 +290,7 @@ void modulated_silu_backward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<
                 return pmul(g, k);
             },
             px, pdy);
-        ds.data()[i] = predux(acc);
+        ds.data()[i] = stored<T>(predux(acc));
     }
 }
 
@@ -302,6 +313,18 @@ void axpby(CpuBackend, T alpha, const CpuTensor<T>& x, T beta, CpuTensor<T>& y) 
     const T* px = x.data();
     T* py = y.data();
     detail::for_each_index(x.numel(), [&](int64_t i) { py[i] = alpha * px[i] + beta * py[i]; });
+}
+
+// The same on 16-bit storage, with float coefficients as the generic kernel has them
+// (backend/half_storage.hpp), which this one overrides.
+template <HalfStorage A>
+void axpby(CpuBackend, float alpha, const CpuTensor<A>& x, float beta, CpuTensor<A>& y) {
+    check_same_shape(x, y, "axpby");
+    const A* px = x.data();
+    A* py = y.data();
+    detail::for_each_block(x.numel(), [&](int64_t b, int64_t n) {
+        detail::map(n, py + b, [=](float u, float v) { return alpha * u + beta * v; }, px + b, py + b);
+    });
 }
 
 // y = a[0] x + a[1] y with the coefficients a two-element tensor on the backend: a step's
