@@ -208,6 +208,22 @@ TEST_CASE_TEMPLATE("CPU kernels on 16-bit storage: the float kernel's bits on th
         for (int64_t i = 0; i < y.numel(); ++i) clipped += std::abs(y.data()[i].to_float()) == 2.0f;
         CHECK(clipped > 1000);  // the limit is met, at 2/3 of the inputs' spread
     }
+    SUBCASE("pixel norm, forward and backward, and a weight's norm (one group per row)") {
+        CpuTensor<A> y(s), dx(s);
+        CpuTensor<float> yf(s), dxf(s), scale, scalef;
+        normalize_forward(b, x, ops::Dims{1}, y, &scale), normalize_forward(b, xf, ops::Dims{1}, yf, &scalef);
+        normalize_backward(b, x, dy, ops::Dims{1}, scale, dx), normalize_backward(b, xf, dyf, ops::Dims{1}, scalef, dxf);
+        CHECK(differing_bits(y, rounded(yf)) == 0);
+        CHECK(rel_error(scale, scalef) == 0);
+        CHECK(differing_bits(dx, rounded(dxf)) == 0);
+        const auto rows = ops::Dims::all_but_first();
+        CpuTensor<A> w(s), dw(s);
+        CpuTensor<float> wf(s), dwf(s), w_scale, w_scalef;
+        normalize_forward(b, x, rows, w, &w_scale), normalize_forward(b, xf, rows, wf, &w_scalef);
+        normalize_backward(b, x, dy, rows, w_scale, dw), normalize_backward(b, xf, dyf, rows, w_scalef, dwf);
+        CHECK(differing_bits(w, rounded(wf)) == 0);
+        CHECK(differing_bits(dw, rounded(dwf)) == 0);
+    }
     SUBCASE("each reads and writes 16-bit memory once: no float copy of a tensor is made") {
         // The generic kernels allocate a widened copy of every input and output; these do not.
         CpuTensor<A> y(s), dx = dy.clone(), ds(sc), da(s), cat(sy), acc = a.clone();
@@ -224,6 +240,11 @@ TEST_CASE_TEMPLATE("CPU kernels on 16-bit storage: the float kernel's bits on th
         clip_backward(b, x, dy, 2.0, dx);
         axpby(b, 0.7f, x, -1.3f, acc);
         CHECK(pool.peak_bytes() == before);
+        CpuTensor<float> scale;  // the pixel norm allocates its float scales, one per pixel, and nothing else
+        normalize_forward(b, x, ops::Dims{1}, y, &scale);
+        normalize_backward(b, x, dy, ops::Dims{1}, scale, dx);
+        CHECK(pool.peak_bytes() - before >= scale.bytes());
+        CHECK(pool.peak_bytes() - before < scale.bytes() + cpu::MemoryPool::alignment);
     }
 }
 

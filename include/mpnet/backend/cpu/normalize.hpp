@@ -2,6 +2,10 @@
 //
 // Forward saves one denominator per group (eps + rms), so backward needs only x and those:
 //   dx = dy / s - y * sum(dy * y) / (M * rms),   s = eps + rms, y = x / s.
+//
+// Activations stored in 16 bits (the Block's pixel norm) are normalised a slab at a time:
+// each image's [reduced, inner] slab is widened into a per-thread float buffer (it fits in
+// L2), the float code runs on it, and the results are rounded once. The scales stay float.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -9,6 +13,8 @@
 #include <vector>
 
 #include "mpnet/backend/cpu/backend.hpp"
+#include "mpnet/backend/cpu/convert.hpp"
+#include "mpnet/backend/cpu/half_chunks.hpp"
 #include "mpnet/backend/cpu/packet_math.hpp"
 #include "mpnet/ops/constants.hpp"
 #include "mpnet/ops/normalize_layout.hpp"
@@ -36,6 +42,55 @@ void sum_products(const T* a, const T* b, int64_t reduced, int64_t inner, T* acc
 // y = normalize(x); `scale` (optional, one per group) receives eps + rms for backward.
 // Contiguous layouts [outer, reduced, inner] accumulate in T: at most a few thousand terms
 // per group, well inside float's accuracy for the tolerances the golden tests hold.
+namespace detail {
+// One [R, I] slab of a contiguous layout: yo = xo / so, with so[i] = eps + rms over r.
+template <Scalar T>
+void normalize_slab(const T* xo, int64_t R, int64_t I, T* yo, T* so) {
+    const auto M = double(R);
+    if (I == 1) {
+        so[0] = T(ops::normalize_eps + std::sqrt(double(packet::dot(xo, xo, R)) / M));
+        const T inv = T(1) / so[0];
+        for (int64_t r = 0; r < R; ++r) yo[r] = xo[r] * inv;
+        return;
+    }
+    T* inv = thread_scratch<T>(size_t(I));
+    sum_products(xo, xo, R, I, so);
+    for (int64_t i = 0; i < I; ++i) {
+        so[i] = T(ops::normalize_eps + std::sqrt(double(so[i]) / M));
+        inv[i] = T(1) / so[i];
+    }
+    for (int64_t r = 0; r < R; ++r)
+        for (int64_t i = 0; i < I; ++i) yo[r * I + i] = xo[r * I + i] * inv[i];
+}
+
+// dxo from xo, dyo and the scales so of one [R, I] slab.
+template <Scalar T>
+void normalize_backward_slab(const T* xo, const T* dyo, const T* so, int64_t R, int64_t I, T* dxo) {
+    const auto M = double(R);
+    // With d = sum(dy * x) over the group: coef = d / (s M rms), where sum(dy * y) = d / s.
+    auto coef = [&](double d, double s) {
+        const double rms = s - ops::normalize_eps;
+        return rms > 0 ? d / s / (M * rms) : 0.0;
+    };
+    if (I == 1) {
+        const double s = so[0];
+        const T c = T(coef(double(packet::dot(dyo, xo, R)), s)), inv = T(1 / s);
+        for (int64_t r = 0; r < R; ++r) dxo[r] = (dyo[r] - xo[r] * c) * inv;
+        return;
+    }
+    T* c = thread_scratch<T>(size_t(2 * I));
+    T* inv = c + I;
+    sum_products(dyo, xo, R, I, c);
+    for (int64_t i = 0; i < I; ++i) {
+        const double s = so[i];
+        c[i] = T(coef(double(c[i]), s));
+        inv[i] = T(1 / s);
+    }
+    for (int64_t r = 0; r < R; ++r)
+        for (int64_t i = 0; i < I; ++i) dxo[r * I + i] = (dyo[r * I + i] - xo[r * I + i] * c[i]) * inv[i];
+}
+}  // namespace detail
+
 template <Scalar T>
 void normalize_forward(CpuBackend, const CpuTensor<T>& x, ops::Dims dims, CpuTensor<T>& y,
                        CpuTensor<T>* scale = nullptr) {
@@ -47,24 +102,7 @@ void normalize_forward(CpuBackend, const CpuTensor<T>& x, ops::Dims dims, CpuTen
     const auto M = double(R);
     if (L.contiguous()) {
 #pragma omp parallel for schedule(static) if (x.numel() > parallel_grain)
-        for (int64_t o = 0; o < L.outer; ++o) {
-            const T* xo = px + o * R * I;
-            T *yo = py + o * R * I, *so = ps + o * I;
-            if (I == 1) {
-                so[0] = T(ops::normalize_eps + std::sqrt(double(packet::dot(xo, xo, R)) / M));
-                const T inv = T(1) / so[0];
-                for (int64_t r = 0; r < R; ++r) yo[r] = xo[r] * inv;
-                continue;
-            }
-            T* inv = detail::thread_scratch<T>(size_t(I));
-            detail::sum_products(xo, xo, R, I, so);
-            for (int64_t i = 0; i < I; ++i) {
-                so[i] = T(ops::normalize_eps + std::sqrt(double(so[i]) / M));
-                inv[i] = T(1) / so[i];
-            }
-            for (int64_t r = 0; r < R; ++r)
-                for (int64_t i = 0; i < I; ++i) yo[r * I + i] = xo[r * I + i] * inv[i];
-        }
+        for (int64_t o = 0; o < L.outer; ++o) detail::normalize_slab(px + o * R * I, R, I, py + o * R * I, ps + o * I);
     } else {
         std::vector<double> acc(static_cast<std::size_t>(L.groups()), 0.0);
         detail::for_each_grouped(L, x.numel(), [&](int64_t g, int64_t e) { acc[size_t(g)] += double(px[e]) * px[e]; });
@@ -84,33 +122,15 @@ void normalize_backward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T>& d
     T* pdx = dx.data();
     const int64_t R = L.reduced, I = L.inner;
     const auto M = double(R);
-    // With d = sum(dy * x) over the group: coef = d / (s M rms), where sum(dy * y) = d / s.
-    auto coef = [&](double d, double s) {
+    auto coef = [&](double d, double s) {  // as in normalize_backward_slab
         const double rms = s - ops::normalize_eps;
         return rms > 0 ? d / s / (M * rms) : 0.0;
     };
     if (L.contiguous()) {
 #pragma omp parallel for schedule(static) if (x.numel() > parallel_grain)
-        for (int64_t o = 0; o < L.outer; ++o) {
-            const T *xo = px + o * R * I, *dyo = pdy + o * R * I;
-            T* dxo = pdx + o * R * I;
-            if (I == 1) {
-                const double s = scale[size_t(o)];
-                const T c = T(coef(double(packet::dot(dyo, xo, R)), s)), inv = T(1 / s);
-                for (int64_t r = 0; r < R; ++r) dxo[r] = (dyo[r] - xo[r] * c) * inv;
-                continue;
-            }
-            T* c = detail::thread_scratch<T>(size_t(2 * I));
-            T* inv = c + I;
-            detail::sum_products(dyo, xo, R, I, c);
-            for (int64_t i = 0; i < I; ++i) {
-                const double s = scale[size_t(o * I + i)];
-                c[i] = T(coef(double(c[i]), s));
-                inv[i] = T(1 / s);
-            }
-            for (int64_t r = 0; r < R; ++r)
-                for (int64_t i = 0; i < I; ++i) dxo[r * I + i] = (dyo[r * I + i] - xo[r * I + i] * c[i]) * inv[i];
-        }
+        for (int64_t o = 0; o < L.outer; ++o)
+            detail::normalize_backward_slab(px + o * R * I, pdy + o * R * I, scale.data() + o * I, R, I,
+                                            pdx + o * R * I);
     } else {
         std::vector<double> d(scale.size(), 0.0);
         detail::for_each_grouped(L, x.numel(), [&](int64_t g, int64_t e) { d[size_t(g)] += double(pdy[e]) * px[e]; });
@@ -119,6 +139,68 @@ void normalize_backward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T>& d
             const double s = scale[size_t(g)];
             pdx[e] = T((pdy[e] - px[e] * d[size_t(g)]) / s);
         });
+    }
+}
+
+// ---- on 16-bit storage --------------------------------------------------------------------
+// Layouts other than contiguous ones (none of the network's) widen the whole tensors.
+
+namespace detail {
+// Per-thread room for widened slabs, apart from thread_scratch, which the slab functions use.
+inline float* slab_buffer(std::size_t n) {
+    thread_local std::vector<float> buffer;
+    if (buffer.size() < n) buffer.resize(n);
+    return buffer.data();
+}
+}  // namespace detail
+
+template <HalfStorage A>
+void normalize_forward(CpuBackend b, const CpuTensor<A>& x, ops::Dims dims, CpuTensor<A>& y,
+                       CpuTensor<float>* scale = nullptr) {
+    const auto L = ops::normalize_forward_layout(x.shape(), y.shape(), dims);
+    const int64_t R = L.reduced, I = L.inner;
+    if (!L.contiguous()) {
+        CpuTensor<float> xf(x.shape()), yf(y.shape());
+        convert(b, x, xf);
+        normalize_forward(b, xf, dims, yf, scale);
+        convert(b, yf, y);
+        return;
+    }
+    CpuTensor<float> s(Shape{L.groups()});
+    const A* px = x.data();
+    A* py = y.data();
+#pragma omp parallel for schedule(static) if (x.numel() > parallel_grain)
+    for (int64_t o = 0; o < L.outer; ++o) {
+        float* slab = detail::slab_buffer(size_t(R * I));  // x, then y in place
+        detail::widen(px + o * R * I, slab, R * I);
+        detail::normalize_slab(slab, R, I, slab, s.data() + o * I);
+        detail::narrow(slab, py + o * R * I, R * I);
+    }
+    if (scale) *scale = s;
+}
+
+template <HalfStorage A>
+void normalize_backward(CpuBackend b, const CpuTensor<A>& x, const CpuTensor<A>& dy, ops::Dims dims,
+                        const CpuTensor<float>& scale, CpuTensor<A>& dx) {
+    const auto L = ops::normalize_backward_layout(x.shape(), dy.shape(), dx.shape(), scale.numel(), dims);
+    const int64_t R = L.reduced, I = L.inner;
+    if (!L.contiguous()) {
+        CpuTensor<float> xf(x.shape()), dyf(dy.shape()), dxf(dx.shape());
+        convert(b, x, xf);
+        convert(b, dy, dyf);
+        normalize_backward(b, xf, dyf, dims, scale, dxf);
+        convert(b, dxf, dx);
+        return;
+    }
+    const A *px = x.data(), *pdy = dy.data();
+    A* pdx = dx.data();
+#pragma omp parallel for schedule(static) if (x.numel() > parallel_grain)
+    for (int64_t o = 0; o < L.outer; ++o) {
+        float *xs = detail::slab_buffer(size_t(2 * R * I)), *dys = xs + R * I;
+        detail::widen(px + o * R * I, xs, R * I);
+        detail::widen(pdy + o * R * I, dys, R * I);
+        detail::normalize_backward_slab(xs, dys, scale.data() + o * I, R, I, dys);  // dx over dy
+        detail::narrow(dys, pdx + o * R * I, R * I);
     }
 }
 
