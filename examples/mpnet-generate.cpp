@@ -51,6 +51,7 @@ struct Options {
     cli::DeviceOption device;
     bool cuda_graphs = false;
     double collective_timeout = 3600;  // seconds, under an MPI launcher
+    std::vector<std::string> args;     // as given, which every rank must share
 };
 
 cli::Parser make_parser(Options& o) {
@@ -183,6 +184,7 @@ Options parse_args(int argc, char** argv) {
     Options o;
     cli::Parser parser = make_parser(o);
     parser.parse(argc, argv);
+    o.args.assign(argv + 1, argv + argc);
     if (!o.preset.empty()) apply_preset(parser, o);
     else if (!o.models.empty()) throw UsageError("--models is for --preset");
     if (o.net.empty()) throw UsageError("--net is required");
@@ -460,6 +462,7 @@ std::vector<uint8_t> channel_major(const std::vector<io::Image>& images) {
 }
 
 void generate(const Options& o, dist::Communicator& comm) {
+    cli::check_same_command(comm, o.args);
     cli::select_cpu_math(o.device, "mpnet-generate", comm.is_root() && !o.quiet);
     const std::unique_ptr<cli::SamplingEngine> engine =
 #ifdef MPNET_WITH_CUDA

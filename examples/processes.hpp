@@ -1,8 +1,13 @@
 // The group of processes a program runs in: the MPI job when an MPI launcher started it (and
 // the program was built with MPI), else this process alone (docs/distributed.md).
 #pragma once
+#include <algorithm>
 #include <cstdio>
 #include <exception>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "cli.hpp"
 #include "mpnet/dist/communicator.hpp"
@@ -45,6 +50,29 @@ void with_processes(const char* program, double collective_timeout_s, Work&& wor
           "without mpirun");
 #endif
     work(static_cast<dist::Communicator&>(dist::SingleProcess::instance()));
+}
+
+// Every rank must run the same command (mpirun's `-np N program args`): ranks given other
+// arguments would each do their share of a different job, and the files rank 0 writes would
+// mix them. Such a job stops before any work, rank 0 naming each rank's first difference.
+inline void check_same_command(dist::Communicator& comm, const std::vector<std::string>& args) {
+    if (comm.size() == 1) return;
+    const auto root = nlohmann::json::parse(comm.broadcast(nlohmann::json(args).dump())).get<std::vector<std::string>>();
+    std::string diff;
+    for (std::size_t i = 0; diff.empty() && i < std::max(root.size(), args.size()); ++i) {
+        auto at = [&](const std::vector<std::string>& a) { return i < a.size() ? "'" + a[i] + "'" : std::string("none"); };
+        if (at(root) != at(args)) diff = "argument " + std::to_string(i + 1) + ": " + at(root) + " vs " + at(args);
+    }
+    const std::vector<std::string> diffs = comm.gather_strings_to_root(diff);
+    if (!comm.any(!diff.empty())) return;
+    std::string message;
+    for (std::size_t r = 0; r < diffs.size(); ++r)
+        if (!diffs[r].empty())
+            message += (message.empty() ? "" : "; ") + ("rank " + std::to_string(r) + " was started with other arguments than rank 0 (" +
+                                                         diffs[r] + ", rank 0's first)");
+    if (comm.is_root()) throw dist::AllRanksError(message + "; every rank must run the same command");
+    throw dist::AllRanksError("rank " + std::to_string(comm.rank()) + ": the ranks were started with different arguments "
+                              "(rank 0 names them); every rank must run the same command");
 }
 
 }  // namespace mpnet::cli

@@ -217,4 +217,20 @@ TEST_CASE("mpi: mpnet-generate over 3 processes writes the PNGs, grid and tensor
     CHECK(outputs[0].size() == 13);  // 11 images, the grid, the tensor
     CHECK(outputs[0] == outputs[1]);
 }
+
+TEST_CASE("mpi: mpnet-generate ranks started with other arguments stop the job, rank 0 naming the difference") {
+    const auto data = bars_folder();
+    const auto run = fresh_dir("net-mixed");
+    REQUIRE(shell(train_exe + " " + train_args(run, data, 16)).exit_code == 0);
+    const auto net = run / "network-snapshot-0000000-0.100.safetensors";
+    const auto out = fresh_dir("generated-mixed");
+    const std::string args = "--net " + net.string() + " --seeds 0-3 --batch 2 --outdir " + out.string() + " --quiet";
+    const Run r = shell("timeout 300 " + std::string(MPNET_MPIEXEC) + " -np 1 " + generate_exe + " " + args +
+                        " --steps 6 : -np 1 " + generate_exe + " " + args + " --steps 8");
+    INFO(r.output);
+    CHECK(r.exit_code == 1);
+    CHECK(r.output.find("rank 1 was started with other arguments than rank 0 (argument 11: '6' vs '8', rank 0's "
+                        "first); every rank must run the same command") != std::string::npos);
+    CHECK(fs::is_empty(out));  // no image was written
+}
 #endif
