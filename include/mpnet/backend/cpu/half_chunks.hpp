@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "mpnet/backend/cpu/packet_math.hpp"
 #include "mpnet/core/concepts.hpp"
@@ -110,6 +111,14 @@ inline void widen(const A* x, float* y, int64_t n) {
 template <HalfStorage A>
 inline void narrow(const float* x, A* y, int64_t n) {
     for (int64_t i = narrow8(x, y, n); i < n; ++i) y[i] = A::from_float(x[i]);
+}
+
+// Per-thread room for widened slabs or planes (a kernel that works on a whole image or
+// channel at a time), apart from thread_scratch, which the float code itself may use.
+inline float* widened_buffer(std::size_t n) {
+    thread_local std::vector<float> buffer;
+    if (buffer.size() < n) buffer.resize(n);
+    return buffer.data();
 }
 
 // Floats per chunk: a multiple of every packet width, so the chunks split no packet, and

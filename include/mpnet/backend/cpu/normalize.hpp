@@ -145,15 +145,6 @@ void normalize_backward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T>& d
 // ---- on 16-bit storage --------------------------------------------------------------------
 // Layouts other than contiguous ones (none of the network's) widen the whole tensors.
 
-namespace detail {
-// Per-thread room for widened slabs, apart from thread_scratch, which the slab functions use.
-inline float* slab_buffer(std::size_t n) {
-    thread_local std::vector<float> buffer;
-    if (buffer.size() < n) buffer.resize(n);
-    return buffer.data();
-}
-}  // namespace detail
-
 template <HalfStorage A>
 void normalize_forward(CpuBackend b, const CpuTensor<A>& x, ops::Dims dims, CpuTensor<A>& y,
                        CpuTensor<float>* scale = nullptr) {
@@ -171,7 +162,7 @@ void normalize_forward(CpuBackend b, const CpuTensor<A>& x, ops::Dims dims, CpuT
     A* py = y.data();
 #pragma omp parallel for schedule(static) if (x.numel() > parallel_grain)
     for (int64_t o = 0; o < L.outer; ++o) {
-        float* slab = detail::slab_buffer(size_t(R * I));  // x, then y in place
+        float* slab = detail::widened_buffer(size_t(R * I));  // x, then y in place
         detail::widen(px + o * R * I, slab, R * I);
         detail::normalize_slab(slab, R, I, slab, s.data() + o * I);
         detail::narrow(slab, py + o * R * I, R * I);
@@ -196,7 +187,7 @@ void normalize_backward(CpuBackend b, const CpuTensor<A>& x, const CpuTensor<A>&
     A* pdx = dx.data();
 #pragma omp parallel for schedule(static) if (x.numel() > parallel_grain)
     for (int64_t o = 0; o < L.outer; ++o) {
-        float *xs = detail::slab_buffer(size_t(2 * R * I)), *dys = xs + R * I;
+        float *xs = detail::widened_buffer(size_t(2 * R * I)), *dys = xs + R * I;
         detail::widen(px + o * R * I, xs, R * I);
         detail::widen(pdy + o * R * I, dys, R * I);
         detail::normalize_backward_slab(xs, dys, scale.data() + o * I, R, I, dys);  // dx over dy

@@ -4,10 +4,14 @@
 //   up:   y[2i - p + k] += 4 f[k] f[k'] x[i]          (transposed, kernel 4 f x f)
 // "up" is 4x the adjoint of "down", so two loops serve all four directions. The default
 // filter [1, 1] takes the fast paths: a 2x2 average and a nearest-neighbour copy.
+//
+// On activations stored in 16 bits, each channel's plane is widened into a per-thread
+// buffer, resampled in float and rounded once.
 #pragma once
 #include <vector>
 
 #include "mpnet/backend/cpu/backend.hpp"
+#include "mpnet/backend/cpu/half_chunks.hpp"
 #include "mpnet/ops/resample_mode.hpp"
 
 namespace mpnet::cpu {
@@ -71,39 +75,51 @@ void down_scatter(const T* y, int64_t h, int64_t w, const std::vector<double>& f
         }
 }
 
-template <class T, class F>
-void per_channel(const CpuTensor<T>& a, F&& f) {
-    const int64_t planes = a.size(0) * a.size(1);
-#pragma omp parallel for schedule(static) if (a.numel() > parallel_grain)
-    for (int64_t c = 0; c < planes; ++c) f(c);
+// f(from, to) for each channel's plane, from `src` (planes of `from_size`) into `dst`: on the
+// tensors' memory, or for 16-bit storage on float copies of the planes.
+template <Element T, class F>
+void per_channel(const CpuTensor<T>& src, int64_t from_size, CpuTensor<T>& dst, int64_t to_size, F&& f) {
+    const int64_t planes = src.size(0) * src.size(1);
+    const T* from = src.data();
+    T* to = dst.data();
+#pragma omp parallel for schedule(static) if (src.numel() > parallel_grain)
+    for (int64_t c = 0; c < planes; ++c) {
+        if constexpr (HalfStorage<T>) {
+            float* in = widened_buffer(std::size_t(from_size + to_size));
+            widen(from + c * from_size, in, from_size);
+            f(static_cast<const float*>(in), in + from_size);
+            narrow(in + from_size, to + c * to_size, to_size);
+        } else {
+            f(from + c * from_size, to + c * to_size);
+        }
+    }
 }
 
 }  // namespace detail
 
-template <Scalar T>
+template <Element T>
 void resample_forward(CpuBackend, const CpuTensor<T>& x, const std::vector<double>& filter, ops::Resample mode,
                       CpuTensor<T>& y) {
     ops::check_resampled(x.shape(), y.shape(), mode, "resample_forward");
     if (mode == ops::Resample::keep) return y.copy_from(x);
     const auto f = ops::normalized_filter(filter);
     const int64_t H = y.size(2), W = y.size(3), h = x.size(2), w = x.size(3);
-    detail::per_channel(x, [&](int64_t c) {
-        if (mode == ops::Resample::down) detail::down_gather(x.data() + c * h * w, h, w, f, 1.0, y.data() + c * H * W);
-        else detail::down_scatter(x.data() + c * h * w, H, W, f, 4.0, y.data() + c * H * W);
+    detail::per_channel(x, h * w, y, H * W, [&](const auto* from, auto* to) {
+        if (mode == ops::Resample::down) detail::down_gather(from, h, w, f, 1.0, to);
+        else detail::down_scatter(from, H, W, f, 4.0, to);
     });
 }
 
-template <Scalar T>
+template <Element T>
 void resample_backward(CpuBackend, const CpuTensor<T>& dy, const std::vector<double>& filter, ops::Resample mode,
                        CpuTensor<T>& dx) {
     ops::check_resampled(dx.shape(), dy.shape(), mode, "resample_backward");
     if (mode == ops::Resample::keep) return dx.copy_from(dy);
     const auto f = ops::normalized_filter(filter);
     const int64_t H = dy.size(2), W = dy.size(3), h = dx.size(2), w = dx.size(3);
-    detail::per_channel(dx, [&](int64_t c) {
-        if (mode == ops::Resample::down)
-            detail::down_scatter(dy.data() + c * H * W, h, w, f, 1.0, dx.data() + c * h * w);
-        else detail::down_gather(dy.data() + c * H * W, H, W, f, 4.0, dx.data() + c * h * w);
+    detail::per_channel(dy, H * W, dx, h * w, [&](const auto* from, auto* to) {
+        if (mode == ops::Resample::down) detail::down_scatter(from, h, w, f, 1.0, to);
+        else detail::down_gather(from, H, W, f, 4.0, to);
     });
 }
 
