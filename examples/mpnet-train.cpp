@@ -210,10 +210,9 @@ void check_outdir(const std::string& outdir) {
 }
 
 // Every rank must train the same run on the same data: ranks started with other options stop
-// the job, with rank 0 naming each difference (the launcher may end the other ranks before
-// they have printed anything). The arithmetic is part of the run: ranks that round
-// differently (another --math or --precision, or a GPU beside CPUs) would sum gradients that
-// are not one computation's.
+// the job, with rank 0 naming each difference. The arithmetic is part of the run: ranks that
+// round differently (another --math or --precision, or a GPU beside CPUs) would sum gradients
+// that are not one computation's.
 void check_same_run(dist::Communicator& comm, const train::ResolvedRun& run, const data::Dataset& ds,
                     const cli::DeviceOption& device) {
     if (comm.size() == 1) return;
@@ -228,16 +227,7 @@ void check_same_run(dist::Communicator& comm, const train::ResolvedRun& run, con
         const std::string d = train::json_differences(root[part], mine[part]);
         if (!d.empty()) diff += (diff.empty() ? "" : "; ") + std::string(part) + ": " + d;
     }
-    const std::vector<std::string> diffs = comm.gather_strings_to_root(diff);
-    if (!comm.any(!diff.empty())) return;
-    std::string message;
-    for (std::size_t r = 0; r < diffs.size(); ++r)
-        if (!diffs[r].empty())
-            message += (message.empty() ? "" : "; ") + ("rank " + std::to_string(r) + " was started with other settings than rank 0 (" +
-                                                         diffs[r] + ", rank 0's value first)");
-    if (comm.is_root()) throw dist::AllRanksError(message + "; every rank must run the same command");
-    throw dist::AllRanksError("rank " + std::to_string(comm.rank()) + ": the ranks were started with different settings "
-                              "(rank 0 names them); every rank must run the same command");
+    cli::stop_unless_ranks_agree(comm, diff, "settings");
 }
 
 void train_here(const Options& opts, dist::Communicator& comm) {

@@ -52,9 +52,26 @@ void with_processes(const char* program, double collective_timeout_s, Work&& wor
     work(static_cast<dist::Communicator&>(dist::SingleProcess::instance()));
 }
 
-// Every rank must run the same command (mpirun's `-np N program args`): ranks given other
-// arguments would each do their share of a different job, and the files rank 0 writes would
-// mix them. Such a job stops before any work, rank 0 naming each rank's first difference.
+// Every rank must run the same command (mpirun's `-np N program args`). Each rank passes how
+// it differs from rank 0 ("" if not), in `what` (e.g. "settings"), with rank 0's value given
+// first; if any differs, the job stops before any work, rank 0 naming each differing rank
+// (the launcher may end the other ranks before they have printed anything).
+inline void stop_unless_ranks_agree(dist::Communicator& comm, const std::string& difference, const std::string& what) {
+    const std::vector<std::string> all = comm.gather_strings_to_root(difference);
+    if (!comm.any(!difference.empty())) return;
+    std::string message;
+    for (std::size_t r = 0; r < all.size(); ++r)
+        if (!all[r].empty())
+            message += (message.empty() ? "" : "; ") + ("rank " + std::to_string(r) + " was started with other " + what +
+                                                         " than rank 0 (" + all[r] + ", rank 0's value first)");
+    if (comm.is_root()) throw dist::AllRanksError(message + "; every rank must run the same command");
+    throw dist::AllRanksError("rank " + std::to_string(comm.rank()) + ": the ranks were started with different " + what +
+                              " (rank 0 names them); every rank must run the same command");
+}
+
+// The command lines themselves, for a program whose ranks share nothing else: ranks given
+// other arguments would each do their share of a different job, and the files rank 0
+// writes would mix them. Names each rank's first differing argument.
 inline void check_same_command(dist::Communicator& comm, const std::vector<std::string>& args) {
     if (comm.size() == 1) return;
     const auto root = nlohmann::json::parse(comm.broadcast(nlohmann::json(args).dump())).get<std::vector<std::string>>();
@@ -63,16 +80,7 @@ inline void check_same_command(dist::Communicator& comm, const std::vector<std::
         auto at = [&](const std::vector<std::string>& a) { return i < a.size() ? "'" + a[i] + "'" : std::string("none"); };
         if (at(root) != at(args)) diff = "argument " + std::to_string(i + 1) + ": " + at(root) + " vs " + at(args);
     }
-    const std::vector<std::string> diffs = comm.gather_strings_to_root(diff);
-    if (!comm.any(!diff.empty())) return;
-    std::string message;
-    for (std::size_t r = 0; r < diffs.size(); ++r)
-        if (!diffs[r].empty())
-            message += (message.empty() ? "" : "; ") + ("rank " + std::to_string(r) + " was started with other arguments than rank 0 (" +
-                                                         diffs[r] + ", rank 0's first)");
-    if (comm.is_root()) throw dist::AllRanksError(message + "; every rank must run the same command");
-    throw dist::AllRanksError("rank " + std::to_string(comm.rank()) + ": the ranks were started with different arguments "
-                              "(rank 0 names them); every rank must run the same command");
+    stop_unless_ranks_agree(comm, diff, "arguments");
 }
 
 }  // namespace mpnet::cli
