@@ -98,7 +98,8 @@ TEST_CASE_TEMPLATE("cuda kernels: conversion to and from 16-bit storage, bit for
 }
 
 // The native 16-bit kernels (one pass over 16-bit memory, computing in float) against the
-// CPU's generic ones (widen, float kernel, round) on the same 16-bit inputs: each result
+// CPU's, which give the generic kernels' bits (widen, float kernel, round), on the same
+// 16-bit inputs: each result
 // within 4 units of the format's roundoff of its scale (a result may round to the other
 // neighbour where the float values differ in their last bits; the modulated SiLU rounds
 // x s before the SiLU on the GPU, as the reference does, and once on the CPU).
