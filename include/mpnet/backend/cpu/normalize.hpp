@@ -37,12 +37,7 @@ void sum_products(const T* a, const T* b, int64_t reduced, int64_t inner, T* acc
     for (int64_t r = 0; r < reduced; ++r)
         for (int64_t i = 0; i < inner; ++i) acc[i] += a[r * inner + i] * b[r * inner + i];
 }
-}  // namespace detail
 
-// y = normalize(x); `scale` (optional, one per group) receives eps + rms for backward.
-// Contiguous layouts [outer, reduced, inner] accumulate in T: at most a few thousand terms
-// per group, well inside float's accuracy for the tolerances the golden tests hold.
-namespace detail {
 // One [R, I] slab of a contiguous layout: yo = xo / so, with so[i] = eps + rms over r.
 template <Scalar T>
 void normalize_slab(const T* xo, int64_t R, int64_t I, T* yo, T* so) {
@@ -91,6 +86,9 @@ void normalize_backward_slab(const T* xo, const T* dyo, const T* so, int64_t R, 
 }
 }  // namespace detail
 
+// y = normalize(x); `scale` (optional, one per group) receives eps + rms for backward.
+// Contiguous layouts [outer, reduced, inner] accumulate in T: at most a few thousand terms
+// per group, well inside float's accuracy for the tolerances the golden tests hold.
 template <Scalar T>
 void normalize_forward(CpuBackend, const CpuTensor<T>& x, ops::Dims dims, CpuTensor<T>& y,
                        CpuTensor<T>* scale = nullptr) {
