@@ -223,6 +223,16 @@ TEST_CASE_TEMPLATE("CPU kernels on 16-bit storage: the float kernel's bits on th
         normalize_backward(b, x, dy, rows, w_scale, dw), normalize_backward(b, xf, dyf, rows, w_scalef, dwf);
         CHECK(differing_bits(w, rounded(wf)) == 0);
         CHECK(differing_bits(dw, rounded(dwf)) == 0);
+        // Groups that are not [outer, reduced, inner] slabs (batch and rows) widen whole tensors.
+        const ops::Dims scattered{0, 2};
+        CpuTensor<A> z(s), dz(s);
+        CpuTensor<float> zf(s), dzf(s), z_scale, z_scalef;
+        normalize_forward(b, x, scattered, z, &z_scale), normalize_forward(b, xf, scattered, zf, &z_scalef);
+        normalize_backward(b, x, dy, scattered, z_scale, dz), normalize_backward(b, xf, dyf, scattered, z_scalef, dzf);
+        CHECK(z_scale.numel() == 5 * 41);
+        CHECK(differing_bits(z, rounded(zf)) == 0);
+        CHECK(rel_error(z_scale, z_scalef) == 0);
+        CHECK(differing_bits(dz, rounded(dzf)) == 0);
     }
     SUBCASE("resampling down and up, forward and backward, with the fast [1, 1] filter and a wider one") {
         const Shape big{3, 5, 38, 42}, small{3, 5, 19, 21};

@@ -58,18 +58,20 @@ void normalize_slab(const T* xo, int64_t R, int64_t I, T* yo, T* so) {
         for (int64_t i = 0; i < I; ++i) yo[r * I + i] = xo[r * I + i] * inv[i];
 }
 
+// The gradient's coefficient on x for a group of M elements with scale s = eps + rms, from
+// d = sum(dy * x): d / (s M rms), as sum(dy * y) = d / s. A zero group has no gradient on it.
+inline double backward_coef(double d, double s, double M) {
+    const double rms = s - ops::normalize_eps;
+    return rms > 0 ? d / s / (M * rms) : 0.0;
+}
+
 // dxo from xo, dyo and the scales so of one [R, I] slab.
 template <Scalar T>
 void normalize_backward_slab(const T* xo, const T* dyo, const T* so, int64_t R, int64_t I, T* dxo) {
     const auto M = double(R);
-    // With d = sum(dy * x) over the group: coef = d / (s M rms), where sum(dy * y) = d / s.
-    auto coef = [&](double d, double s) {
-        const double rms = s - ops::normalize_eps;
-        return rms > 0 ? d / s / (M * rms) : 0.0;
-    };
     if (I == 1) {
         const double s = so[0];
-        const T c = T(coef(double(packet::dot(dyo, xo, R)), s)), inv = T(1 / s);
+        const T c = T(backward_coef(double(packet::dot(dyo, xo, R)), s, M)), inv = T(1 / s);
         for (int64_t r = 0; r < R; ++r) dxo[r] = (dyo[r] - xo[r] * c) * inv;
         return;
     }
@@ -78,7 +80,7 @@ void normalize_backward_slab(const T* xo, const T* dyo, const T* so, int64_t R, 
     sum_products(dyo, xo, R, I, c);
     for (int64_t i = 0; i < I; ++i) {
         const double s = so[i];
-        c[i] = T(coef(double(c[i]), s));
+        c[i] = T(backward_coef(double(c[i]), s, M));
         inv[i] = T(1 / s);
     }
     for (int64_t r = 0; r < R; ++r)
@@ -120,10 +122,6 @@ void normalize_backward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T>& d
     T* pdx = dx.data();
     const int64_t R = L.reduced, I = L.inner;
     const auto M = double(R);
-    auto coef = [&](double d, double s) {  // as in normalize_backward_slab
-        const double rms = s - ops::normalize_eps;
-        return rms > 0 ? d / s / (M * rms) : 0.0;
-    };
     if (L.contiguous()) {
 #pragma omp parallel for schedule(static) if (x.numel() > parallel_grain)
         for (int64_t o = 0; o < L.outer; ++o)
@@ -132,7 +130,7 @@ void normalize_backward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T>& d
     } else {
         std::vector<double> d(scale.size(), 0.0);
         detail::for_each_grouped(L, x.numel(), [&](int64_t g, int64_t e) { d[size_t(g)] += double(pdy[e]) * px[e]; });
-        for (size_t g = 0; g < d.size(); ++g) d[g] = coef(d[g], scale[g]);
+        for (size_t g = 0; g < d.size(); ++g) d[g] = detail::backward_coef(d[g], scale[g], M);
         detail::for_each_grouped(L, x.numel(), [&](int64_t g, int64_t e) {
             const double s = scale[size_t(g)];
             pdx[e] = T((pdy[e] - px[e] * d[size_t(g)]) / s);
