@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include "golden.hpp"
+#include "scratch_dir.hpp"
 #include "mpnet/nn/presets.hpp"
 #include "mpnet/nn/weights.hpp"
 
@@ -110,8 +111,7 @@ TEST_CASE("weights save and load; F16/BF16 files load into float32; mismatches a
 
 #ifdef MPNET_MINIMAL_EXE
 TEST_CASE("the minimal example loads the golden network's weights and prints the checksum we compute here") {
-    const fs::path dir = fs::temp_directory_path() / ("mpnet-test-minimal-" + std::to_string(::getpid()));
-    fs::create_directories(dir);
+    const fs::path dir = testing::fresh_dir("mpnet-test-minimal");
     const auto& f = test::golden("unet.safetensors");
     nn::Precond<float, CpuBackend> net(nn::config_from_json(f.metadata().at("config")));
     nn::load_state(net, f, "", true);

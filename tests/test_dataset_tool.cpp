@@ -22,6 +22,7 @@
 #include "mpnet/io/resample.hpp"
 #include "mpnet/io/safetensors.hpp"
 #include "mpnet/io/zip_writer.hpp"
+#include "scratch_dir.hpp"
 
 using namespace mpnet;
 namespace fs = std::filesystem;
@@ -42,10 +43,7 @@ io::Image image_of(const std::string& name) {
 }
 
 fs::path fresh_dir(const std::string& name) {
-    const fs::path d = fs::temp_directory_path() / ("mpnet-test-dataset-tool-" + std::to_string(::getpid()) + "-" + name);
-    fs::remove_all(d);
-    fs::create_directories(d);
-    return d;
+    return testing::fresh_dir("mpnet-test-dataset-tool", name);
 }
 
 void write_file(const fs::path& path, std::span<const uint8_t> bytes) {
@@ -78,7 +76,7 @@ struct Outcome {
 };
 
 Outcome run_tool(const std::string& args) {
-    const fs::path out = fs::temp_directory_path() / ("mpnet-test-dataset-tool-" + std::to_string(::getpid()) + ".txt");
+    const fs::path out = testing::scratch_path("mpnet-test-dataset-tool", "output.txt");
     const std::string cmd = std::string(MPNET_DATASET_EXE) + " " + args + " > " + out.string() + " 2>&1";
     const int status = std::system(cmd.c_str());
     Outcome r{WIFEXITED(status) ? WEXITSTATUS(status) : -1, {}};

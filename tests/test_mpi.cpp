@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include "bars_data.hpp"
+#include "scratch_dir.hpp"
 
 namespace fs = std::filesystem;
 
@@ -35,17 +36,14 @@ std::string slurp(const fs::path& p) {
 }
 
 fs::path fresh_dir(const std::string& name) {
-    const fs::path d = fs::temp_directory_path() / ("mpnet-test-mpi-" + std::to_string(::getpid()) + "-" + name);
-    fs::remove_all(d);
-    fs::create_directories(d);
-    return d;
+    return mpnet::testing::fresh_dir("mpnet-test-mpi", name);
 }
 
 // Runs a shell command (stdout and stderr captured) with one OpenMP thread per process, so
 // that ranks do not fight over the cores, and with what OpenMPI needs in a container run as
 // root on a machine with fewer cores than ranks.
 Run shell(const std::string& command) {
-    const fs::path out = fs::temp_directory_path() / ("mpnet-test-mpi-output-" + std::to_string(::getpid()) + ".txt");
+    const fs::path out = mpnet::testing::scratch_path("mpnet-test-mpi", "output.txt");
     const std::string cmd = "export OMP_NUM_THREADS=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 "
                             "OMPI_MCA_rmaps_base_oversubscribe=1; (" + command + ") > " + out.string() + " 2>&1";
     const int status = std::system(cmd.c_str());

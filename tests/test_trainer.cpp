@@ -14,6 +14,7 @@
 
 #include "bars_data.hpp"
 #include "golden.hpp"
+#include "scratch_dir.hpp"
 #include "mpnet/train/trainer.hpp"
 
 using namespace mpnet;
@@ -24,11 +25,7 @@ namespace fs = std::filesystem;
 namespace {
 
 fs::path fresh_dir(const std::string& name) {
-    // The process id keeps concurrent test processes (ctest -j) out of each other's way.
-    const fs::path d = fs::temp_directory_path() / ("mpnet-test-trainer-" + std::to_string(::getpid()) + "-" + name);
-    fs::remove_all(d);
-    fs::create_directories(d);
-    return d;
+    return testing::fresh_dir("mpnet-test-trainer", name);
 }
 
 std::vector<float> flat_params(nn::Precond<float, CpuBackend>& net) {
@@ -252,7 +249,7 @@ struct Run {
 };
 
 Run run_train(const std::string& args, const std::string& env = "") {
-    const fs::path out = fs::temp_directory_path() / ("mpnet-test-trainer-output-" + std::to_string(::getpid()) + ".txt");
+    const fs::path out = testing::scratch_path("mpnet-test-trainer", "output.txt");
     const std::string cmd = env + " exec " + std::string(MPNET_TRAIN_EXE) + " " + args + " > " + out.string() + " 2>&1";
     const int status = std::system(cmd.c_str());
     Run r;
