@@ -12,6 +12,7 @@
 
 #include "bars_data.hpp"
 #include "golden.hpp"
+#include "scratch_dir.hpp"
 #include "mpnet/nn/weights.hpp"
 #include "mpnet/train/trainer.hpp"
 
@@ -289,6 +290,61 @@ TEST_CASE_TEMPLATE("CPU kernels on 16-bit storage: the float kernel's bits on th
     }
 }
 
+// The CPU convolution on 16-bit images stages and transposes them into float as it reads
+// them and rounds each output once from its float sum (backend/cpu/conv.hpp): the float
+// kernel's bits on the widened tensors, without widened copies. The shapes cover panels read
+// in place from the staging (16x16), 8x8 images staged as shifted copies, odd sizes (packed
+// panels and edge tiles, panels crossing images), 1x1 kernels, two depth blocks (360 sums),
+// several row tiles and both threads, and a layer of 3 outputs, whose backward runs the
+// float kernels of conv_narrow.hpp on widened tensors.
+TEST_CASE_TEMPLATE("CPU convolution on 16-bit storage: the float kernel's bits on the widened tensors, rounded once", A,
+                   float16, bfloat16) {
+    const CpuBackend b;
+    struct Case {
+        int64_t n, cin, cout, h, w, k;
+    };
+    const Case cases[] = {{4, 40, 20, 16, 16, 3}, {3, 5, 7, 8, 8, 3}, {2, 6, 9, 7, 9, 3},   {4, 40, 20, 16, 16, 1},
+                          {2, 6, 9, 7, 9, 1},     {3, 40, 3, 12, 12, 3}, {5, 17, 24, 5, 5, 3}};
+    SUBCASE("forward, input gradient and weight gradient") {
+        uint64_t seed = 100;
+        for (const Case& c : cases) {
+            const Shape n_cin_cout_h_w_k{c.n, c.cin, c.cout, c.h, c.w, c.k};
+            CAPTURE(n_cin_cout_h_w_k);
+            const Shape xs{c.n, c.cin, c.h, c.w}, ws{c.cout, c.cin, c.k, c.k}, ys{c.n, c.cout, c.h, c.w};
+            const CpuTensor<A> x = narrowed<A>(random_tensor(xs, ++seed)), w = narrowed<A>(random_tensor(ws, ++seed, 0.1));
+            const CpuTensor<A> dy = narrowed<A>(random_tensor(ys, ++seed));
+            const CpuTensor<float> xf = widened(x), wf = widened(w), dyf = widened(dy);
+            CpuTensor<A> y(ys), dx(xs), dw(ws), dw_alone(ws), none;
+            CpuTensor<float> yf(ys), dxf(xs), dwf(ws);
+            conv2d_forward(b, x, w, y), conv2d_forward(b, xf, wf, yf);
+            conv2d_backward(b, x, w, dy, dx, dw), conv2d_backward(b, xf, wf, dyf, dxf, dwf);
+            conv2d_backward(b, x, w, dy, none, dw_alone);
+            CHECK(differing_bits(y, narrowed<A>(yf)) == 0);
+            CHECK(differing_bits(dx, narrowed<A>(dxf)) == 0);
+            CHECK(differing_bits(dw, narrowed<A>(dwf)) == 0);
+            CHECK(differing_bits(dw_alone, dw) == 0);
+            CHECK(none.empty());
+        }
+    }
+#if MPNET_CPU_SIMD  // elsewhere the tensors are widened whole for the Eigen products
+    SUBCASE("no float copy of the images, outputs or gradients is made, only of the weight") {
+        const Shape xs{8, 16, 32, 32}, ws{16, 16, 3, 3}, ys{8, 16, 32, 32};
+        const CpuTensor<A> x = narrowed<A>(random_tensor(xs, 1)), w = narrowed<A>(random_tensor(ws, 2, 0.1));
+        const CpuTensor<A> dy = narrowed<A>(random_tensor(ys, 3));
+        CpuTensor<A> y(ys), dx(xs), dw(ws);
+        auto& pool = cpu::MemoryPool::instance();
+        const std::size_t before = pool.bytes_in_use();
+        pool.reset_peak();
+        conv2d_forward(b, x, w, y);
+        conv2d_backward(b, x, w, dy, dx, dw);
+        // What is allocated is the widened weight, its float gradient, the flipped weight and
+        // the weight product's partial sums (8 groups of 144 x 16 floats), 83 KiB in all,
+        // where a float copy of one image tensor takes 512 KiB.
+        CHECK(pool.peak_bytes() - before < std::size_t(xs.numel()) * sizeof(float) / 4);
+    }
+#endif
+}
+
 namespace {
 
 // The golden network's loss and parameter gradients with activations stored as A; dD is
@@ -403,10 +459,7 @@ TEST_CASE("16-bit activations: the saved context of a forward pass takes about h
 namespace {
 
 fs::path fresh_dir(const std::string& name) {
-    const fs::path d = fs::temp_directory_path() / ("mpnet-test-half-" + std::to_string(::getpid()) + "-" + name);
-    fs::remove_all(d);
-    fs::create_directories(d);
-    return d;
+    return testing::fresh_dir("mpnet-test-half", name);
 }
 
 template <class A>

@@ -15,6 +15,7 @@
 #include "mpnet/backend/cpu/backend.hpp"
 #include "mpnet/backend/cpu/conv_gemm.hpp"
 #include "mpnet/backend/cpu/conv_narrow.hpp"
+#include "mpnet/backend/cpu/convert.hpp"
 #include "mpnet/backend/cpu/eigen.hpp"
 #include "mpnet/ops/conv_geometry.hpp"
 
@@ -168,7 +169,7 @@ inline void simd_conv_backward(const ConvGeometry& g, const CpuTensor<float>& x,
     if (g.cout >= 1 && g.cout <= conv::narrow_max_cout)
         return conv::narrow_backward(g, x.data(), weight.data(), dy.data(), dx.empty() ? nullptr : dx.data(),
                                      dweight.data());
-    const conv::Images images{x.data(), g.n, g.cin, g.h, g.w, g.k};
+    const conv::Images<float> images{x.data(), g.n, g.cin, g.h, g.w, g.k};
 #if defined(__AVX512F__)
     const bool bf16 = bf16_math();
     if (bf16 && g.w % 2 == 0) conv::weight_product<gemm::Bf16Pairs>(images, dy.data(), g.cout, dweight.data());
@@ -207,6 +208,53 @@ void conv2d_backward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T>& weig
     else
 #endif
         detail::eigen_conv_backward(g, x, weight, dy, dx, dweight);
+}
+
+// ---- on 16-bit activations ----------------------------------------------------------------
+// The products read the 16-bit images and dy as they stage them and round each output once
+// from its float sum, so they give the float kernel's results on widened tensors, rounded
+// once (backend/half_storage.hpp's semantics), without making those float copies. The
+// weight (small) is widened first. With bf16 math, and for the backward of a layer with at
+// most conv::narrow_max_cout outputs (conv_narrow.hpp's float kernels), the tensors are
+// widened whole and the float kernel runs on them.
+
+template <HalfStorage A>
+void conv2d_forward(CpuBackend b, const CpuTensor<A>& x, const CpuTensor<A>& weight, CpuTensor<A>& y) {
+    const auto g = ops::conv_geometry(x.shape(), weight.shape(), y.shape(), "conv2d_forward");
+    CpuTensor<float> w(weight.shape());
+    convert(b, weight, w);
+#if MPNET_CPU_SIMD
+    if (!detail::bf16_math())
+        return conv::output_product(conv::Images<A>{x.data(), g.n, g.cin, g.h, g.w, g.k}, w.data(), g.cout, y.data());
+#endif
+    CpuTensor<float> xf(x.shape()), yf(y.shape());
+    convert(b, x, xf);
+    conv2d_forward(b, xf, w, yf);
+    convert(b, yf, y);
+}
+
+template <HalfStorage A>
+void conv2d_backward(CpuBackend b, const CpuTensor<A>& x, const CpuTensor<A>& weight, const CpuTensor<A>& dy,
+                     CpuTensor<A>& dx, CpuTensor<A>& dweight) {
+    const auto g = ops::conv_backward_geometry(x.shape(), weight.shape(), dy.shape(), dx.shape(), dweight.shape());
+    CpuTensor<float> w(weight.shape()), dw(dweight.shape());
+    convert(b, weight, w);
+#if MPNET_CPU_SIMD
+    if (!detail::bf16_math() && g.cout > conv::narrow_max_cout) {
+        conv::weight_product(conv::Images<A>{x.data(), g.n, g.cin, g.h, g.w, g.k}, dy.data(), g.cout, dw.data());
+        convert(b, dw, dweight);
+        if (dx.empty()) return;
+        const CpuTensor<float> flipped = detail::flipped_weight(g, w);
+        conv::output_product(conv::Images<A>{dy.data(), g.n, g.cout, g.h, g.w, g.k}, flipped.data(), g.cin, dx.data());
+        return;
+    }
+#endif
+    CpuTensor<float> xf(x.shape()), dyf(dy.shape()), dxf = dx.empty() ? CpuTensor<float>() : CpuTensor<float>(dx.shape());
+    convert(b, x, xf);
+    convert(b, dy, dyf);
+    conv2d_backward(b, xf, w, dyf, dxf, dw);
+    convert(b, dw, dweight);
+    if (!dx.empty()) convert(b, dxf, dx);
 }
 
 // y[N, out] = x[N, in] * weight[out, in]^T

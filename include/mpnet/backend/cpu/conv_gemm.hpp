@@ -6,6 +6,10 @@
 // walked in chunks of staged images; X is the vector side, read in place through the
 // window offsets, A the broadcast side, read from the weight rows.
 //
+// Either product reads images and dy stored as float or in 16 bits (staged and transposed
+// into float as they are read), and the output product writes float or 16-bit outputs: in
+// 16 bits, a chunk's sums are finished in a float buffer and rounded once.
+//
 // Weight product (weight gradient):  dW[m, q] = sum_cols dY[m, col] X(q, col).
 // Here the columns are the sum, so each thread sums its own columns into a private
 // dW^T and the threads' parts are added at the end. Per chunk, dY is transposed into
@@ -119,16 +123,31 @@ inline void multiply_panel(const typename Ops::a_type* a, int64_t lda, int64_t m
 
 // The rows an in-place panel at batch column j reads for `depth` window offsets, fetched
 // while an earlier panel computes: the hardware prefetcher does not follow the offset table.
-inline void prefetch_panel(const Staged<>& s, const Images& g, int64_t j, const int32_t* offsets, int64_t depth) {
+template <class S>
+void prefetch_panel(const Staged<>& s, const Images<S>& g, int64_t j, const int32_t* offsets, int64_t depth) {
     const float* origin = s.data + s.origin(g, j / g.hw(), j % g.hw());
     for (int64_t t = 0; t < depth; ++t) simd::prefetch(origin + offsets[t]);
+}
+
+// Y[n, m, pix] = the float sums at buf (rows m, ldb apart) for batch columns [j0, j1),
+// each rounded once.
+template <class S, HalfStorage Y>
+void store_rounded(const float* buf, int64_t ldb, const Images<S>& g, int64_t j0, int64_t j1, int64_t m, Y* y) {
+    for (int64_t j = j0; j < j1;) {
+        const int64_t n = j / g.hw(), pix = j % g.hw(), len = std::min(j1 - j, g.hw() - pix);
+        for (int64_t r = 0; r < m; ++r) cpu::detail::narrow(buf + r * ldb + (j - j0), y + (n * m + r) * g.hw() + pix, len);
+        j += len;
+    }
 }
 
 // y[n, m, h, w] = sum_q a[m, q] X(q, .) over the images g; a has rows of g.depth() sum
 // indices. With Bf16Pairs, g holds pair words (a channel of g is two channels, see
 // bf16::channel_pairs) and a the matching bf16 pairs, two elements per sum index.
-template <class Ops = gemm::Float32>
-void output_product(const Images& g, const typename Ops::a_type* a, int64_t m, float* y) {
+// A 16-bit y gets each chunk's sums from a float buffer of m x out_chunk, where the
+// panels are summed exactly as they would be in a float y.
+template <class Ops = gemm::Float32, class S = float, class Y = float>
+void output_product(const Images<S>& g, const typename Ops::a_type* a, int64_t m, Y* y) {
+    constexpr bool rounded = !std::is_same_v<Y, float>;
     const int64_t depth = g.depth(), total = g.n * g.hw();
     const Units units = units_of(total);
     // In place, planes a multiple of 4 KiB apart would put all rows of a panel into the
@@ -137,10 +156,12 @@ void output_product(const Images& g, const typename Ops::a_type* a, int64_t m, f
     const std::vector<int32_t> offsets = stager.window_offsets(units.size);
 #pragma omp parallel num_threads(threads_for(total * m * depth, units))
     {
-        ScratchCarver scratch(stager.buffer_size(units.size) + out_depth * gemm::nr + gemm::mr * gemm::nr);
+        const int64_t chunk_sums = rounded ? m * out_chunk : 0;
+        ScratchCarver scratch(stager.buffer_size(units.size) + out_depth * gemm::nr + gemm::mr * gemm::nr + chunk_sums);
         float* staging = scratch.take(stager.buffer_size(units.size));
         float* packed = scratch.take(out_depth * gemm::nr);
         float* edge = scratch.take(gemm::mr * gemm::nr);
+        float* sums = scratch.take(chunk_sums);
         std::vector<Run> runs;
         const float* packed_rows[gemm::nv];
         for (int v = 0; v < gemm::nv; ++v) packed_rows[v] = packed + v * simd::lanes;
@@ -151,6 +172,12 @@ void output_product(const Images& g, const typename Ops::a_type* a, int64_t m, f
             const Staged s = stager.stage(u * units.size, end, staging);
             for (int64_t j0 = u * units.size; j0 < end; j0 += out_chunk) {
                 const int64_t j1 = std::min(end, j0 + out_chunk);
+                // Where the panels' sums go: y itself, or the chunk's float buffer as a
+                // one-image y of out_chunk columns starting at j0.
+                float* target;
+                int64_t first_column, target_hw;
+                if constexpr (rounded) target = sums, first_column = j0, target_hw = out_chunk;
+                else target = y, first_column = 0, target_hw = g.hw();
                 for (int64_t q = 0; q < depth; q += block) {
                     const int64_t q1 = std::min(depth, q + block);
                     for (int64_t j = j0; j < j1; j += gemm::nr) {
@@ -162,14 +189,17 @@ void output_product(const Images& g, const typename Ops::a_type* a, int64_t m, f
                             for (int v = 0; v < gemm::nv; ++v)
                                 in_place[v] = s.data + s.origin(g, j / g.hw(), j % g.hw() + v * simd::lanes);
                             multiply_panel<Ops>(a + q * Ops::a_step, depth * Ops::a_step, m, q1 - q, in_place,
-                                                gemm::Table{offsets.data() + q}, j, width, g.hw(), y, q > 0, edge);
+                                                gemm::Table{offsets.data() + q}, j - first_column, width, target_hw,
+                                                target, q > 0, edge);
                         } else {
                             pack_panel(g, s, offsets, j, width, q, q1, runs, packed);
                             multiply_panel<Ops>(a + q * Ops::a_step, depth * Ops::a_step, m, q1 - q, packed_rows,
-                                                gemm::Strided<gemm::nr>{}, j, width, g.hw(), y, q > 0, edge);
+                                                gemm::Strided<gemm::nr>{}, j - first_column, width, target_hw, target,
+                                                q > 0, edge);
                         }
                     }
                 }
+                if constexpr (rounded) store_rounded(sums, out_chunk, g, j0, j1, m, y);
             }
         }
     }
@@ -230,8 +260,8 @@ inline void pair_columns(const float* panels, int64_t padded_m, int64_t columns,
 // With Bf16Pairs the columns are summed in pairs: the images are staged as bf16 (two
 // neighbouring columns of one row are then one pair word at their origin, so w must be
 // even) and dy's panels are paired over columns.
-template <class Ops = gemm::Float32>
-void weight_product(const Images& g, const float* dy, int64_t m, float* dweight) {
+template <class Ops = gemm::Float32, class S = float, class D = float>
+void weight_product(const Images<S>& g, const D* dy, int64_t m, float* dweight) {
     using T = typename Ops::a_type;
     constexpr int64_t step = Ops::a_step;  // columns per sum index
     check(g.w % step == 0, "conv2d: bf16 weight gradient of images ", g.w, " wide (needs an even width)");

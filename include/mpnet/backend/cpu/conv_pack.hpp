@@ -9,6 +9,10 @@
 // nothing is unfolded. Only where a vector of columns is not
 // contiguous in the staged images (rows narrower than a vector, a panel crossing an
 // image) is a panel of X copied out.
+//
+// Images stored in 16 bits (float16, bfloat16) are always staged, widened to float on the
+// way: the kernels then see exactly the float values a widened copy of the tensor would
+// hold, without that copy.
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -16,15 +20,18 @@
 #include <vector>
 
 #include "mpnet/backend/cpu/gemm_kernel.hpp"
+#include "mpnet/backend/cpu/half_chunks.hpp"
 #include "mpnet/core/error.hpp"
 
 #if MPNET_CPU_SIMD
 
 namespace mpnet::cpu::conv {
 
-// The batch: images [n, channels, h, w] and the square kernel size k (odd).
+// The batch: images [n, channels, h, w] of S (float, or a 16-bit storage type) and the
+// square kernel size k (odd).
+template <class S = float>
 struct Images {
-    const float* data;
+    const S* data;
     int64_t n, channels, h, w, k;
     [[nodiscard]] int64_t hw() const { return h * w; }
     [[nodiscard]] int64_t border() const { return k / 2; }
@@ -43,14 +50,16 @@ struct Staged {
     int64_t first_row = 0;
 
     // Where column (n, pix) reads for window offset (0, 0) of channel 0.
-    [[nodiscard]] int64_t origin(const Images& g, int64_t n, int64_t pix) const {
+    template <class S>
+    [[nodiscard]] int64_t origin(const Images<S>& g, int64_t n, int64_t pix) const {
         return (n - first) * image + (pix / g.w - (n == first ? first_row : 0)) * row + pix % g.w;
     }
 };
 
 // How a product reads the images: copied into a staging buffer with a zero border
-// (always for k > 1), or in place (k = 1, where the copy would be one more pass over
-// memory that the kernel cannot overlap with its arithmetic).
+// (always for k > 1 and for 16-bit images), or in place (float images with k = 1, where
+// the copy would be one more pass over memory that the kernel cannot overlap with its
+// arithmetic).
 //
 // A unit of columns reads at most ceil(columns / w) + 1 rows of an image and their halo, so
 // a copy's planes hold only that many rows: for a 512x512 image of 256 channels, a thread's
@@ -62,12 +71,13 @@ struct Staged {
 // channel shifted by kx - k/2, each with a zero row border but no column border and rows
 // of exactly w floats: X(q, col) = shifted[c, kx][y + ky][x] is then again
 // staged[origin(col) + offset(q)], and a vector of columns is contiguous.
+template <class S = float>
 class Stager {
 public:
     // `columns`: the most columns a unit passed to stage() holds.
-    Stager(const Images& g, int64_t columns, bool copy, bool vectors = false)
+    Stager(const Images<S>& g, int64_t columns, bool copy, bool vectors = false)
         : g_(g),
-          copy_(copy || g.k > 1),
+          copy_(copy || g.k > 1 || !std::is_same_v<S, float>),
           narrow_(vectors && g.k > 1 && g.w % simd::lanes != 0 && simd::lanes % g.w == 0),
           rows_(narrow_ || !copy_ ? g.h + 2 * g.border()  // in place: the tensor's own planes
                                   : std::min(g.h, (columns + g.w - 1) / g.w + 1) + 2 * g.border()) {}
@@ -114,9 +124,11 @@ public:
     Staged<T> stage(int64_t begin, int64_t end, T* buf) const {
         const int64_t first = begin / g_.hw(), last = (end - 1) / g_.hw();
         if constexpr (std::is_same_v<T, float>) {
-            if (!copy_) return {g_.data + first * g_.channels * g_.hw(), first, g_.channels * g_.hw(), g_.hw(), g_.w};
+            if constexpr (std::is_same_v<S, float>)
+                if (!copy_) return {g_.data + first * g_.channels * g_.hw(), first, g_.channels * g_.hw(), g_.hw(), g_.w};
             if (narrow_) return stage_shifted(first, last, buf);
         } else {
+            static_assert(std::is_same_v<S, float>, "bf16 pairs are staged from float images");
             check(copy_ && !narrow_, "conv2d: bf16 staging needs a bordered copy");
         }
         const int64_t p = g_.border(), wp = g_.w + 2 * p;
@@ -126,7 +138,7 @@ public:
             const int64_t pa = n == first ? begin % g_.hw() : 0, pb = n == last ? (end - 1) % g_.hw() + 1 : g_.hw();
             const int64_t row0 = n == first ? s.first_row : 0;
             for (int64_t c = 0; c < g_.channels; ++c) {
-                const float* src = g_.data + (n * g_.channels + c) * g_.hw();
+                const S* src = g_.data + (n * g_.channels + c) * g_.hw();
                 T* plane = buf + (n - first) * s.image + c * s.plane;
                 for (int64_t r = pa / g_.w; r <= (pb - 1) / g_.w + 2 * p; ++r) {  // padded rows
                     T* row = plane + (r - row0) * wp;
@@ -135,8 +147,9 @@ public:
                         continue;
                     }
                     std::fill(row, row + p, T(0));
-                    if constexpr (std::is_same_v<T, float>) simd::copy(row + p, src + (r - p) * g_.w, g_.w);
-                    else bf16::narrow(src + (r - p) * g_.w, g_.w, row + p);
+                    if constexpr (!std::is_same_v<T, float>) bf16::narrow(src + (r - p) * g_.w, g_.w, row + p);
+                    else if constexpr (std::is_same_v<S, float>) simd::copy(row + p, src + (r - p) * g_.w, g_.w);
+                    else cpu::detail::widen(src + (r - p) * g_.w, row + p, g_.w);
                     std::fill(row + p + g_.w, row + wp, T(0));
                 }
             }
@@ -152,7 +165,7 @@ private:
         const Staged<float> s{buf, first, g_.channels * plane(), plane(), w};
         for (int64_t n = first; n <= last; ++n)
             for (int64_t c = 0; c < g_.channels; ++c) {
-                const float* src = g_.data + (n * g_.channels + c) * g_.hw();
+                const S* src = g_.data + (n * g_.channels + c) * g_.hw();
                 float* plane = buf + (n - first) * s.image + c * s.plane;
                 for (int64_t kx = 0; kx < g_.k; ++kx) {
                     float* out = plane + kx * shifted;
@@ -161,14 +174,14 @@ private:
                     for (int64_t y = 0; y < g_.h; ++y)
                         for (int64_t x = 0; x < w; ++x) {
                             const int64_t sx = x + kx - p;
-                            out[(y + p) * w + x] = sx >= 0 && sx < w ? src[y * w + sx] : 0.0f;
+                            out[(y + p) * w + x] = sx >= 0 && sx < w ? widened(src[y * w + sx]) : 0.0f;
                         }
                 }
             }
         return s;
     }
 
-    const Images& g_;
+    const Images<S>& g_;
     bool copy_, narrow_;
     int64_t rows_;  // padded rows per staged plane
 };
@@ -180,7 +193,8 @@ struct Run {
 };
 
 // The runs covering batch columns [begin, end) (column = n hw + pix), col relative to begin.
-inline void column_runs(const Images& g, int64_t begin, int64_t end, std::vector<Run>& runs) {
+template <class S>
+void column_runs(const Images<S>& g, int64_t begin, int64_t end, std::vector<Run>& runs) {
     runs.clear();
     for (int64_t j = begin; j < end;) {
         const int64_t n = j / g.hw(), pix = j % g.hw(), col = j - begin;
@@ -191,8 +205,8 @@ inline void column_runs(const Images& g, int64_t begin, int64_t end, std::vector
 }
 
 // origins[i] = origin of batch column begin + i step, for begin + i step < end.
-template <class T>
-inline void column_origins(const Images& g, const Staged<T>& s, int64_t begin, int64_t end,
+template <class S, class T>
+void column_origins(const Images<S>& g, const Staged<T>& s, int64_t begin, int64_t end,
                            std::vector<int32_t>& origins, int64_t step = 1) {
     origins.resize(size_t((end - begin + step - 1) / step));
     for (int64_t j = begin; j < end; j += step)
@@ -202,14 +216,16 @@ inline void column_origins(const Images& g, const Staged<T>& s, int64_t begin, i
 // Whether the nr columns from batch column j can be read in place: in one image, each
 // vector on one staged row (for k = 1, and for narrow staging, the rows of a plane follow
 // each other unpadded).
-inline bool contiguous_panel(const Images& g, int64_t j, bool narrow) {
+template <class S>
+bool contiguous_panel(const Images<S>& g, int64_t j, bool narrow) {
     const int64_t pix = j % g.hw();
     return pix + gemm::nr <= g.hw() && (g.k == 1 || narrow || (g.w % simd::lanes == 0 && pix % simd::lanes == 0));
 }
 
 // Rows [q0, q1) of X for the `width` (<= nr) batch columns from j as one packed panel:
 // X(q, j + i) at out[(q - q0) nr + i], zero for i >= width.
-inline void pack_panel(const Images& g, const Staged<>& s, const std::vector<int32_t>& offsets, int64_t j,
+template <class S>
+void pack_panel(const Images<S>& g, const Staged<>& s, const std::vector<int32_t>& offsets, int64_t j,
                        int64_t width, int64_t q0, int64_t q1, std::vector<Run>& runs, float* out) {
     if (width < gemm::nr) std::fill(out, out + (q1 - q0) * gemm::nr, 0.0f);
     column_runs(g, j, j + width, runs);
@@ -220,8 +236,10 @@ inline void pack_panel(const Images& g, const Staged<>& s, const std::vector<int
 
 // The chunk's columns of dy [n, channels, hw] transposed into panels of nr channels:
 // panel P holds dy[n, P nr + i, pix] of chunk column col at out[(P columns + col) nr + i],
-// zero for channels past the last. Blocks of lanes x lanes go through registers.
-inline void pack_transposed(const float* dy, int64_t channels, int64_t hw, const std::vector<Run>& runs,
+// zero for channels past the last. Blocks of lanes x lanes go through registers. A 16-bit
+// dy is widened on the way, lanes elements at a time.
+template <class D>
+void pack_transposed(const D* dy, int64_t channels, int64_t hw, const std::vector<Run>& runs,
                             int64_t columns, float* out) {
     constexpr int lanes = simd::lanes;
     simd::vec block[lanes];
@@ -231,9 +249,18 @@ inline void pack_transposed(const float* dy, int64_t channels, int64_t hw, const
         for (const Run& r : runs)
             for (int64_t t = 0; t < r.len; t += lanes) {
                 const int width = int(std::min<int64_t>(lanes, r.len - t));
-                const float* src = dy + (r.n * channels + c0) * hw + r.pix + t;
-                for (int64_t i = 0; i < lanes; ++i)
-                    block[i] = i < height ? simd::load_first(src + i * hw, width) : simd::zero();
+                const D* src = dy + (r.n * channels + c0) * hw + r.pix + t;
+                for (int64_t i = 0; i < lanes; ++i) {
+                    if (i >= height) {
+                        block[i] = simd::zero();
+                    } else if constexpr (std::is_same_v<D, float>) {
+                        block[i] = simd::load_first(src + i * hw, width);
+                    } else {
+                        float wide[lanes];
+                        cpu::detail::widen(src + i * hw, wide, width);
+                        block[i] = simd::load_first(wide, width);
+                    }
+                }
                 simd::transpose(block);
                 for (int i = 0; i < width; ++i) simd::store(panel + (r.col + t + i) * gemm::nr, block[i]);
             }
