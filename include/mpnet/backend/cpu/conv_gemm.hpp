@@ -7,8 +7,8 @@
 // window offsets, A the broadcast side, read from the weight rows.
 //
 // Either product reads images and dy stored as float or in 16 bits (staged and transposed
-// into float as they are read), and the output product writes float or 16-bit outputs: in
-// 16 bits, a chunk's sums are finished in a float buffer and rounded once.
+// into float as they are read), and the output product writes float or 16-bit outputs (its
+// sums finished in a float buffer, then copied or rounded once).
 //
 // Weight product (weight gradient):  dW[m, q] = sum_cols dY[m, col] X(q, col).
 // Here the columns are the sum, so each thread sums its own columns into a private
@@ -129,13 +129,18 @@ void prefetch_panel(const Staged<>& s, const Images<S>& g, int64_t j, const int3
     for (int64_t t = 0; t < depth; ++t) simd::prefetch(origin + offsets[t]);
 }
 
-// Y[n, m, pix] = the float sums at buf (rows m, ldb apart) for batch columns [j0, j1),
-// each rounded once.
-template <class S, HalfStorage Y>
-void store_rounded(const float* buf, int64_t ldb, const Images<S>& g, int64_t j0, int64_t j1, int64_t m, Y* y) {
+// Y[n, m, pix] = the float sums at buf (m rows, ldb apart) for batch columns [j0, j1),
+// copied, or rounded once into a 16-bit Y.
+template <class S, class Y>
+void store_chunk(const float* buf, int64_t ldb, const Images<S>& g, int64_t j0, int64_t j1, int64_t m, Y* y) {
     for (int64_t j = j0; j < j1;) {
         const int64_t n = j / g.hw(), pix = j % g.hw(), len = std::min(j1 - j, g.hw() - pix);
-        for (int64_t r = 0; r < m; ++r) cpu::detail::narrow(buf + r * ldb + (j - j0), y + (n * m + r) * g.hw() + pix, len);
+        for (int64_t r = 0; r < m; ++r) {
+            const float* sums = buf + r * ldb + (j - j0);
+            Y* out = y + (n * m + r) * g.hw() + pix;
+            if constexpr (std::is_same_v<Y, float>) simd::copy(out, sums, len);
+            else cpu::detail::narrow(sums, out, len);
+        }
         j += len;
     }
 }
@@ -143,11 +148,15 @@ void store_rounded(const float* buf, int64_t ldb, const Images<S>& g, int64_t j0
 // y[n, m, h, w] = sum_q a[m, q] X(q, .) over the images g; a has rows of g.depth() sum
 // indices. With Bf16Pairs, g holds pair words (a channel of g is two channels, see
 // bf16::channel_pairs) and a the matching bf16 pairs, two elements per sum index.
-// A 16-bit y gets each chunk's sums from a float buffer of m x out_chunk, where the
-// panels are summed exactly as they would be in a float y.
+//
+// Each chunk's sums build up over the depth blocks in a per-thread float buffer of
+// m x out_chunk, as a one-image y of out_chunk columns, and are stored when complete (rounded
+// once for a 16-bit y). In y itself the tile rows would lie h w floats apart, 4 KiB at 32x32,
+// all in the same L1 sets, and the chunk's rows spread over m planes. Measured on AVX2
+// (Zen 3), the buffer made 3x3 products at 32x32 and 64x64 of 32 to 640 channels 1-13 %
+// faster (medians), with the same bits: every sum is formed in the same order.
 template <class Ops = gemm::Float32, class S = float, class Y = float>
 void output_product(const Images<S>& g, const typename Ops::a_type* a, int64_t m, Y* y) {
-    constexpr bool rounded = !std::is_same_v<Y, float>;
     const int64_t depth = g.depth(), total = g.n * g.hw();
     const Units units = units_of(total);
     // In place, planes a multiple of 4 KiB apart would put all rows of a panel into the
@@ -156,7 +165,7 @@ void output_product(const Images<S>& g, const typename Ops::a_type* a, int64_t m
     const std::vector<int32_t> offsets = stager.window_offsets(units.size);
 #pragma omp parallel num_threads(threads_for(total * m * depth, units))
     {
-        const int64_t chunk_sums = rounded ? m * out_chunk : 0;
+        const int64_t chunk_sums = m * out_chunk;
         ScratchCarver scratch(stager.buffer_size(units.size) + out_depth * gemm::nr + gemm::mr * gemm::nr + chunk_sums);
         float* staging = scratch.take(stager.buffer_size(units.size));
         float* packed = scratch.take(out_depth * gemm::nr);
@@ -172,12 +181,6 @@ void output_product(const Images<S>& g, const typename Ops::a_type* a, int64_t m
             const Staged s = stager.stage(u * units.size, end, staging);
             for (int64_t j0 = u * units.size; j0 < end; j0 += out_chunk) {
                 const int64_t j1 = std::min(end, j0 + out_chunk);
-                // Where the panels' sums go: y itself, or the chunk's float buffer as a
-                // one-image y of out_chunk columns starting at j0.
-                float* target;
-                int64_t first_column, target_hw;
-                if constexpr (rounded) target = sums, first_column = j0, target_hw = out_chunk;
-                else target = y, first_column = 0, target_hw = g.hw();
                 for (int64_t q = 0; q < depth; q += block) {
                     const int64_t q1 = std::min(depth, q + block);
                     for (int64_t j = j0; j < j1; j += gemm::nr) {
@@ -189,17 +192,17 @@ void output_product(const Images<S>& g, const typename Ops::a_type* a, int64_t m
                             for (int v = 0; v < gemm::nv; ++v)
                                 in_place[v] = s.data + s.origin(g, j / g.hw(), j % g.hw() + v * simd::lanes);
                             multiply_panel<Ops>(a + q * Ops::a_step, depth * Ops::a_step, m, q1 - q, in_place,
-                                                gemm::Table{offsets.data() + q}, j - first_column, width, target_hw,
-                                                target, q > 0, edge);
+                                                gemm::Table{offsets.data() + q}, j - j0, width, out_chunk, sums,
+                                                q > 0, edge);
                         } else {
                             pack_panel(g, s, offsets, j, width, q, q1, runs, packed);
                             multiply_panel<Ops>(a + q * Ops::a_step, depth * Ops::a_step, m, q1 - q, packed_rows,
-                                                gemm::Strided<gemm::nr>{}, j - first_column, width, target_hw, target,
-                                                q > 0, edge);
+                                                gemm::Strided<gemm::nr>{}, j - j0, width, out_chunk, sums, q > 0,
+                                                edge);
                         }
                     }
                 }
-                if constexpr (rounded) store_rounded(sums, out_chunk, g, j0, j1, m, y);
+                store_chunk(sums, out_chunk, g, j0, j1, m, y);
             }
         }
     }
