@@ -220,7 +220,8 @@ void conv2d_backward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T>& weig
 
 template <HalfStorage A>
 void conv2d_forward(CpuBackend b, const CpuTensor<A>& x, const CpuTensor<A>& weight, CpuTensor<A>& y) {
-    const auto g = ops::conv_geometry(x.shape(), weight.shape(), y.shape(), "conv2d_forward");
+    // The shapes are checked here for either path; only the SIMD products use the geometry.
+    [[maybe_unused]] const auto g = ops::conv_geometry(x.shape(), weight.shape(), y.shape(), "conv2d_forward");
     CpuTensor<float> w(weight.shape());
     convert(b, weight, w);
 #if MPNET_CPU_SIMD
@@ -236,7 +237,8 @@ void conv2d_forward(CpuBackend b, const CpuTensor<A>& x, const CpuTensor<A>& wei
 template <HalfStorage A>
 void conv2d_backward(CpuBackend b, const CpuTensor<A>& x, const CpuTensor<A>& weight, const CpuTensor<A>& dy,
                      CpuTensor<A>& dx, CpuTensor<A>& dweight) {
-    const auto g = ops::conv_backward_geometry(x.shape(), weight.shape(), dy.shape(), dx.shape(), dweight.shape());
+    [[maybe_unused]] const auto g =
+        ops::conv_backward_geometry(x.shape(), weight.shape(), dy.shape(), dx.shape(), dweight.shape());
     CpuTensor<float> w(weight.shape()), dw(dweight.shape());
     convert(b, weight, w);
 #if MPNET_CPU_SIMD
