@@ -89,34 +89,20 @@ inline int threads_for(int64_t multiply_adds, const Units& units) {
     return int(std::min<int64_t>(omp_get_max_threads(), units.count));
 }
 
-// Y[n, m, pix] (+)= the tile at buf (rows x nr) for the batch columns [j, j + width).
-inline void scatter_tile(const float* buf, int rows, int64_t j, int64_t width, int64_t hw, int64_t m, float* y,
-                         bool accumulate) {
-    for (int64_t c = 0; c < width; ++c) {
-        float* out = y + (j + c) / hw * m * hw + (j + c) % hw;
-        for (int r = 0; r < rows; ++r) out[r * hw] = (accumulate ? out[r * hw] : 0.0f) + buf[r * gemm::nr + c];
-    }
-}
-
-// Rows [q0, q0 + depth) of the sum for the panel of batch columns [j, j + width), read
-// through b and bi, against every row tile of A; Y[n, m, pix] (+)= the result.
-// A's rows are lda elements apart, each sum index Ops::a_step elements.
+// Rows [q0, q0 + depth) of the sum for one panel of nr columns, read through b and bi,
+// against every row tile of A; c (+)= the result, rows ldc apart. A's rows are lda
+// elements apart, each sum index Ops::a_step elements. A short last panel is packed with
+// zeros past its width, so its whole tile is written: the columns past the chunk's end
+// stay within c's rows and are never stored.
 template <class Ops, class BIndex>
 inline void multiply_panel(const typename Ops::a_type* a, int64_t lda, int64_t m, int64_t depth, const float* const* b,
-                           BIndex bi, int64_t j, int64_t width, int64_t hw, float* y, bool accumulate, float* edge) {
-    const bool direct = width == gemm::nr && j % hw + gemm::nr <= hw;
-    float* out = y + j / hw * m * hw + j % hw;
+                           BIndex bi, float* c, int64_t ldc, bool accumulate) {
     const typename Ops::a_type* rows_of_a[gemm::mr];
     constexpr gemm::Strided<Ops::a_step> ai{};
     for (int64_t i = 0; i < m;) {
         const int rows = gemm::next_rows(m - i);
         for (int r = 0; r < rows; ++r) rows_of_a[r] = a + (i + r) * lda;
-        if (direct) {
-            gemm::tile<Ops>(rows, depth, rows_of_a, ai, b, bi, out + i * hw, hw, accumulate);
-        } else {
-            gemm::tile<Ops>(rows, depth, rows_of_a, ai, b, bi, edge, gemm::nr, false);
-            scatter_tile(edge, rows, j, width, hw, m, y + i * hw, accumulate);
-        }
+        gemm::tile<Ops>(rows, depth, rows_of_a, ai, b, bi, c + i * ldc, ldc, accumulate);
         i += rows;
     }
 }
@@ -166,10 +152,9 @@ void output_product(const Images<S>& g, const typename Ops::a_type* a, int64_t m
 #pragma omp parallel num_threads(threads_for(total * m * depth, units))
     {
         const int64_t chunk_sums = m * out_chunk;
-        ScratchCarver scratch(stager.buffer_size(units.size) + out_depth * gemm::nr + gemm::mr * gemm::nr + chunk_sums);
+        ScratchCarver scratch(stager.buffer_size(units.size) + out_depth * gemm::nr + chunk_sums);
         float* staging = scratch.take(stager.buffer_size(units.size));
         float* packed = scratch.take(out_depth * gemm::nr);
-        float* edge = scratch.take(gemm::mr * gemm::nr);
         float* sums = scratch.take(chunk_sums);
         std::vector<Run> runs;
         const float* packed_rows[gemm::nv];
@@ -192,13 +177,11 @@ void output_product(const Images<S>& g, const typename Ops::a_type* a, int64_t m
                             for (int v = 0; v < gemm::nv; ++v)
                                 in_place[v] = s.data + s.origin(g, j / g.hw(), j % g.hw() + v * simd::lanes);
                             multiply_panel<Ops>(a + q * Ops::a_step, depth * Ops::a_step, m, q1 - q, in_place,
-                                                gemm::Table{offsets.data() + q}, j - j0, width, out_chunk, sums,
-                                                q > 0, edge);
+                                                gemm::Table{offsets.data() + q}, sums + (j - j0), out_chunk, q > 0);
                         } else {
                             pack_panel(g, s, offsets, j, width, q, q1, runs, packed);
                             multiply_panel<Ops>(a + q * Ops::a_step, depth * Ops::a_step, m, q1 - q, packed_rows,
-                                                gemm::Strided<gemm::nr>{}, j - j0, width, out_chunk, sums, q > 0,
-                                                edge);
+                                                gemm::Strided<gemm::nr>{}, sums + (j - j0), out_chunk, q > 0);
                         }
                     }
                 }
