@@ -17,6 +17,7 @@
 #include "mpnet/backend/cpu/conv_narrow.hpp"
 #include "mpnet/backend/cpu/convert.hpp"
 #include "mpnet/backend/cpu/eigen.hpp"
+#include "mpnet/backend/half_storage.hpp"
 #include "mpnet/ops/conv_geometry.hpp"
 
 namespace mpnet::cpu {
@@ -215,34 +216,30 @@ void conv2d_backward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T>& weig
 // from its float sum, so they give the float kernel's results on widened tensors, rounded
 // once (backend/half_storage.hpp's semantics), without making those float copies. The
 // weight (small) is widened first. With bf16 math, and for the backward of a layer with at
-// most conv::narrow_max_cout outputs (conv_narrow.hpp's float kernels), the tensors are
-// widened whole and the float kernel runs on them.
+// most conv::narrow_max_cout outputs (conv_narrow.hpp's float kernels), half_storage.hpp's
+// generic kernels widen the tensors whole and run the float kernel on them.
 
 template <HalfStorage A>
 void conv2d_forward(CpuBackend b, const CpuTensor<A>& x, const CpuTensor<A>& weight, CpuTensor<A>& y) {
-    // The shapes are checked here for either path; only the SIMD products use the geometry.
-    [[maybe_unused]] const auto g = ops::conv_geometry(x.shape(), weight.shape(), y.shape(), "conv2d_forward");
-    CpuTensor<float> w(weight.shape());
-    convert(b, weight, w);
 #if MPNET_CPU_SIMD
-    if (!detail::bf16_math())
+    if (!detail::bf16_math()) {
+        const auto g = ops::conv_geometry(x.shape(), weight.shape(), y.shape(), "conv2d_forward");
+        CpuTensor<float> w(weight.shape());
+        convert(b, weight, w);
         return conv::output_product(conv::Images<A>{x.data(), g.n, g.cin, g.h, g.w, g.k}, w.data(), g.cout, y.data());
+    }
 #endif
-    CpuTensor<float> xf(x.shape()), yf(y.shape());
-    convert(b, x, xf);
-    conv2d_forward(b, xf, w, yf);
-    convert(b, yf, y);
+    mpnet::conv2d_forward<CpuBackend, A>(b, x, weight, y);
 }
 
 template <HalfStorage A>
 void conv2d_backward(CpuBackend b, const CpuTensor<A>& x, const CpuTensor<A>& weight, const CpuTensor<A>& dy,
                      CpuTensor<A>& dx, CpuTensor<A>& dweight) {
-    [[maybe_unused]] const auto g =
-        ops::conv_backward_geometry(x.shape(), weight.shape(), dy.shape(), dx.shape(), dweight.shape());
-    CpuTensor<float> w(weight.shape()), dw(dweight.shape());
-    convert(b, weight, w);
 #if MPNET_CPU_SIMD
+    const auto g = ops::conv_backward_geometry(x.shape(), weight.shape(), dy.shape(), dx.shape(), dweight.shape());
     if (!detail::bf16_math() && g.cout > conv::narrow_max_cout) {
+        CpuTensor<float> w(weight.shape()), dw(dweight.shape());
+        convert(b, weight, w);
         conv::weight_product(conv::Images<A>{x.data(), g.n, g.cin, g.h, g.w, g.k}, dy.data(), g.cout, dw.data());
         convert(b, dw, dweight);
         if (dx.empty()) return;
@@ -251,12 +248,7 @@ void conv2d_backward(CpuBackend b, const CpuTensor<A>& x, const CpuTensor<A>& we
         return;
     }
 #endif
-    CpuTensor<float> xf(x.shape()), dyf(dy.shape()), dxf = dx.empty() ? CpuTensor<float>() : CpuTensor<float>(dx.shape());
-    convert(b, x, xf);
-    convert(b, dy, dyf);
-    conv2d_backward(b, xf, w, dyf, dxf, dw);
-    convert(b, dw, dweight);
-    if (!dx.empty()) convert(b, dxf, dx);
+    mpnet::conv2d_backward<CpuBackend, A>(b, x, weight, dy, dx, dweight);
 }
 
 // y[N, out] = x[N, in] * weight[out, in]^T

@@ -16,6 +16,7 @@
 #include "mpnet/backend/cpu/convert.hpp"
 #include "mpnet/backend/cpu/half_chunks.hpp"
 #include "mpnet/backend/cpu/packet_math.hpp"
+#include "mpnet/backend/half_storage.hpp"
 #include "mpnet/ops/constants.hpp"
 #include "mpnet/ops/normalize_layout.hpp"
 
@@ -139,20 +140,15 @@ void normalize_backward(CpuBackend, const CpuTensor<T>& x, const CpuTensor<T>& d
 }
 
 // ---- on 16-bit storage --------------------------------------------------------------------
-// Layouts other than contiguous ones (none of the network's) widen the whole tensors.
+// Layouts other than contiguous ones (none of the network's) go to half_storage.hpp's
+// generic kernels, which widen the whole tensors.
 
 template <HalfStorage A>
 void normalize_forward(CpuBackend b, const CpuTensor<A>& x, ops::Dims dims, CpuTensor<A>& y,
                        CpuTensor<float>* scale = nullptr) {
     const auto L = ops::normalize_forward_layout(x.shape(), y.shape(), dims);
     const int64_t R = L.reduced, I = L.inner;
-    if (!L.contiguous()) {
-        CpuTensor<float> xf(x.shape()), yf(y.shape());
-        convert(b, x, xf);
-        normalize_forward(b, xf, dims, yf, scale);
-        convert(b, yf, y);
-        return;
-    }
+    if (!L.contiguous()) return mpnet::normalize_forward<CpuBackend, A>(b, x, dims, y, scale);
     CpuTensor<float> s(Shape{L.groups()});
     const A* px = x.data();
     A* py = y.data();
@@ -171,14 +167,7 @@ void normalize_backward(CpuBackend b, const CpuTensor<A>& x, const CpuTensor<A>&
                         const CpuTensor<float>& scale, CpuTensor<A>& dx) {
     const auto L = ops::normalize_backward_layout(x.shape(), dy.shape(), dx.shape(), scale.numel(), dims);
     const int64_t R = L.reduced, I = L.inner;
-    if (!L.contiguous()) {
-        CpuTensor<float> xf(x.shape()), dyf(dy.shape()), dxf(dx.shape());
-        convert(b, x, xf);
-        convert(b, dy, dyf);
-        normalize_backward(b, xf, dyf, dims, scale, dxf);
-        convert(b, dxf, dx);
-        return;
-    }
+    if (!L.contiguous()) return mpnet::normalize_backward<CpuBackend, A>(b, x, dy, dims, scale, dx);
     const A *px = x.data(), *pdy = dy.data();
     A* pdx = dx.data();
 #pragma omp parallel for schedule(static) if (x.numel() > parallel_grain)
