@@ -256,6 +256,46 @@ TEST_CASE_TEMPLATE("CPU kernels on 16-bit storage: the float kernel's bits on th
             CHECK(differing_bits(up_back, rounded(up_backf)) == 0);
         }
     }
+    SUBCASE("attention core: forward with and without its context, and backward, as the generic kernels") {
+        // An 8x8 image in two heads of 6 channels, and an odd 5x3 one in one head of 4.
+        for (const auto& [qkv_shape, heads] : {std::pair{Shape{2, 36, 8, 8}, int64_t(2)}, std::pair{Shape{3, 12, 5, 3}, int64_t(1)}}) {
+            CAPTURE(qkv_shape);
+            const Shape ys{qkv_shape[0], qkv_shape[1] / 3, qkv_shape[2], qkv_shape[3]};
+            const CpuTensor<A> qkv = narrowed<A>(random_tensor(qkv_shape, 21, 2)), dya = narrowed<A>(random_tensor(ys, 22));
+            CpuTensor<A> y(ys), y_alone(ys), want(ys), dqkv(qkv_shape), want_dqkv(qkv_shape);
+            ops::AttentionContext<A, CpuBackend> ctx, want_ctx;
+            attention_forward(b, qkv, heads, y, &ctx);
+            attention_forward(b, qkv, heads, y_alone, nullptr);
+            mpnet::attention_forward<CpuBackend, A>(b, qkv, heads, want, &want_ctx);  // the generic kernel
+            CHECK(differing_bits(y, want) == 0);
+            CHECK(differing_bits(y_alone, want) == 0);
+            CHECK(differing_bits(ctx.q, want_ctx.q) == 0);
+            CHECK(differing_bits(ctx.k, want_ctx.k) == 0);
+            CHECK(differing_bits(ctx.v, want_ctx.v) == 0);
+            CHECK(differing_bits(ctx.q_scale, want_ctx.q_scale) == 0);
+            CHECK(differing_bits(ctx.k_scale, want_ctx.k_scale) == 0);
+            CHECK(differing_bits(ctx.v_scale, want_ctx.v_scale) == 0);
+            CHECK(differing_bits(ctx.weights, want_ctx.weights) == 0);
+            attention_backward(b, ctx, heads, dya, dqkv);
+            mpnet::attention_backward<CpuBackend, A>(b, want_ctx, heads, dya, want_dqkv);
+            CHECK(differing_bits(dqkv, want_dqkv) == 0);
+            // Independently of the generic kernel: the float kernel's output, rounded.
+            CpuTensor<float> yf(ys);
+            attention_forward(b, widened(qkv), heads, yf, nullptr);
+            CHECK(differing_bits(y, rounded(yf)) == 0);
+            CHECK(ctx.weights.numel() == qkv_shape[0] * heads * qkv_shape.numel_from(2) * qkv_shape.numel_from(2));
+
+            // No float copy of qkv, dy, dqkv or the context: the pool sees only the context itself.
+            auto& pool = cpu::MemoryPool::instance();
+            ctx = {};
+            const std::size_t before = pool.bytes_in_use();
+            pool.reset_peak();
+            attention_forward(b, qkv, heads, y, &ctx);
+            const std::size_t context = pool.bytes_in_use() - before;
+            attention_backward(b, ctx, heads, dya, dqkv);
+            CHECK(pool.peak_bytes() - before == context);
+        }
+    }
     SUBCASE("each reads and writes 16-bit memory once: no float copy of a tensor is made") {
         // The generic kernels allocate a widened copy of every input and output; these do not.
         CpuTensor<A> y(s), dx = dy.clone(), ds(sc), da(s), cat(sy), acc = a.clone();
@@ -294,7 +334,7 @@ TEST_CASE_TEMPLATE("CPU kernels on 16-bit storage: the float kernel's bits on th
 // them and rounds each output once from its float sum (backend/cpu/conv.hpp): the float
 // kernel's bits on the widened tensors, without widened copies. The shapes cover panels read
 // in place from the staging (16x16), 8x8 images staged as shifted copies, odd sizes (packed
-// panels and edge tiles, panels crossing images), 1x1 kernels, two depth blocks (360 sums),
+// panels, short last panels, panels crossing images), 1x1 kernels, two depth blocks (360 sums),
 // several row tiles and both threads, and a layer of 3 outputs, whose backward runs the
 // float kernels of conv_narrow.hpp on widened tensors.
 TEST_CASE_TEMPLATE("CPU convolution on 16-bit storage: the float kernel's bits on the widened tensors, rounded once", A,

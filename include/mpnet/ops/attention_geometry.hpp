@@ -23,7 +23,7 @@ inline AttentionGeometry attention_geometry(const Shape& qkv, int64_t heads, con
 }
 
 // Backward: dy into dqkv, with what forward saved for exactly these extents.
-template <Scalar T, Backend B>
+template <Element T, Backend B>
 AttentionGeometry attention_backward_geometry(const AttentionContext<T, B>& saved, int64_t heads, const Shape& dy,
                                               const Shape& dqkv) {
     const AttentionGeometry g = attention_geometry(dqkv, heads, dy, "attention_backward");

@@ -56,4 +56,25 @@ T dot(const T* a, const T* b, int64_t n) {
     return s;
 }
 
+// sum_i a[i], in the order of dot.
+template <class T>
+T sum(const T* a, int64_t n) {
+    using namespace Eigen::internal;
+    using P = Packet<T>;
+    constexpr int64_t w = width<T>;
+    P acc0 = pset1<P>(T(0)), acc1 = acc0;
+    int64_t i = 0;
+    for (; i + 2 * w <= n; i += 2 * w) {
+        acc0 = padd(ploadu<P>(a + i), acc0);
+        acc1 = padd(ploadu<P>(a + i + w), acc1);
+    }
+    if (i + w <= n) {
+        acc0 = padd(ploadu<P>(a + i), acc0);
+        i += w;
+    }
+    T s = predux(padd(acc0, acc1));
+    for (; i < n; ++i) s += a[i];
+    return s;
+}
+
 }  // namespace mpnet::cpu::packet
