@@ -7,6 +7,7 @@
 //   dv = dy P,  dP = dy^T v,  dS = P o (dP - rowsum(P o dP)),  dq = k dS^T / sqrt(c_h),
 //   dk = q dS / sqrt(c_h), then through the pixel normalisation of each.
 #pragma once
+#include <array>
 #include <cmath>
 #include <type_traits>
 #include <utility>
@@ -118,6 +119,20 @@ void allocate(ops::AttentionContext<T, CpuBackend>& s, int64_t jobs, int64_t c, 
     s.weights = CpuTensor<T>(Shape{jobs, hw, hw});
 }
 
+// The state's parts with their sizes, in the context's order: q, k, v, their scales, the
+// weights. float_state lays a float state out in the same order, end to end.
+template <class T>
+std::array<std::pair<T*, int64_t>, 7> parts(const HeadState<T>& h, int64_t c, int64_t hw) {
+    return {{{h.q, c * hw}, {h.k, c * hw}, {h.v, c * hw}, {h.q_scale, hw}, {h.k_scale, hw}, {h.v_scale, hw},
+             {h.weights, hw * hw}}};
+}
+
+// A read-only view of a state (a function, not a conversion operator, which nvcc warns about).
+template <class T>
+HeadState<const T> as_const(const HeadState<T>& h) {
+    return {h.q, h.k, h.v, h.q_scale, h.k_scale, h.v_scale, h.weights};
+}
+
 // A head's float state in one buffer (widened_buffer's), from `at` on.
 inline HeadState<float> float_state(float* at, int64_t c, int64_t hw) {
     return {at, at + c * hw, at + 2 * c * hw, at + 3 * c * hw, at + 3 * c * hw + hw, at + 3 * c * hw + 2 * hw,
@@ -179,14 +194,9 @@ void attention_forward(CpuBackend, const CpuTensor<A>& qkv, int64_t heads, CpuTe
         detail::widen(qkv.data() + (b * 3 * C + head * 3 * c) * hw, block, 3 * c * hw);
         detail::head_forward(block, c, hw, h, out);
         detail::narrow(out, y.data() + (b * C + head * c) * hw, c * hw);
-        // The state's parts lie in the context's order: q, k, v, their scales, the weights.
         if (ctx) {
-            const detail::HeadState<A> saved = detail::head_state<A>(*ctx, job, c, hw);
-            const std::pair<A*, int64_t> parts[] = {{saved.q, c * hw},      {saved.k, c * hw},       {saved.v, c * hw},
-                                                    {saved.q_scale, hw},    {saved.k_scale, hw},     {saved.v_scale, hw},
-                                                    {saved.weights, hw * hw}};
             const float* from = h.q;
-            for (const auto& [to, count] : parts) {
+            for (const auto& [to, count] : detail::parts(detail::head_state<A>(*ctx, job, c, hw), c, hw)) {
                 detail::narrow(from, to, count);
                 from += count;
             }
@@ -204,18 +214,13 @@ void attention_backward(CpuBackend, const ops::AttentionContext<A, CpuBackend>& 
         const int64_t b = job / heads, head = job % heads;
         float* h = detail::widened_buffer(size_t(state + 4 * c * hw));
         float *dyf = h + state, *dblock = dyf + c * hw;
-        const detail::HeadState<const A> saved = detail::head_state<const A>(s, job, c, hw);
-        const std::pair<const A*, int64_t> parts[] = {{saved.q, c * hw},   {saved.k, c * hw},    {saved.v, c * hw},
-                                                      {saved.q_scale, hw}, {saved.k_scale, hw},  {saved.v_scale, hw},
-                                                      {saved.weights, hw * hw}};
         float* to = h;
-        for (const auto& [from, count] : parts) {
+        for (const auto& [from, count] : detail::parts(detail::head_state<const A>(s, job, c, hw), c, hw)) {
             detail::widen(from, to, count);
             to += count;
         }
         detail::widen(dy.data() + (b * C + head * c) * hw, dyf, c * hw);
-        const detail::HeadState<float> f = detail::float_state(h, c, hw);
-        detail::head_backward<float>({f.q, f.k, f.v, f.q_scale, f.k_scale, f.v_scale, f.weights}, dyf, c, hw, dblock);
+        detail::head_backward<float>(detail::as_const(detail::float_state(h, c, hw)), dyf, c, hw, dblock);
         detail::narrow(dblock, dqkv.data() + (b * 3 * C + head * 3 * c) * hw, 3 * c * hw);
     }
 }
