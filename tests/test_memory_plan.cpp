@@ -4,8 +4,12 @@
 // reading it back before it is freed), a run that departs from the plan is still served
 // correctly, and a network computes bit for bit what it computes without a plan.
 #include <atomic>
+#include <cerrno>
 #include <cstring>
+#include <fstream>
 #include <random>
+#include <sstream>
+#include <string>
 #include <thread>
 
 #include "golden.hpp"
@@ -272,6 +276,58 @@ TEST_CASE("memory plan: empty blocks have addresses of their own") {
         CpuBackend::deallocate(c, 64);
     }
 }
+
+#ifdef MPNET_HAVE_MMAP
+namespace {
+// Whether [p, p + bytes) is mapped in full (mincore fails with ENOMEM on any unmapped page).
+bool mapped(const void* p, std::size_t bytes) {
+    std::vector<unsigned char> pages(bytes / std::size_t(sysconf(_SC_PAGESIZE)) + 1);
+    if (mincore(const_cast<void*>(p), bytes, pages.data()) == 0) return true;
+    REQUIRE(errno == ENOMEM);
+    return false;
+}
+// The VmFlags line of the mapping holding p in /proc/self/smaps ("" when not found).
+std::string vm_flags(const void* p) {
+    std::ifstream smaps("/proc/self/smaps");
+    const auto at = reinterpret_cast<std::uintptr_t>(p);
+    bool inside = false;
+    for (std::string line; std::getline(smaps, line);) {
+        std::uintptr_t lo = 0, hi = 0;
+        char dash = 0;
+        if (std::istringstream(line) >> std::hex >> lo >> dash >> hi && dash == '-') inside = lo <= at && at < hi;
+        else if (inside && line.rfind("VmFlags:", 0) == 0) return line;
+    }
+    return "";
+}
+}  // namespace
+
+TEST_CASE("system memory: blocks of 2 MiB or more are huge-page aligned and advised, and unmapped whole") {
+    const std::size_t page = std::size_t(sysconf(_SC_PAGESIZE));
+    const bool thp = std::ifstream("/sys/kernel/mm/transparent_hugepage/enabled").good();
+    for (const std::size_t bytes : {cpu::huge_page, cpu::huge_page + 64, 5 * cpu::huge_page + page + 192}) {
+        CAPTURE(bytes);
+        void* p = cpu::system_allocate(bytes);
+        REQUIRE(p != nullptr);
+        CHECK(reinterpret_cast<std::uintptr_t>(p) % cpu::huge_page == 0);
+        std::memset(p, 0x5a, bytes);
+        const std::size_t length = (bytes + page - 1) / page * page;
+        CHECK(mapped(p, length));
+        // What was mapped beyond the aligned range is gone: the page after it is unmapped.
+        CHECK_FALSE(mapped(static_cast<std::byte*>(p) + length, page));
+        if (thp) CHECK(vm_flags(p).find(" hg") != std::string::npos);
+        cpu::system_free(p, bytes);
+        CHECK_FALSE(mapped(p, length));
+    }
+    // Below 2 MiB nothing changes: mapped (from a megabyte) or from malloc, 64-byte aligned.
+    for (const std::size_t bytes : {std::size_t(64), cpu::mapped_threshold, cpu::huge_page - 64}) {
+        void* p = cpu::system_allocate(bytes);
+        REQUIRE(p != nullptr);
+        CHECK(reinterpret_cast<std::uintptr_t>(p) % cpu::memory_alignment == 0);
+        std::memset(p, 0x5a, bytes);
+        cpu::system_free(p, bytes);
+    }
+}
+#endif
 
 TEST_CASE("memory plan: a network's training step and its evaluations are bit-identical with a plan") {
     using Net = nn::Precond<float, CpuBackend>;

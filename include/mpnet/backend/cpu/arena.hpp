@@ -4,8 +4,14 @@
 // malloc: glibc serves them from its heap once its adaptive mmap threshold has risen, and a
 // heap keeps freed memory resident, so the process's resident set would stay at the largest
 // it ever was instead of following what the program holds.
+//
+// Blocks of 2 MiB or more (activations, arenas) start on a 2 MiB boundary and are advised to
+// use transparent huge pages. A convolution reads one channel plane after another, each 4 KiB
+// at 32 x 32, from tensors of many megabytes: with 4 KiB pages nearly every plane is a TLB
+// entry of its own, more than the TLB holds (docs/performance.md, "Huge pages", measured).
 #pragma once
 #include <cstddef>
+#include <cstdint>
 #include <cstdlib>
 #include <iterator>
 #include <map>
@@ -13,6 +19,7 @@
 
 #if __has_include(<sys/mman.h>)
 #include <sys/mman.h>
+#include <unistd.h>
 #define MPNET_HAVE_MMAP 1
 #endif
 
@@ -20,10 +27,33 @@ namespace mpnet::cpu {
 
 inline constexpr std::size_t memory_alignment = 64;
 inline constexpr std::size_t mapped_threshold = std::size_t(1) << 20;
+inline constexpr std::size_t huge_page = std::size_t(2) << 20;
+
+#ifdef MPNET_HAVE_MMAP
+// `bytes` of fresh pages starting on a huge-page boundary, advised to use huge pages; nullptr
+// when the system has none. It maps a huge page more than asked and unmaps the ends around
+// the aligned range, so what remains is exactly what system_free unmaps.
+inline void* map_huge_aligned(std::size_t bytes) {
+    const std::size_t page = std::size_t(sysconf(_SC_PAGESIZE));
+    const std::size_t length = (bytes + page - 1) / page * page;
+    void* raw = mmap(nullptr, length + huge_page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED) return nullptr;
+    const auto start = reinterpret_cast<std::uintptr_t>(raw);
+    const auto aligned = (start + huge_page - 1) / huge_page * huge_page;
+    if (aligned > start) munmap(raw, aligned - start);
+    munmap(reinterpret_cast<void*>(aligned + length), start + huge_page - aligned);
+    auto* p = reinterpret_cast<void*>(aligned);
+#ifdef MADV_HUGEPAGE
+    madvise(p, length, MADV_HUGEPAGE);  // advice: where huge pages are off or used up, 4 KiB pages serve
+#endif
+    return p;
+}
+#endif
 
 // Memory with 64-byte alignment from the system; nullptr when it has none.
 inline void* system_allocate(std::size_t bytes) {
 #ifdef MPNET_HAVE_MMAP
+    if (bytes >= huge_page) return map_huge_aligned(bytes);
     if (bytes >= mapped_threshold) {
         void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         return p == MAP_FAILED ? nullptr : p;
