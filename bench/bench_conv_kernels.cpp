@@ -2,7 +2,9 @@
 // at batch 64: forward, weight gradient only (dx not asked for) and the full backward
 // (dx and dweight), with float32 operands and with bf16 ones (the last argument: 0 or 1;
 // bf16 rows are skipped on CPUs without AVX512-BF16). Counters report GFLOP/s, counting
-// 2 N Cout Cin k^2 H W per product.
+// 2 N Cout Cin k^2 H W per product: for the 3x3 products that run as Winograd's F(2x2, 3x3),
+// which does 16 multiply-adds where that count has 36, an effective rate. conv_forward_direct
+// runs the forward as the direct product, for comparison.
 //
 //   bench_conv_kernels --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
 #include <benchmark/benchmark.h>
@@ -72,6 +74,20 @@ void conv_forward(benchmark::State& state) {
     set_labels(state, s, 1, state.range(1) != 0);
 }
 
+#if MPNET_CPU_SIMD
+void conv_forward_direct(benchmark::State& state) {
+    const ConvShape s = shapes[state.range(0)];
+    auto x = filled({s.n, s.cin, s.res, s.res}, 1), w = filled({s.cout, s.cin, s.k, s.k}, 2);
+    CpuTensor<float> y({s.n, s.cout, s.res, s.res});
+    for (auto _ : state) {
+        mpnet::cpu::conv::output_product(mpnet::cpu::conv::Images<float>{x.data(), s.n, s.cin, s.res, s.res, s.k},
+                                         w.data(), s.cout, y.data());
+        benchmark::DoNotOptimize(y.data());
+    }
+    set_labels(state, s, 1, false);
+}
+#endif
+
 // with_dx = 0: weight gradient only; 1: weight and input gradients.
 void conv_backward(benchmark::State& state) {
     std::optional<mpnet::cpu::MathScope> math;
@@ -101,6 +117,12 @@ void all_shapes_backward(benchmark::internal::Benchmark* b) {
 
 BENCHMARK(conv_forward)->Apply(all_shapes)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(conv_backward)->Apply(all_shapes_backward)->Unit(benchmark::kMillisecond)->UseRealTime();
+#if MPNET_CPU_SIMD
+BENCHMARK(conv_forward_direct)
+    ->DenseRange(0, int64_t(std::size(shapes)) - 1)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+#endif
 
 }  // namespace
 

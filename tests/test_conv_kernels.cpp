@@ -2,7 +2,8 @@
 // exercise every edge of the blocking: channel counts that are not multiples of the
 // register tile, images smaller than a panel or not dividing one, depths beyond one
 // block, several threads' columns, 1x1 inputs read in place and copied, kernels 1, 3
-// and 5, batch 1 to 3.
+// and 5, batch 1 to 3; and 3x3 products of 32 or more channels, which run as Winograd's
+// F(2x2, 3x3), on images of odd and even sizes, narrower than a vector of tiles or not.
 #include "conv_reference.hpp"
 
 using namespace mpnet;
@@ -25,6 +26,11 @@ TEST_CASE("conv kernels: float forward and backward match a direct convolution i
         {1, 6, 8, 37, 29, 3},   {2, 5, 7, 23, 41, 5},
         // One to four output channels (the network's output layer): summed row by row.
         {2, 32, 1, 32, 32, 3},  {3, 17, 3, 9, 13, 3},  {2, 12, 4, 16, 16, 1}, {1, 5, 2, 7, 5, 5},  {2, 3, 2, 1, 6, 3},
+        // 3x3 direct with two depth blocks (270 sums); Winograd forward and input gradient:
+        // two depth blocks (300 channels), 8x8 images (tiles gathered across rows and images),
+        // odd sizes (tiles past the image), one row, chunks of 2 and 4 panels (and short ones).
+        {2, 30, 40, 16, 16, 3}, {2, 300, 40, 8, 8, 3}, {3, 33, 35, 9, 13, 3}, {1, 32, 36, 37, 29, 3},
+        {2, 40, 33, 1, 6, 3},   {3, 36, 32, 5, 5, 3},  {2, 200, 100, 12, 20, 3},
     };
     uint64_t seed = 100;
     for (const Case& c : cases) {
@@ -44,13 +50,35 @@ TEST_CASE("conv kernels: float forward and backward match a direct convolution i
     }
 }
 
+#if MPNET_CPU_SIMD
+// The Winograd product alone, whatever its channel counts (conv2d takes it from 32 up), with
+// each edge of its tiling: odd sizes, images narrower than a vector of tiles, one chunk or many.
+TEST_CASE("conv kernels: Winograd F(2x2, 3x3) matches a direct convolution in double") {
+    const Case cases[] = {{1, 1, 1, 2, 2, 3},  {2, 5, 7, 5, 7, 3},     {3, 13, 9, 9, 11, 3}, {2, 7, 9, 37, 29, 3},
+                          {2, 7, 9, 2, 3, 3},  {4, 3, 2, 8, 8, 3},     {5, 8, 17, 16, 16, 3}, {1, 3, 4, 1, 1, 3},
+                          {2, 2, 70, 64, 20, 3}, {9, 4, 6, 4, 4, 3}};
+    uint64_t seed = 500;
+    for (const Case& c : cases) {
+        INFO("n ", c.n, " cin ", c.cin, " cout ", c.cout, " h ", c.h, " w ", c.w);
+        auto x = random_float({c.n, c.cin, c.h, c.w}, seed++), w = random_float({c.cout, c.cin, 3, 3}, seed++);
+        const Reference ref = direct_convolution(c, x, w, random_float({c.n, c.cout, c.h, c.w}, seed++));
+        CpuTensor<float> y(ref.y.shape());
+        cpu::conv::winograd::forward(cpu::conv::Images<float>{x.data(), c.n, c.cin, c.h, c.w, 3}, w.data(), c.cout,
+                                     y.data());
+        MPNET_CHECK_CLOSE(y, ref.y, tol);
+    }
+}
+#endif
+
 // Training resumes bit for bit and an image's samples do not depend on its batch, so the
 // SIMD float kernels give the same bits whatever the thread count, the scheduling of the
 // threads, or the other images in the batch. (The Eigen path sums the weight gradient per
 // thread: the same bits for the same thread count only.)
 #if MPNET_CPU_SIMD
 TEST_CASE("conv kernels: bit-identical across thread counts, runs and batch composition") {
-    for (const Case c : {Case{5, 24, 40, 16, 16, 3}, Case{5, 24, 3, 16, 16, 3}}) {  // blocked, and few outputs
+    // Blocked, few outputs, and Winograd (forward and input gradient; 8x8: chunks across images).
+    for (const Case c : {Case{5, 24, 40, 16, 16, 3}, Case{5, 24, 3, 16, 16, 3}, Case{5, 40, 48, 16, 16, 3},
+                         Case{7, 40, 48, 8, 8, 3}}) {
         CAPTURE(c.cout);
         auto x = random_float({c.n, c.cin, c.h, c.w}, 7), w = random_float({c.cout, c.cin, c.k, c.k}, 8);
         auto dy = random_float({c.n, c.cout, c.h, c.w}, 9);

@@ -28,6 +28,7 @@ inline vec broadcast(const float* p) { return _mm512_set1_ps(*p); }
 inline vec load(const float* p) { return _mm512_loadu_ps(p); }
 inline void store(float* p, vec v) { _mm512_storeu_ps(p, v); }
 inline vec add(vec a, vec b) { return _mm512_add_ps(a, b); }
+inline vec sub(vec a, vec b) { return _mm512_sub_ps(a, b); }
 inline vec fmadd(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
 // The first n (< lanes) elements, zeros after them; nothing past them is touched.
 inline vec load_first(const float* p, int n) { return _mm512_maskz_loadu_ps(__mmask16((1u << n) - 1), p); }
@@ -47,6 +48,20 @@ inline void swap_blocks(vec& lo, vec& hi) {
     lo = new_lo;
 }
 
+// The 2 lanes floats lo, hi (in that order) split into their even and odd elements.
+inline void deinterleave(vec lo, vec hi, vec& even, vec& odd) {
+    const __m512i e = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    even = _mm512_permutex2var_ps(lo, e, hi);
+    odd = _mm512_permutex2var_ps(lo, _mm512_add_epi32(e, _mm512_set1_epi32(1)), hi);
+}
+
+// The inverse: a0 b0 a1 b1 ... as the 2 lanes floats first, second.
+inline void interleave(vec a, vec b, vec& first, vec& second) {
+    const __m512i i = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    first = _mm512_permutex2var_ps(a, i, b);
+    second = _mm512_permutex2var_ps(a, _mm512_add_epi32(i, _mm512_set1_epi32(8)), b);
+}
+
 #elif defined(__AVX2__) && defined(__FMA__)
 
 inline constexpr int lanes = 8;
@@ -57,6 +72,7 @@ inline vec broadcast(const float* p) { return _mm256_broadcast_ss(p); }
 inline vec load(const float* p) { return _mm256_loadu_ps(p); }
 inline void store(float* p, vec v) { _mm256_storeu_ps(p, v); }
 inline vec add(vec a, vec b) { return _mm256_add_ps(a, b); }
+inline vec sub(vec a, vec b) { return _mm256_sub_ps(a, b); }
 inline vec fmadd(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
 
 namespace detail {
@@ -85,6 +101,20 @@ inline void swap_blocks(vec& lo, vec& hi) {
         new_hi = _mm256_blend_ps(_mm256_movehdup_ps(lo), hi, 0xaa);
     }
     lo = new_lo, hi = new_hi;
+}
+
+// The 2 lanes floats lo, hi (in that order) split into their even and odd elements.
+inline void deinterleave(vec lo, vec hi, vec& even, vec& odd) {
+    // Within 128-bit halves first (0 2 8 10 | 4 6 12 14), then the middle quarters swapped.
+    even = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0))), 0xd8));
+    odd = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(3, 1, 3, 1))), 0xd8));
+}
+
+// The inverse: a0 b0 a1 b1 ... as the 2 lanes floats first, second.
+inline void interleave(vec a, vec b, vec& first, vec& second) {
+    const vec lo = _mm256_unpacklo_ps(a, b), hi = _mm256_unpackhi_ps(a, b);  // a0 b0 a1 b1 | a4 b4 a5 b5, ...
+    first = _mm256_permute2f128_ps(lo, hi, 0x20);
+    second = _mm256_permute2f128_ps(lo, hi, 0x31);
 }
 
 #endif
