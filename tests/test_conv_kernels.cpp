@@ -26,7 +26,7 @@ TEST_CASE("conv kernels: float forward and backward match a direct convolution i
         {1, 6, 8, 37, 29, 3},   {2, 5, 7, 23, 41, 5},
         // One to four output channels (the network's output layer): summed row by row.
         {2, 32, 1, 32, 32, 3},  {3, 17, 3, 9, 13, 3},  {2, 12, 4, 16, 16, 1}, {1, 5, 2, 7, 5, 5},  {2, 3, 2, 1, 6, 3},
-        // 3x3 direct with two depth blocks (270 sums); Winograd forward and input gradient:
+        // 3x3 direct with two depth blocks (270 sums); Winograd (all three products at even sizes):
         // two depth blocks (300 channels), 8x8 images (tiles gathered across rows and images),
         // odd sizes (tiles past the image), one row, chunks of 2 and 4 panels (and short ones).
         {2, 30, 40, 16, 16, 3}, {2, 300, 40, 8, 8, 3}, {3, 33, 35, 9, 13, 3}, {1, 32, 36, 37, 29, 3},
@@ -51,21 +51,28 @@ TEST_CASE("conv kernels: float forward and backward match a direct convolution i
 }
 
 #if MPNET_CPU_SIMD
-// The Winograd product alone, whatever its channel counts (conv2d takes it from 32 up), with
-// each edge of its tiling: odd sizes, images narrower than a vector of tiles, one chunk or many.
+// The Winograd products alone, whatever their channel counts (conv2d takes them from 32 up),
+// with each edge of their tiling: odd sizes, images narrower than a vector of tiles, one chunk
+// or many, one group of tiles or several. The weight gradient takes images of even size.
 TEST_CASE("conv kernels: Winograd F(2x2, 3x3) matches a direct convolution in double") {
     const Case cases[] = {{1, 1, 1, 2, 2, 3},  {2, 5, 7, 5, 7, 3},     {3, 13, 9, 9, 11, 3}, {2, 7, 9, 37, 29, 3},
                           {2, 7, 9, 2, 3, 3},  {4, 3, 2, 8, 8, 3},     {5, 8, 17, 16, 16, 3}, {1, 3, 4, 1, 1, 3},
-                          {2, 2, 70, 64, 20, 3}, {9, 4, 6, 4, 4, 3}};
+                          {2, 2, 70, 64, 20, 3}, {9, 4, 6, 4, 4, 3}, {40, 3, 5, 8, 8, 3}, {3, 17, 40, 6, 10, 3}};
     uint64_t seed = 500;
     for (const Case& c : cases) {
         INFO("n ", c.n, " cin ", c.cin, " cout ", c.cout, " h ", c.h, " w ", c.w);
         auto x = random_float({c.n, c.cin, c.h, c.w}, seed++), w = random_float({c.cout, c.cin, 3, 3}, seed++);
-        const Reference ref = direct_convolution(c, x, w, random_float({c.n, c.cout, c.h, c.w}, seed++));
+        const auto ref_dy = random_float({c.n, c.cout, c.h, c.w}, seed++);
+        const Reference ref = direct_convolution(c, x, w, ref_dy);
         CpuTensor<float> y(ref.y.shape());
         cpu::conv::winograd::forward(cpu::conv::Images<float>{x.data(), c.n, c.cin, c.h, c.w, 3}, w.data(), c.cout,
                                      y.data());
         MPNET_CHECK_CLOSE(y, ref.y, tol);
+        if (c.h % 2 || c.w % 2) continue;
+        CpuTensor<float> dw(w.shape());
+        cpu::conv::winograd::weight(cpu::conv::Images<float>{x.data(), c.n, c.cin, c.h, c.w, 3}, ref_dy.data(), c.cout,
+                                    dw.data());
+        MPNET_CHECK_CLOSE(dw, ref.dw, tol);
     }
 }
 #endif

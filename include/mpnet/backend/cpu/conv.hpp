@@ -5,9 +5,10 @@
 // is the im2col unfolding. Float runs on the packed SIMD products of conv_gemm.hpp
 // wherever the compiler targets AVX2/FMA or AVX-512; double (and float elsewhere) runs
 // these products through Eigen, images split across the threads, each thread with its own
-// unfolding buffer and, in backward, its own partial weight gradient. The 3x3 output
-// products (the forward and the input gradient) of 32 or more channels run as Winograd's
-// F(2x2, 3x3) instead (conv_winograd.hpp), 1.3-1.9x faster on the networks' shapes.
+// unfolding buffer and, in backward, its own partial weight gradient. In float32 math the
+// 3x3 products of 32 or more channels (forward, input gradient and, on images of even size,
+// weight gradient) run as Winograd's F(2x2, 3x3) (conv_winograd.hpp), 1.3-1.9x faster on the
+// networks' shapes.
 #pragma once
 #include <omp.h>
 
@@ -127,6 +128,14 @@ void same_product(const conv::Images<S>& g, const float* a, int64_t m, Y* y) {
     conv::output_product(g, a, m, y);
 }
 
+// dweight = the weight gradient of the "same" convolution of the images g given dy[n, m, ...].
+// Winograd's F(2x2, 3x3) where it pays.
+template <class S, class D>
+void weight_gradient(const conv::Images<S>& g, const D* dy, int64_t m, float* dweight) {
+    if (conv::winograd::weight_pays(g, m)) return conv::winograd::weight(g, dy, m, dweight);
+    conv::weight_product(g, dy, m, dweight);
+}
+
 // The input gradient is the convolution of dy with the weight transposed over channels
 // and flipped in space: flipped[ci, co, ky, kx] = weight[co, ci, k-1-ky, k-1-kx].
 inline CpuTensor<float> flipped_weight(const ConvGeometry& g, const CpuTensor<float>& weight) {
@@ -187,7 +196,7 @@ inline void simd_conv_backward(const ConvGeometry& g, const CpuTensor<float>& x,
     if (bf16 && g.w % 2 == 0) conv::weight_product<gemm::Bf16Pairs>(images, dy.data(), g.cout, dweight.data());
     else
 #endif
-        conv::weight_product(images, dy.data(), g.cout, dweight.data());
+        weight_gradient(images, dy.data(), g.cout, dweight.data());
     if (dx.empty()) return;
     const CpuTensor<float> flipped = flipped_weight(g, weight);
 #if defined(__AVX512F__)
@@ -251,7 +260,7 @@ void conv2d_backward(CpuBackend b, const CpuTensor<A>& x, const CpuTensor<A>& we
     if (!detail::bf16_math() && g.cout > conv::narrow_max_cout) {
         CpuTensor<float> w(weight.shape()), dw(dweight.shape());
         convert(b, weight, w);
-        conv::weight_product(conv::Images<A>{x.data(), g.n, g.cin, g.h, g.w, g.k}, dy.data(), g.cout, dw.data());
+        detail::weight_gradient(conv::Images<A>{x.data(), g.n, g.cin, g.h, g.w, g.k}, dy.data(), g.cout, dw.data());
         convert(b, dw, dweight);
         if (dx.empty()) return;
         const CpuTensor<float> flipped = detail::flipped_weight(g, w);

@@ -1,5 +1,6 @@
-// The float 3x3 convolution as Winograd's F(2x2, 3x3): 16 multiply-adds per input channel
-// for a 2x2 tile of outputs, where the direct product takes 36.
+// The "same" 3x3 convolution's output products (the forward, and the input gradient as the
+// convolution of dy with the flipped weight) as Winograd's F(2x2, 3x3): 16 multiply-adds per
+// input channel for a 2x2 tile of outputs, where the direct product takes 36.
 //
 // One-dimensional F(2, 3) computes two outputs of a 3-tap correlation from 4 inputs d with
 // 4 products: y = A^T [(G g) . (B^T d)], where . is the elementwise product and
@@ -25,8 +26,9 @@
 // same order whatever the chunk, the thread or the rest of the batch, so the results do
 // not depend on them.
 //
-// The results differ from the direct sum by rounding only: the transforms add at most
-// four terms, with coefficients 1 and 1/2 (exact in binary).
+// The results differ from the direct sum by rounding only: the transforms' coefficients (1,
+// 1/2, 1/4) are exact in binary. Where an input holds an infinity, its terms can cancel in
+// the transforms and give NaN where the direct sum gives the infinity.
 #pragma once
 #include <omp.h>
 
@@ -63,19 +65,19 @@ struct Tiling {
 
 // Tiles on one row of tiles: `count` of them from position `lane` of a vector of tiles on,
 // the first of them tile (n, ty, tx). runs_of splits tiles [t, t + count) into such runs.
-struct Run {
+struct TileRun {
     int64_t lane, n, ty, tx, count;
 };
 
-inline Run tile_at(const Tiling& g, int64_t t) {
+inline TileRun tile_at(const Tiling& g, int64_t t) {
     const int64_t r = t % g.per_image();
     return {0, t / g.per_image(), r / g.tw(), r % g.tw(), 1};
 }
 
-inline int runs_of(const Tiling& g, int64_t t, int64_t count, Run* runs) {
+inline int runs_of(const Tiling& g, int64_t t, int64_t count, TileRun* runs) {
     int made = 0;
     for (int64_t k = 0; k < count;) {
-        Run run = tile_at(g, t + k);
+        TileRun run = tile_at(g, t + k);
         run.lane = k, run.count = std::min(count - k, g.tw() - run.tx);
         runs[made++] = run;
         k += run.count;
@@ -120,23 +122,36 @@ inline void transform_input_vector(const float* const* even, const float* const*
     }
 }
 
-// V [xi][panel][c][nr] of the chunk's tiles [t0, t1), from the images staged with a zero
+// Where V of a chunk goes: as the kernel's panels [xi][panel][c][nr] (the vector side of the
+// output products), or as rows [xi][c][chunk] (the broadcast side of the weight gradient's).
+struct VLayout {
+    float* v;
+    int64_t c, chunk;
+    bool panels;
+    // The vector of tiles from chunk-local k (a multiple of lanes) of channel ch, position 0;
+    // position xi lies xi * stride() further.
+    [[nodiscard]] float* at(int64_t ch, int64_t k) const {
+        return panels ? v + (k / gemm::nr * c + ch) * gemm::nr + k % gemm::nr : v + ch * chunk + k;
+    }
+    [[nodiscard]] int64_t stride() const { return c * chunk; }
+};
+
+// V of the chunk's tiles [t0, t1), from the images staged with a zero
 // border, a vector of tiles at a time. Where the vector's tiles lie on one row of tiles,
-// their windows are read in place; otherwise (images fewer than 2 lanes columns wide, or
-// the vector crossing a row) their rows are gathered first. Lanes past t1 hold whatever
+// their windows are read in place; otherwise (rows of fewer tiles than a vector, a vector
+// crossing a row, the short last vector) their rows are gathered first. Lanes past t1 hold whatever
 // the buffers held: their columns of the products are never transformed back.
 template <class S>
 void transform_inputs(const Tiling& g, const Images<S>& images, const Staged<>& staged, int64_t t0, int64_t t1,
-                      int64_t panels, float* v) {
+                      const VLayout& out) {
     constexpr int64_t L = simd::lanes;
-    const int64_t c = g.channels, stride = panels * c * gemm::nr;
-    Run runs[L];
+    const int64_t c = g.channels, stride = out.stride();
+    TileRun runs[L];
     alignas(64) float gathered[4][2][2 * L] = {};
     for (int64_t k = 0; k < t1 - t0; k += L) {
         const int64_t count = std::min(L, t1 - t0 - k);
         const int made = runs_of(g, t0 + k, count, runs);
-        float* out = v + (k / gemm::nr) * c * gemm::nr + k % gemm::nr;
-        auto window = [&](const Run& run) {
+        auto window = [&](const TileRun& run) {
             return staged.data + staged.origin(images, run.n, 2 * run.ty * g.w + 2 * run.tx);
         };
         if (made == 1 && count == L) {
@@ -144,7 +159,7 @@ void transform_inputs(const Tiling& g, const Images<S>& images, const Staged<>& 
             for (int64_t ch = 0; ch < c; ++ch, at += staged.plane) {
                 const float* even[4] = {at, at + staged.row, at + 2 * staged.row, at + 3 * staged.row};
                 const float* shifted[4] = {even[0] + 2, even[1] + 2, even[2] + 2, even[3] + 2};
-                transform_input_vector(even, shifted, out + ch * gemm::nr, stride);
+                transform_input_vector(even, shifted, out.at(ch, k), stride);
             }
             continue;
         }
@@ -158,7 +173,7 @@ void transform_inputs(const Tiling& g, const Images<S>& images, const Staged<>& 
                     simd::copy(gathered[r][1] + 2 * runs[i].lane, at + r * staged.row + 2, 2 * runs[i].count);
                 }
             }
-            transform_input_vector(even, shifted, out + ch * gemm::nr, stride);
+            transform_input_vector(even, shifted, out.at(ch, k), stride);
         }
     }
 }
@@ -172,18 +187,18 @@ void store_row(const float* sums, int64_t count, Y* out) {
 
 // The outputs of the chunk's tiles [t0, t1) from M [xi][o][chunk], a vector of tiles at a
 // time: A^T down the 4x4, A across, and each tile's 2x2 interleaved into the image's two
-// rows, stored in place where the vector covers 2 lanes columns of one row, else by runs.
+// rows, stored in place where y is float and the vector's 2 lanes x 2 outputs all lie in
+// the image on one row of tiles, else by runs (copied, or rounded into a 16-bit y).
 template <class Y>
 void transform_outputs(const Tiling& g, int64_t m, int64_t chunk, int64_t t0, int64_t t1, const float* mp, Y* y) {
     constexpr int64_t L = simd::lanes;
     const int64_t stride = m * chunk;  // from one position xi to the next
-    Run runs[L];
+    TileRun runs[L];
     alignas(64) float rows[2][2 * L];
     for (int64_t k = 0; k < t1 - t0; k += L) {
         const int64_t count = std::min(L, t1 - t0 - k);
         const int made = runs_of(g, t0 + k, count, runs);
-        const bool in_place = std::is_same_v<Y, float> && made == 1 && count == L && 2 * (runs[0].tx + L) <= g.w &&
-                              2 * runs[0].ty + 1 < g.h;
+        const bool in_place = made == 1 && count == L && 2 * (runs[0].tx + L) <= g.w && 2 * runs[0].ty + 1 < g.h;
         for (int64_t o = 0; o < m; ++o) {
             const float* at = mp + o * chunk + k;
             simd::vec e[4], f[4];
@@ -197,7 +212,7 @@ void transform_outputs(const Tiling& g, int64_t m, int64_t chunk, int64_t t0, in
                              top[1]);
             simd::interleave(simd::add(simd::add(f[0], f[1]), f[2]), simd::sub(simd::sub(f[1], f[2]), f[3]), bottom[0],
                              bottom[1]);
-            auto plane = [&](const Run& run) { return y + (run.n * m + o) * g.h * g.w + 2 * run.ty * g.w + 2 * run.tx; };
+            auto plane = [&](const TileRun& run) { return y + (run.n * m + o) * g.h * g.w + 2 * run.ty * g.w + 2 * run.tx; };
             if constexpr (std::is_same_v<Y, float>)
                 if (in_place) {
                     float* out = plane(runs[0]);
@@ -208,7 +223,7 @@ void transform_outputs(const Tiling& g, int64_t m, int64_t chunk, int64_t t0, in
             simd::store(rows[0], top[0]), simd::store(rows[0] + L, top[1]);
             simd::store(rows[1], bottom[0]), simd::store(rows[1] + L, bottom[1]);
             for (int i = 0; i < made; ++i) {
-                const Run& run = runs[i];
+                const TileRun& run = runs[i];
                 const int64_t cols = std::min(2 * run.count, g.w - 2 * run.tx);
                 store_row(rows[0] + 2 * run.lane, cols, plane(run));
                 if (2 * run.ty + 1 < g.h) store_row(rows[1] + 2 * run.lane, cols, plane(run) + g.w);
@@ -238,8 +253,9 @@ void forward(const Images<S>& images, const float* weight, int64_t m, Y* y) {
     const int64_t block = depth_block(c);
     // The chunk's tiles lie on at most chunk / tw + 2 rows of tiles: its pixel columns.
     const Stager stager(images, 2 * g.w * (chunk / g.tw() + 2), /*copy=*/true);
-    // Vectors of a window row reach 2 lanes + 2 floats past its start, beyond the staged rows
-    // at the end (their values are then those of discarded outputs only).
+    // Vectors of a window row reach 2 lanes + 2 floats past its start. At an odd edge the
+    // windows read one row and column past the zero border (into what only discarded outputs
+    // use), at most row() + 1 floats past the last plane: the slack covers it twice.
     const int64_t staging = stager.buffer_size(2 * g.w * (chunk / g.tw() + 2)) + 2 * stager.row() + 4 * simd::lanes;
     const int threads = positions * m * c * total < parallel_work ? 1 : int(std::min<int64_t>(omp_get_max_threads(), chunks));
 #pragma omp parallel num_threads(threads)
@@ -252,11 +268,11 @@ void forward(const Images<S>& images, const float* weight, int64_t m, Y* y) {
         for (int64_t i = 0; i < chunks; ++i) {
             const int64_t t0 = i * chunk, t1 = std::min(total, t0 + chunk);
             // The pixels of the rows of tiles from t0's to (t1 - 1)'s.
-            const Run first = tile_at(g, t0), last = tile_at(g, t1 - 1);
+            const TileRun first = tile_at(g, t0), last = tile_at(g, t1 - 1);
             const int64_t p0 = first.n * g.hw() + 2 * first.ty * g.w;
             const int64_t p1 = last.n * g.hw() + std::min(g.h, 2 * last.ty + 2) * g.w;
             const Staged s = stager.stage(p0, p1, staged_rows);
-            transform_inputs(g, images, s, t0, t1, panels, v);
+            transform_inputs(g, images, s, t0, t1, VLayout{v, c, chunk, /*panels=*/true});
             const int64_t used = (t1 - t0 + gemm::nr - 1) / gemm::nr;
             for (int xi = 0; xi < positions; ++xi)
                 for (int64_t q = 0; q < c; q += block) {
@@ -273,6 +289,179 @@ void forward(const Images<S>& images, const float* weight, int64_t m, Y* y) {
             transform_outputs(g, m, chunk, t0, t1, mp, y);
         }
     }
+}
+
+// ---- the weight gradient ---------------------------------------------------------------
+//
+// F(2x2, 3x3) turned around: with y = A^T [U . V] A for each tile, the gradient of U is
+// (A dY A^T) . V, and that of the weight g is G^T [sum over tiles of (A dY A^T) . V] G. So
+//
+//   Z[xi][c, o] = sum_t V[xi][c, t] Yhat[xi][o, t],   Yhat = A dY A^T (dY the tile's 2x2),
+//   dweight[o, c] = G^T Z[.][c, o] G,
+//
+// 16 products of c x m summed over the tiles, which are the sum index here: V is the
+// broadcast side (rows of tiles) and Yhat the vector side (panels of nr output channels per
+// tile, transposed in registers). Images of odd size would need the tiles past the edge
+// read as zeros; the direct weight product takes them.
+
+// Measured as pays() (Zen 3, 2 threads): 1.08-1.3x at 32x32 with 32-64 channels, 1.5-1.9x
+// from 64 channels at 8x8 and 16x16 and on the edm2-img64-xs shapes.
+template <class S>
+bool weight_pays(const Images<S>& g, int64_t m) {
+    return pays(g, m) && g.h % 2 == 0 && g.w % 2 == 0;
+}
+
+// Yhat = A dY A^T of a vector of tiles for one output channel: the tiles' two rows of dY at
+// top and bottom (columns 2k, 2k + 1 of tile k), into yhat[xi].
+inline void transform_gradient_vector(const float* top, const float* bottom, simd::vec (&yhat)[positions]) {
+    simd::vec r[2][4];
+    const float* rows[2] = {top, bottom};
+    for (int a = 0; a < 2; ++a) {  // A across: d0, d0 + d1, d0 - d1, -d1
+        simd::vec d0, d1;
+        simd::deinterleave(simd::load(rows[a]), simd::load(rows[a] + simd::lanes), d0, d1);
+        r[a][0] = d0, r[a][1] = simd::add(d0, d1), r[a][2] = simd::sub(d0, d1), r[a][3] = simd::sub(simd::zero(), d1);
+    }
+    for (int j = 0; j < 4; ++j) {  // A down
+        yhat[j] = r[0][j];
+        yhat[4 + j] = simd::add(r[0][j], r[1][j]);
+        yhat[8 + j] = simd::sub(r[0][j], r[1][j]);
+        yhat[12 + j] = simd::sub(simd::zero(), r[1][j]);
+    }
+}
+
+// Yhat [xi][panel][chunk][nr] of the chunk's tiles [t0, t1) (h and w even, so every tile
+// lies in the image), lanes output channels by lanes tiles at a time, transposed so that a
+// tile's output channels are contiguous; zero for channels past m. A 16-bit dy is widened
+// as its rows are gathered.
+template <class D>
+void transform_gradients(const Tiling& g, const D* dy, int64_t m, int64_t padded_m, int64_t chunk, int64_t t0,
+                         int64_t t1, float* yhat) {
+    constexpr int64_t L = simd::lanes;
+    const int64_t stride = padded_m * chunk;  // from one position xi to the next
+    TileRun runs[L];
+    alignas(64) float gathered[2][2 * L] = {};
+    simd::vec block[positions][L];
+    for (int64_t k = 0; k < t1 - t0; k += L) {
+        const int64_t count = std::min(L, t1 - t0 - k);
+        const int made = runs_of(g, t0 + k, count, runs);
+        const bool in_place = std::is_same_v<D, float> && made == 1 && count == L;
+        for (int64_t o0 = 0; o0 < padded_m; o0 += L) {
+            for (int64_t i = 0; i < L; ++i) {
+                const int64_t o = o0 + i;
+                simd::vec column[positions];
+                if (o >= m) {
+                    for (auto& v : column) v = simd::zero();
+                } else if (in_place) {
+                    const D* top = dy + (runs[0].n * m + o) * g.hw() + 2 * runs[0].ty * g.w + 2 * runs[0].tx;
+                    if constexpr (std::is_same_v<D, float>) transform_gradient_vector(top, top + g.w, column);
+                } else {
+                    for (int r = 0; r < made; ++r) {
+                        const D* top = dy + (runs[r].n * m + o) * g.hw() + 2 * runs[r].ty * g.w + 2 * runs[r].tx;
+                        for (int a = 0; a < 2; ++a) {
+                            if constexpr (std::is_same_v<D, float>)
+                                simd::copy(gathered[a] + 2 * runs[r].lane, top + a * g.w, 2 * runs[r].count);
+                            else
+                                cpu::detail::widen(top + a * g.w, gathered[a] + 2 * runs[r].lane, 2 * runs[r].count);
+                        }
+                    }
+                    transform_gradient_vector(gathered[0], gathered[1], column);
+                }
+                for (int xi = 0; xi < positions; ++xi) block[xi][i] = column[xi];
+            }
+            for (int xi = 0; xi < positions; ++xi) {
+                simd::transpose(block[xi]);
+                float* out = yhat + xi * stride + (o0 / gemm::nr * chunk + k) * gemm::nr + o0 % gemm::nr;
+                for (int64_t t = 0; t < count; ++t) simd::store(out + t * gemm::nr, block[xi][t]);
+            }
+        }
+    }
+}
+
+// dweight[o, c, 3, 3] = G^T Z[.][c, o] G with Z the sum of the groups' partial sums
+// [group][xi][c][padded_m], added in group order into the first group's (a streaming pass),
+// then transformed lanes output channels at a time.
+inline void finish_weight(float* partial, int64_t groups, int64_t c, int64_t m, int64_t padded_m, float* dweight) {
+    const int64_t per_group = positions * c * padded_m;
+#pragma omp parallel for schedule(static) if (per_group * groups >= parallel_grain)
+    for (int64_t j = 0; j < per_group; j += simd::lanes) {
+        simd::vec total = simd::load(partial + j);
+        for (int64_t i = 1; i < groups; ++i) total = simd::add(total, simd::load(partial + i * per_group + j));
+        simd::store(partial + j, total);
+    }
+    const simd::vec half = simd::broadcast_value(0.5f);
+    // G^T's rows: (1, 1/2, 1/2, 0), (0, 1/2, -1/2, 0), (0, 1/2, 1/2, 1).
+    auto gt = [half](simd::vec a, simd::vec b, simd::vec d, simd::vec e, simd::vec (&out)[3]) {
+        const simd::vec sum = simd::mul(half, simd::add(b, d));
+        out[0] = simd::add(a, sum), out[1] = simd::mul(half, simd::sub(b, d)), out[2] = simd::add(sum, e);
+    };
+#pragma omp parallel for schedule(static) if (c * m >= parallel_grain)
+    for (int64_t ci = 0; ci < c; ++ci)
+        for (int64_t o0 = 0; o0 < m; o0 += simd::lanes) {
+            simd::vec z[positions], down[4][3], w[9];
+            for (int xi = 0; xi < positions; ++xi) z[xi] = simd::load(partial + (xi * c + ci) * padded_m + o0);
+            for (int j = 0; j < 4; ++j) gt(z[j], z[4 + j], z[8 + j], z[12 + j], down[j]);
+            for (int ky = 0; ky < 3; ++ky) {
+                simd::vec row[3];
+                gt(down[0][ky], down[1][ky], down[2][ky], down[3][ky], row);
+                for (int kx = 0; kx < 3; ++kx) w[ky * 3 + kx] = row[kx];
+            }
+            alignas(64) float values[9][simd::lanes];
+            for (int t = 0; t < 9; ++t) simd::store(values[t], w[t]);
+            for (int64_t o = o0; o < std::min(m, o0 + simd::lanes); ++o)
+                for (int t = 0; t < 9; ++t) dweight[(o * c + ci) * 9 + t] = values[t][o - o0];
+        }
+}
+
+// dweight[m, c, 3, 3] = the weight gradient of the "same" 3x3 correlation of the images g
+// (k = 3, even h and w) given dy[n, m, h, w]. As the direct weight product, the tiles are
+// cut into a fixed number of groups by the shape alone, each summed in order into its own
+// Z, and the groups added in order: the same bits whatever the thread count.
+template <class S, class D>
+void weight(const Images<S>& images, const D* dy, int64_t m, float* dweight) {
+    const Tiling g{images.n, images.channels, images.h, images.w};
+    const int64_t c = g.channels, total = g.total(), chunk = chunk_tiles(c, m);
+    const int64_t padded_m = (m + gemm::nr - 1) / gemm::nr * gemm::nr, panels = padded_m / gemm::nr;
+    const int64_t chunks = (total + chunk - 1) / chunk, per_group = positions * c * padded_m;
+    const int64_t groups = std::max<int64_t>(1, std::min({int64_t(8), chunks, std::max<int64_t>(2, (int64_t(1) << 22) / per_group)}));
+    const Stager stager(images, 2 * g.w * (chunk / g.tw() + 2), /*copy=*/true);
+    const int64_t staging = stager.buffer_size(2 * g.w * (chunk / g.tw() + 2)) + 2 * stager.row() + 4 * simd::lanes;
+    CpuTensor<float> partial(Shape{groups, positions, c, padded_m});
+    const int threads = positions * m * c * total < parallel_work ? 1 : int(std::min<int64_t>(omp_get_max_threads(), groups));
+#pragma omp parallel num_threads(threads)
+    {
+        ScratchCarver scratch(staging + positions * chunk * (c + padded_m));
+        float* staged_rows = scratch.take(staging);
+        float* v = scratch.take(positions * chunk * c);            // [xi][c][chunk]
+        float* yhat = scratch.take(positions * chunk * padded_m);  // [xi][panel][chunk][nr]
+        const float* rows_of_v[gemm::mr];
+#pragma omp for schedule(dynamic)
+        for (int64_t group = 0; group < groups; ++group) {
+            float* z = partial.data() + group * per_group;
+            for (int64_t i = chunks * group / groups; i < chunks * (group + 1) / groups; ++i) {
+                const int64_t t0 = i * chunk, t1 = std::min(total, t0 + chunk);
+                const TileRun first = tile_at(g, t0), last = tile_at(g, t1 - 1);
+                const Staged s = stager.stage(first.n * g.hw() + 2 * first.ty * g.w,
+                                              last.n * g.hw() + (2 * last.ty + 2) * g.w, staged_rows);
+                transform_inputs(g, images, s, t0, t1, VLayout{v, c, chunk, /*panels=*/false});
+                transform_gradients(g, dy, m, padded_m, chunk, t0, t1, yhat);
+                const bool accumulate = i != chunks * group / groups;
+                for (int xi = 0; xi < positions; ++xi)
+                    for (int64_t p = 0; p < panels; ++p) {
+                        const float* panel = yhat + (xi * panels + p) * chunk * gemm::nr;
+                        const float* vectors[gemm::nv];
+                        for (int j = 0; j < gemm::nv; ++j) vectors[j] = panel + j * simd::lanes;
+                        for (int64_t ci = 0; ci < c;) {
+                            const int rows = gemm::next_rows(c - ci);
+                            for (int r = 0; r < rows; ++r) rows_of_v[r] = v + (xi * c + ci + r) * chunk;
+                            gemm::tile(rows, t1 - t0, rows_of_v, gemm::Strided<1>{}, vectors, gemm::Strided<gemm::nr>{},
+                                       z + (xi * c + ci) * padded_m + p * gemm::nr, padded_m, accumulate);
+                            ci += rows;
+                        }
+                    }
+            }
+        }
+    }
+    finish_weight(partial.data(), groups, c, m, padded_m, dweight);
 }
 
 }  // namespace mpnet::cpu::conv::winograd

@@ -29,6 +29,8 @@ inline vec load(const float* p) { return _mm512_loadu_ps(p); }
 inline void store(float* p, vec v) { _mm512_storeu_ps(p, v); }
 inline vec add(vec a, vec b) { return _mm512_add_ps(a, b); }
 inline vec sub(vec a, vec b) { return _mm512_sub_ps(a, b); }
+inline vec mul(vec a, vec b) { return _mm512_mul_ps(a, b); }
+inline vec broadcast_value(float v) { return _mm512_set1_ps(v); }
 inline vec fmadd(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
 // The first n (< lanes) elements, zeros after them; nothing past them is touched.
 inline vec load_first(const float* p, int n) { return _mm512_maskz_loadu_ps(__mmask16((1u << n) - 1), p); }
@@ -73,6 +75,8 @@ inline vec load(const float* p) { return _mm256_loadu_ps(p); }
 inline void store(float* p, vec v) { _mm256_storeu_ps(p, v); }
 inline vec add(vec a, vec b) { return _mm256_add_ps(a, b); }
 inline vec sub(vec a, vec b) { return _mm256_sub_ps(a, b); }
+inline vec mul(vec a, vec b) { return _mm256_mul_ps(a, b); }
+inline vec broadcast_value(float v) { return _mm256_set1_ps(v); }
 inline vec fmadd(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
 
 namespace detail {
