@@ -4,7 +4,8 @@
 // bf16 rows are skipped on CPUs without AVX512-BF16). Counters report GFLOP/s, counting
 // 2 N Cout Cin k^2 H W per product: for the 3x3 products that run as Winograd's F(2x2, 3x3),
 // which does 16 multiply-adds where that count has 36, an effective rate. conv_forward_direct
-// runs the forward as the direct product, for comparison.
+// and conv_weight_direct run the forward and the weight gradient as the direct products, for
+// comparison with conv_forward and conv_backward's weight-only rows.
 //
 //   bench_conv_kernels --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
 #include <benchmark/benchmark.h>
@@ -86,6 +87,18 @@ void conv_forward_direct(benchmark::State& state) {
     }
     set_labels(state, s, 1, false);
 }
+
+void conv_weight_direct(benchmark::State& state) {
+    const ConvShape s = shapes[state.range(0)];
+    auto x = filled({s.n, s.cin, s.res, s.res}, 1), dy = filled({s.n, s.cout, s.res, s.res}, 3);
+    CpuTensor<float> dw({s.cout, s.cin, s.k, s.k});
+    for (auto _ : state) {
+        mpnet::cpu::conv::weight_product(mpnet::cpu::conv::Images<float>{x.data(), s.n, s.cin, s.res, s.res, s.k},
+                                         dy.data(), s.cout, dw.data());
+        benchmark::DoNotOptimize(dw.data());
+    }
+    set_labels(state, s, 1, false);
+}
 #endif
 
 // with_dx = 0: weight gradient only; 1: weight and input gradients.
@@ -119,6 +132,10 @@ BENCHMARK(conv_forward)->Apply(all_shapes)->Unit(benchmark::kMillisecond)->UseRe
 BENCHMARK(conv_backward)->Apply(all_shapes_backward)->Unit(benchmark::kMillisecond)->UseRealTime();
 #if MPNET_CPU_SIMD
 BENCHMARK(conv_forward_direct)
+    ->DenseRange(0, int64_t(std::size(shapes)) - 1)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK(conv_weight_direct)
     ->DenseRange(0, int64_t(std::size(shapes)) - 1)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
