@@ -3,9 +3,9 @@
 // (dx and dweight), with float32 operands and with bf16 ones (the last argument: 0 or 1;
 // bf16 rows are skipped on CPUs without AVX512-BF16). Counters report GFLOP/s, counting
 // 2 N Cout Cin k^2 H W per product: for the 3x3 products that run as Winograd's F(2x2, 3x3),
-// which does 16 multiply-adds where that count has 36, an effective rate. conv_forward_direct
-// and conv_weight_direct run the forward and the weight gradient as the direct products, for
-// comparison with conv_forward and conv_backward's weight-only rows.
+// which does 16 multiply-adds where that count has 36, an effective rate. conv_direct runs the
+// forward (last argument 0) and the weight gradient (1) as the direct products, for comparison
+// with conv_forward and conv_backward's weight-only rows.
 //
 //   bench_conv_kernels --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
 #include <benchmark/benchmark.h>
@@ -76,26 +76,18 @@ void conv_forward(benchmark::State& state) {
 }
 
 #if MPNET_CPU_SIMD
-void conv_forward_direct(benchmark::State& state) {
+// product = 0: the forward, 1: the weight gradient, as conv_gemm.hpp's direct products.
+void conv_direct(benchmark::State& state) {
     const ConvShape s = shapes[state.range(0)];
+    const bool weight = state.range(1) != 0;
     auto x = filled({s.n, s.cin, s.res, s.res}, 1), w = filled({s.cout, s.cin, s.k, s.k}, 2);
-    CpuTensor<float> y({s.n, s.cout, s.res, s.res});
+    auto dy = filled({s.n, s.cout, s.res, s.res}, 3);
+    CpuTensor<float> out(weight ? w.shape() : dy.shape());
+    const mpnet::cpu::conv::Images<float> images{x.data(), s.n, s.cin, s.res, s.res, s.k};
     for (auto _ : state) {
-        mpnet::cpu::conv::output_product(mpnet::cpu::conv::Images<float>{x.data(), s.n, s.cin, s.res, s.res, s.k},
-                                         w.data(), s.cout, y.data());
-        benchmark::DoNotOptimize(y.data());
-    }
-    set_labels(state, s, 1, false);
-}
-
-void conv_weight_direct(benchmark::State& state) {
-    const ConvShape s = shapes[state.range(0)];
-    auto x = filled({s.n, s.cin, s.res, s.res}, 1), dy = filled({s.n, s.cout, s.res, s.res}, 3);
-    CpuTensor<float> dw({s.cout, s.cin, s.k, s.k});
-    for (auto _ : state) {
-        mpnet::cpu::conv::weight_product(mpnet::cpu::conv::Images<float>{x.data(), s.n, s.cin, s.res, s.res, s.k},
-                                         dy.data(), s.cout, dw.data());
-        benchmark::DoNotOptimize(dw.data());
+        if (weight) mpnet::cpu::conv::weight_product(images, dy.data(), s.cout, out.data());
+        else mpnet::cpu::conv::output_product(images, w.data(), s.cout, out.data());
+        benchmark::DoNotOptimize(out.data());
     }
     set_labels(state, s, 1, false);
 }
@@ -131,12 +123,8 @@ void all_shapes_backward(benchmark::internal::Benchmark* b) {
 BENCHMARK(conv_forward)->Apply(all_shapes)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(conv_backward)->Apply(all_shapes_backward)->Unit(benchmark::kMillisecond)->UseRealTime();
 #if MPNET_CPU_SIMD
-BENCHMARK(conv_forward_direct)
-    ->DenseRange(0, int64_t(std::size(shapes)) - 1)
-    ->Unit(benchmark::kMillisecond)
-    ->UseRealTime();
-BENCHMARK(conv_weight_direct)
-    ->DenseRange(0, int64_t(std::size(shapes)) - 1)
+BENCHMARK(conv_direct)
+    ->ArgsProduct({benchmark::CreateDenseRange(0, int64_t(std::size(shapes)) - 1, 1), {0, 1}})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 #endif

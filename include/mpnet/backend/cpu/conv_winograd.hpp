@@ -85,9 +85,10 @@ inline int runs_of(const Tiling& g, int64_t t, int64_t count, TileRun* runs) {
     return made;
 }
 
-// u[xi][o][c] = (G g G^T)[xi] for the weight g[o][c][3][3].
-inline std::vector<float> transformed_weight(const float* weight, int64_t m, int64_t c) {
-    std::vector<float> u(size_t(positions * m * c));
+// u[xi][o][c] = (G g G^T)[xi] for the weight g[o][c][3][3], from the pool like the direct
+// input gradient's flipped weight.
+inline CpuTensor<float> transformed_weight(const float* weight, int64_t m, int64_t c) {
+    CpuTensor<float> u(Shape{positions, m, c});
     auto g_times = [](float a, float b, float d) { return std::array{a, 0.5f * (a + b + d), 0.5f * (a - b + d), d}; };
     for (int64_t o = 0; o < m; ++o)
         for (int64_t ci = 0; ci < c; ++ci) {
@@ -95,7 +96,7 @@ inline std::vector<float> transformed_weight(const float* weight, int64_t m, int
             const auto c0 = g_times(k[0], k[3], k[6]), c1 = g_times(k[1], k[4], k[7]), c2 = g_times(k[2], k[5], k[8]);
             for (int i = 0; i < 4; ++i) {
                 const auto row = g_times(c0[size_t(i)], c1[size_t(i)], c2[size_t(i)]);
-                for (int j = 0; j < 4; ++j) u[size_t(((4 * i + j) * m + o) * c + ci)] = row[size_t(j)];
+                for (int j = 0; j < 4; ++j) u.data()[((4 * i + j) * m + o) * c + ci] = row[size_t(j)];
             }
         }
     return u;
@@ -103,8 +104,8 @@ inline std::vector<float> transformed_weight(const float* weight, int64_t m, int
 
 // V of a vector of tiles for one channel. Window row r of tile k holds its columns 2k ..
 // 2k + 1 at even[r] + 2k and 2k + 2 .. 2k + 3 at shifted[r] + 2k: split into even and odd
-// elements, they are the four columns B combines; then B^T combines the rows. The results
-// go to position xi's panels at v + xi * stride.
+// elements, they are the four columns B combines; then B^T combines the rows. Position
+// xi's vector goes to v + xi * stride.
 inline void transform_input_vector(const float* const* even, const float* const* shifted, float* v, int64_t stride) {
     simd::vec h[4][4];
     for (int r = 0; r < 4; ++r) {
@@ -121,6 +122,37 @@ inline void transform_input_vector(const float* const* even, const float* const*
         simd::store(v + (12 + j) * stride, simd::sub(h[1][j], h[3][j]));
     }
 }
+
+// The image rows a chunk of tiles reads, staged with a zero border (conv_pack.hpp's Stager,
+// which widens 16-bit images on the way).
+template <class S>
+class ChunkStager {
+public:
+    ChunkStager(const Tiling& g, const Images<S>& images, int64_t chunk)
+        : g_(g), stager_(images, columns(g, chunk), /*copy=*/true), columns_(columns(g, chunk)) {}
+
+    // Vectors of a window row reach 2 lanes + 2 floats past its start. At an odd edge the
+    // windows read one row and column past the zero border (into what only discarded outputs
+    // use), at most row() + 1 floats past the last plane: the slack covers it twice.
+    [[nodiscard]] int64_t buffer_size() const {
+        return stager_.buffer_size(columns_) + 2 * stager_.row() + 4 * simd::lanes;
+    }
+
+    // The pixels of the rows of tiles from t0's to (t1 - 1)'s, into buf.
+    Staged<> stage(int64_t t0, int64_t t1, float* buf) const {
+        const TileRun first = tile_at(g_, t0), last = tile_at(g_, t1 - 1);
+        return stager_.stage(first.n * g_.hw() + 2 * first.ty * g_.w,
+                             last.n * g_.hw() + std::min(g_.h, 2 * last.ty + 2) * g_.w, buf);
+    }
+
+private:
+    // A chunk's tiles lie on at most chunk / tw + 2 rows of tiles.
+    static int64_t columns(const Tiling& g, int64_t chunk) { return 2 * g.w * (chunk / g.tw() + 2); }
+
+    const Tiling& g_;
+    Stager<S> stager_;
+    int64_t columns_;
+};
 
 // Where V of a chunk goes: as the kernel's panels [xi][panel][c][nr] (the vector side of the
 // output products), or as rows [xi][c][chunk] (the broadcast side of the weight gradient's).
@@ -249,14 +281,10 @@ void forward(const Images<S>& images, const float* weight, int64_t m, Y* y) {
     const Tiling g{images.n, images.channels, images.h, images.w};
     const int64_t c = g.channels, total = g.total(), chunk = chunk_tiles(c, m), panels = chunk / gemm::nr;
     const int64_t chunks = (total + chunk - 1) / chunk;
-    const std::vector<float> u = transformed_weight(weight, m, c);
+    const CpuTensor<float> u = transformed_weight(weight, m, c);
     const int64_t block = depth_block(c);
-    // The chunk's tiles lie on at most chunk / tw + 2 rows of tiles: its pixel columns.
-    const Stager stager(images, 2 * g.w * (chunk / g.tw() + 2), /*copy=*/true);
-    // Vectors of a window row reach 2 lanes + 2 floats past its start. At an odd edge the
-    // windows read one row and column past the zero border (into what only discarded outputs
-    // use), at most row() + 1 floats past the last plane: the slack covers it twice.
-    const int64_t staging = stager.buffer_size(2 * g.w * (chunk / g.tw() + 2)) + 2 * stager.row() + 4 * simd::lanes;
+    const ChunkStager stager(g, images, chunk);
+    const int64_t staging = stager.buffer_size();
     const int threads = positions * m * c * total < parallel_work ? 1 : int(std::min<int64_t>(omp_get_max_threads(), chunks));
 #pragma omp parallel num_threads(threads)
     {
@@ -267,11 +295,7 @@ void forward(const Images<S>& images, const float* weight, int64_t m, Y* y) {
 #pragma omp for schedule(dynamic)
         for (int64_t i = 0; i < chunks; ++i) {
             const int64_t t0 = i * chunk, t1 = std::min(total, t0 + chunk);
-            // The pixels of the rows of tiles from t0's to (t1 - 1)'s.
-            const TileRun first = tile_at(g, t0), last = tile_at(g, t1 - 1);
-            const int64_t p0 = first.n * g.hw() + 2 * first.ty * g.w;
-            const int64_t p1 = last.n * g.hw() + std::min(g.h, 2 * last.ty + 2) * g.w;
-            const Staged s = stager.stage(p0, p1, staged_rows);
+            const Staged s = stager.stage(t0, t1, staged_rows);
             transform_inputs(g, images, s, t0, t1, VLayout{v, c, chunk, /*panels=*/true});
             const int64_t used = (t1 - t0 + gemm::nr - 1) / gemm::nr;
             for (int xi = 0; xi < positions; ++xi)
@@ -423,8 +447,8 @@ void weight(const Images<S>& images, const D* dy, int64_t m, float* dweight) {
     const int64_t padded_m = (m + gemm::nr - 1) / gemm::nr * gemm::nr, panels = padded_m / gemm::nr;
     const int64_t chunks = (total + chunk - 1) / chunk, per_group = positions * c * padded_m;
     const int64_t groups = std::max<int64_t>(1, std::min({int64_t(8), chunks, std::max<int64_t>(2, (int64_t(1) << 22) / per_group)}));
-    const Stager stager(images, 2 * g.w * (chunk / g.tw() + 2), /*copy=*/true);
-    const int64_t staging = stager.buffer_size(2 * g.w * (chunk / g.tw() + 2)) + 2 * stager.row() + 4 * simd::lanes;
+    const ChunkStager stager(g, images, chunk);
+    const int64_t staging = stager.buffer_size();
     CpuTensor<float> partial(Shape{groups, positions, c, padded_m});
     const int threads = positions * m * c * total < parallel_work ? 1 : int(std::min<int64_t>(omp_get_max_threads(), groups));
 #pragma omp parallel num_threads(threads)
@@ -439,9 +463,7 @@ void weight(const Images<S>& images, const D* dy, int64_t m, float* dweight) {
             float* z = partial.data() + group * per_group;
             for (int64_t i = chunks * group / groups; i < chunks * (group + 1) / groups; ++i) {
                 const int64_t t0 = i * chunk, t1 = std::min(total, t0 + chunk);
-                const TileRun first = tile_at(g, t0), last = tile_at(g, t1 - 1);
-                const Staged s = stager.stage(first.n * g.hw() + 2 * first.ty * g.w,
-                                              last.n * g.hw() + (2 * last.ty + 2) * g.w, staged_rows);
+                const Staged s = stager.stage(t0, t1, staged_rows);
                 transform_inputs(g, images, s, t0, t1, VLayout{v, c, chunk, /*panels=*/false});
                 transform_gradients(g, dy, m, padded_m, chunk, t0, t1, yhat);
                 const bool accumulate = i != chunks * group / groups;
