@@ -13,6 +13,10 @@ namespace {
 using namespace mpnet::test::conv;
 
 constexpr double tol = 1e-5;
+// F(4x4, 3x3) multiplies inputs by up to 5 x 5 in its input transform and outputs by up to
+// 8 x 8 in its output transform, so it rounds more: measured 5e-6 to 1.3e-5 of scale at 32 to
+// 1024 channels (against 2e-7 to 7e-7 for F(2x2) and 3e-7 to 4e-7 for the direct sum).
+constexpr double f4x4_tol = 3e-5;
 
 }  // namespace
 
@@ -53,25 +57,31 @@ TEST_CASE("conv kernels: float forward and backward match a direct convolution i
 #if MPNET_CPU_SIMD
 // The Winograd products alone, whatever their channel counts (conv2d takes them from 32 up),
 // with each edge of their tiling: odd sizes, images narrower than a vector of tiles, one chunk
-// or many, one group of tiles or several. The weight gradient takes images of even size.
-TEST_CASE("conv kernels: Winograd F(2x2, 3x3) matches a direct convolution in double") {
-    const Case cases[] = {{1, 1, 1, 2, 2, 3},  {2, 5, 7, 5, 7, 3},     {3, 13, 9, 9, 11, 3}, {2, 7, 9, 37, 29, 3},
-                          {2, 7, 9, 2, 3, 3},  {4, 3, 2, 8, 8, 3},     {5, 8, 17, 16, 16, 3}, {1, 3, 4, 1, 1, 3},
-                          {2, 2, 70, 64, 20, 3}, {9, 4, 6, 4, 4, 3}, {40, 3, 5, 8, 8, 3}, {3, 17, 40, 6, 10, 3}};
+// or many, one group of tiles or several. F(4x4) takes images whose sides are multiples of 4,
+// the weight gradient (F(2x2)) images of even size.
+TEST_CASE("conv kernels: Winograd F(2x2, 3x3) and F(4x4, 3x3) match a direct convolution in double") {
+    const Case cases[] = {{1, 1, 1, 2, 2, 3},   {2, 5, 7, 5, 7, 3},   {3, 13, 9, 9, 11, 3}, {2, 7, 9, 37, 29, 3},
+                          {2, 7, 9, 2, 3, 3},   {4, 3, 2, 8, 8, 3},   {5, 8, 17, 16, 16, 3}, {1, 3, 4, 1, 1, 3},
+                          {2, 2, 70, 64, 20, 3}, {9, 4, 6, 4, 4, 3},  {40, 3, 5, 8, 8, 3},  {3, 17, 40, 6, 10, 3},
+                          {2, 7, 9, 12, 36, 3}, {3, 33, 35, 4, 8, 3}, {2, 96, 40, 16, 16, 3}};
     uint64_t seed = 500;
     for (const Case& c : cases) {
         INFO("n ", c.n, " cin ", c.cin, " cout ", c.cout, " h ", c.h, " w ", c.w);
         auto x = random_float({c.n, c.cin, c.h, c.w}, seed++), w = random_float({c.cout, c.cin, 3, 3}, seed++);
         const auto ref_dy = random_float({c.n, c.cout, c.h, c.w}, seed++);
         const Reference ref = direct_convolution(c, x, w, ref_dy);
+        const cpu::conv::Images<float> images{x.data(), c.n, c.cin, c.h, c.w, 3};
         CpuTensor<float> y(ref.y.shape());
-        cpu::conv::winograd::forward(cpu::conv::Images<float>{x.data(), c.n, c.cin, c.h, c.w, 3}, w.data(), c.cout,
-                                     y.data());
+        cpu::conv::winograd::forward<2>(images, w.data(), c.cout, y.data());
         MPNET_CHECK_CLOSE(y, ref.y, tol);
+        if (c.h % 4 == 0 && c.w % 4 == 0) {
+            CpuTensor<float> y4(ref.y.shape());
+            cpu::conv::winograd::forward<4>(images, w.data(), c.cout, y4.data());
+            MPNET_CHECK_CLOSE(y4, ref.y, f4x4_tol);
+        }
         if (c.h % 2 || c.w % 2) continue;
         CpuTensor<float> dw(w.shape());
-        cpu::conv::winograd::weight(cpu::conv::Images<float>{x.data(), c.n, c.cin, c.h, c.w, 3}, ref_dy.data(), c.cout,
-                                    dw.data());
+        cpu::conv::winograd::weight(images, ref_dy.data(), c.cout, dw.data());
         MPNET_CHECK_CLOSE(dw, ref.dw, tol);
     }
 }
@@ -83,9 +93,10 @@ TEST_CASE("conv kernels: Winograd F(2x2, 3x3) matches a direct convolution in do
 // thread: the same bits for the same thread count only.)
 #if MPNET_CPU_SIMD
 TEST_CASE("conv kernels: bit-identical across thread counts, runs and batch composition") {
-    // Blocked, few outputs, and Winograd (forward and input gradient; 8x8: chunks across images).
+    // Blocked, few outputs, and Winograd (forward and input gradient; 8x8: chunks across
+    // images; 64x64: F(4x4) with either vector width).
     for (const Case c : {Case{5, 24, 40, 16, 16, 3}, Case{5, 24, 3, 16, 16, 3}, Case{5, 40, 48, 16, 16, 3},
-                         Case{7, 40, 48, 8, 8, 3}}) {
+                         Case{7, 40, 48, 8, 8, 3}, Case{5, 32, 40, 64, 64, 3}}) {
         CAPTURE(c.cout);
         auto x = random_float({c.n, c.cin, c.h, c.w}, 7), w = random_float({c.cout, c.cin, c.k, c.k}, 8);
         auto dy = random_float({c.n, c.cout, c.h, c.w}, 9);

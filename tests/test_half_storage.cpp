@@ -337,7 +337,8 @@ TEST_CASE_TEMPLATE("CPU kernels on 16-bit storage: the float kernel's bits on th
 // panels, short last panels, panels crossing images), 1x1 kernels, two depth blocks (360 sums),
 // several row tiles and both threads, a layer of 3 outputs, whose backward runs the
 // float kernels of conv_narrow.hpp on widened tensors, and layers of 32 or more channels,
-// whose 3x3 forward and input gradient run as Winograd's F(2x2, 3x3).
+// whose 3x3 forward and input gradient run as Winograd's F(2x2, 3x3), or F(4x4, 3x3) on
+// images 4 vectors wide (64x64 covers both vector widths).
 TEST_CASE_TEMPLATE("CPU convolution on 16-bit storage: the float kernel's bits on the widened tensors, rounded once", A,
                    float16, bfloat16) {
     const CpuBackend b;
@@ -346,7 +347,7 @@ TEST_CASE_TEMPLATE("CPU convolution on 16-bit storage: the float kernel's bits o
     };
     const Case cases[] = {{4, 40, 20, 16, 16, 3}, {3, 5, 7, 8, 8, 3}, {2, 6, 9, 7, 9, 3},   {4, 40, 20, 16, 16, 1},
                           {2, 6, 9, 7, 9, 1},     {3, 40, 3, 12, 12, 3}, {5, 17, 24, 5, 5, 3}, {3, 40, 36, 9, 9, 3},
-                          {4, 32, 48, 8, 8, 3}};
+                          {4, 32, 48, 8, 8, 3},   {1, 32, 36, 64, 64, 3}};
     SUBCASE("forward, input gradient and weight gradient") {
         uint64_t seed = 100;
         for (const Case& c : cases) {
