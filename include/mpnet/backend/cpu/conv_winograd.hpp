@@ -42,8 +42,8 @@
 // are exact in binary, and its first output of a row does not read the window's last input,
 // so at an odd edge the input read past the image never reaches a kept output. F(4x4)'s
 // weight transform rounds (1/6, 1/24: U is formed in double and rounded once) and its
-// products carry terms up to 5^2 and 8^2 times an input, so its error is a few times
-// F(2x2)'s (measured in docs/performance-conv.md); every output mixes the whole window, so
+// products carry terms up to 5^2 and 8^2 times an input, so its error is 10-35x the direct
+// sum's (measured in docs/performance-conv.md); every output mixes the whole window, so
 // F(4x4) takes only images whose sides are multiples of 4. Where an input holds an
 // infinity, its terms can cancel in the transforms and give NaN where the direct sum gives
 // the infinity.
@@ -372,9 +372,9 @@ void transform_outputs(const Tiling& g, int64_t m, int64_t chunk, int64_t t0, in
 // edm2-img64-xs shapes: F(2x2) 1.3-1.9x from 32 input and output channels up at 8x8 to
 // 64x64; 1.02x at 16 -> 32 channels, 0.74x at 32 -> 8, 0.56-0.63x for the input layers (2
 // or 4 channels), whose transforms cost more than the few multiply-adds they save. F(4x4)
-// against F(2x2): 1.2-2x where a row of tiles fills a vector (32x32 with 8-float vectors),
-// so that the windows are read in place; about even at 16x16 and 0.8x at 8x8, where they
-// are gathered.
+// against F(2x2), forward: 1.23-1.48x where a row of tiles fills a vector (32x32 with
+// 8-float vectors), so that the windows are read in place; 0.83-1.02x at 16x16 and
+// 0.64-0.83x at 8x8, where they are gathered.
 template <class S>
 int tile_that_pays(const Images<S>& g, int64_t m) {
     if (g.k != 3 || g.channels < 32 || m < 32) return 0;
